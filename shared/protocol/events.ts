@@ -1,0 +1,45 @@
+/**
+ * Typed socket.io event maps. Event names are strings; every payload is one MessagePack-encoded
+ * Uint8Array (shared/codec) and every request carries an ack whose reply is also MessagePack:
+ * `{ ok: true, ... }` or `{ ok: false, code, message }`. See docs/PROTOCOL.md.
+ */
+
+/** Bumped on any incompatible change to events or payloads. Checked in the socket.io handshake and in `hello`. */
+export const PROTOCOL_VERSION = 1;
+
+export type Ack = (reply: Uint8Array) => void;
+export type Request = (payload: Uint8Array, ack: Ack) => void;
+export type Notice = (payload: Uint8Array) => void;
+
+export const EV = {
+  hello: 'hello',
+  modelChunk: 'model:chunk',
+  ready: 'ready',
+  update: 'round:update',
+  roundStart: 'round:start',
+  roundEnd: 'round:end',
+  sessionDone: 'session:done',
+} as const;
+
+export interface ClientToServerEvents {
+  /** Hello → HelloReply. Must be the first request on a connection. */
+  'hello': Request;
+  /** ChunkRequest → ChunkReply: one byte range of one base-model file. */
+  'model:chunk': Request;
+  /** Ready → {ok}: the client holds the verified base model and can be sampled. */
+  'ready': Request;
+  /** Update → {ok}: the client's flat contribution for a round. */
+  'round:update': Request;
+}
+
+export interface ServerToClientEvents {
+  /** RoundStart → {ok}: the client accepts (it then trains and sends round:update). */
+  'round:start': Request;
+  /** RoundEnd notice (no ack): the round finished or was abandoned. */
+  'round:end': Notice;
+  /** SessionDone notice (no ack): all rounds are done; the client may exit. */
+  'session:done': Notice;
+}
+
+/** socket.io handshake `auth` object. */
+export interface HandshakeAuth { protocolVersion: number }

@@ -1,0 +1,5 @@
+export * from './events.js';
+export * from './messages.js';
+export * from './rpc.js';
+export * from './glob.js';
+export * as guard from './guard.js';
