@@ -1,0 +1,251 @@
+/**
+ * Aggregation strategies as pure functions over PEFT-named adapter tensors.
+ *
+ * Split into a client side (`contribution`) and a server side (`finalize`) because under secure
+ * aggregation the coordinator only ever learns Σ_i contribution_i plus the public per-client
+ * (rank, weight). Every strategy is therefore linear in what clients send: the client zero-pads its
+ * tensors to maxRank and multiplies by its weight; the server divides by public weight sums.
+ *
+ * Scaling across ranks (design decision): the LoRA scale alpha/r is kept the same for every rank.
+ * A client at rank r_i runs with lora_alpha_i = alpha·r_i/maxRank (alpha·√(r_i/maxRank) under
+ * rsLoRA), so rank slot j means the same thing on every client and zero-padding / truncation never
+ * rescale values (padRank/truncateRank in shared/lora/adapter.ts adjust lora_alpha accordingly).
+ * Averaging slot j across clients is then averaging like with like.
+ *
+ * Slots nobody trained this round (no participant with positive weight has r_i > j) keep their
+ * previous global values under every strategy: nobody saw them, so nobody may overwrite them.
+ * Tensors that are not LoRA A/B weights are never shared; finalize carries them over unchanged.
+ */
+import { ConfigError, FedloraError, ProtocolError } from '../errors.js';
+import { logger } from '../log.js';
+import { parseLoraName, resizeCols, resizeRows, type LoraAdapter, type LoraConfig } from '../lora/adapter.js';
+import type { Tensor32, TensorMap } from '../tensor.js';
+import { initLoraAdapter } from './init.js';
+import { makeLayout, type FlatLayout } from './layout.js';
+
+const log = logger('fedlora:aggregation');
+
+export type StrategyName = 'fedit' | 'ffa' | 'rank-aware' | 'fedsa';
+
+/** Public facts about one participant of a round. `weight` is its example count (any finite value ≥ 0). */
+export interface Participant { rank: number; weight: number }
+
+export interface Strategy {
+  readonly name: StrategyName;
+  readonly description: string;
+  /** true if this PEFT tensor travels to the coordinator (fedsa: A only, B personal; ffa: B only, A frozen). */
+  isShared(name: string): boolean;
+  /** Client side: the tensor the client adds into the (secure) sum: zero-padded to maxRank, times weight. */
+  contribution(name: string, t: Tensor32, weight: number, maxRank: number): Tensor32;
+  /** Server side: new global tensors at maxRank from Σ contributions and the public participant list.
+   *  Slots nobody trained keep the previous global values. */
+  finalize(sum: TensorMap, participants: readonly Participant[], previous: LoraAdapter, maxRank: number): LoraAdapter;
+  /** May the coordinator refactor (QR+SVD) the result before redistribution? */
+  readonly refactorable: boolean;
+  /** Fresh global adapter at maxRank: A from the seeded PEFT init, B zero. */
+  init(moduleShapes: Map<string, { in: number; out: number }>, maxRank: number, alpha: number, seed: number, base: Omit<LoraConfig, 'r' | 'loraAlpha'>): LoraAdapter;
+}
+
+interface StrategySpec {
+  name: StrategyName;
+  description: string;
+  shareA: boolean;
+  shareB: boolean;
+  /** 'total': divide by Σ w_i over all participants; 'slot': divide slot j by Σ_{i: r_i>j} w_i. */
+  divisor: 'total' | 'slot';
+  refactorable: boolean;
+}
+
+/** Rank of a LoRA factor stored PEFT-style: rows of A [r, in], columns of B [out, r]. */
+function slotDim(factor: 'A' | 'B', t: { shape: readonly number[] }): number {
+  return factor === 'A' ? t.shape[0]! : t.shape[1]!;
+}
+
+function checkMaxRank(maxRank: number): void {
+  if (!Number.isInteger(maxRank) || maxRank < 1) throw new ConfigError(`max rank must be a positive integer, got ${maxRank}`);
+}
+
+function checkWeight(weight: number): void {
+  if (typeof weight !== 'number' || !Number.isFinite(weight) || weight < 0) throw new ProtocolError('BAD_WEIGHT', `weight must be a finite number ≥ 0, got ${weight}`);
+}
+
+export function validateParticipants(participants: readonly Participant[], maxRank: number): void {
+  checkMaxRank(maxRank);
+  if (!Array.isArray(participants)) throw new ProtocolError('BAD_PARTICIPANTS', 'participants must be an array');
+  for (const p of participants) {
+    if (!Number.isInteger(p.rank) || p.rank < 1 || p.rank > maxRank) throw new ProtocolError('BAD_RANK', `participant rank must be an integer in [1, ${maxRank}], got ${p.rank}`);
+    checkWeight(p.weight);
+  }
+}
+
+/** W_j = Σ_{i: r_i > j} w_i for j < maxRank: the public per-slot weight sums. */
+export function slotWeightSums(participants: readonly Participant[], maxRank: number): Float64Array {
+  validateParticipants(participants, maxRank);
+  const w = new Float64Array(maxRank);
+  for (const p of participants) for (let j = 0; j < p.rank; j++) w[j] = w[j]! + p.weight;
+  return w;
+}
+
+/** Checks that `previous` is a well-formed adapter at maxRank (A [maxRank, in], B [out, maxRank], matching pairs). */
+export function validateGlobal(previous: LoraAdapter, maxRank: number): void {
+  checkMaxRank(maxRank);
+  if (previous.config.r !== maxRank) throw new ConfigError(`global adapter has r=${previous.config.r}, expected max rank ${maxRank}`);
+  const inOut = new Map<string, { a?: number; b?: number }>();
+  for (const [name, t] of previous.tensors) {
+    const p = parseLoraName(name);
+    if (!p) continue;
+    if (t.shape.length !== 2 || t.data.length !== t.shape[0]! * t.shape[1]!) throw new ConfigError(`global ${name} is not a well-formed matrix`);
+    if (slotDim(p.factor, t) !== maxRank) throw new ConfigError(`global ${name} has rank ${slotDim(p.factor, t)}, expected ${maxRank}`);
+    const e = inOut.get(p.module) ?? {};
+    if (p.factor === 'A') e.a = t.shape[1]!; else e.b = t.shape[0]!;
+    inOut.set(p.module, e);
+  }
+  for (const [module, e] of inOut) {
+    if (e.a === undefined || e.b === undefined) throw new ConfigError(`global adapter has only one LoRA factor for module ${module}`);
+  }
+}
+
+function assertFinite(name: string, data: Float32Array): void {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i]!)) throw new ProtocolError('NON_FINITE', `${name} contains a non-finite value at ${i}`);
+  }
+}
+
+class LinearStrategy implements Strategy {
+  readonly name: StrategyName;
+  readonly description: string;
+  readonly refactorable: boolean;
+  readonly #spec: StrategySpec;
+
+  constructor(spec: StrategySpec) {
+    this.#spec = spec;
+    this.name = spec.name;
+    this.description = spec.description;
+    this.refactorable = spec.refactorable;
+  }
+
+  isShared(name: string): boolean {
+    const p = parseLoraName(name);
+    if (!p) return false;
+    return p.factor === 'A' ? this.#spec.shareA : this.#spec.shareB;
+  }
+
+  contribution(name: string, t: Tensor32, weight: number, maxRank: number): Tensor32 {
+    checkMaxRank(maxRank);
+    checkWeight(weight);
+    const p = parseLoraName(name);
+    if (!p || !this.isShared(name)) throw new FedloraError('NOT_SHARED', `${this.name}: ${name} is not shared and must not be uploaded`);
+    if (t.shape.length !== 2 || t.data.length !== t.shape[0]! * t.shape[1]!) throw new ProtocolError('BAD_SHAPE', `${name}: not a well-formed matrix [${t.shape}]`);
+    const r = slotDim(p.factor, t);
+    if (r < 1 || r > maxRank) throw new ProtocolError('BAD_RANK', `${name}: rank ${r} outside [1, ${maxRank}]`);
+    assertFinite(name, t.data);
+    const padded = p.factor === 'A' ? resizeRows(t, maxRank) : resizeCols(t, maxRank);
+    const d = padded.data;
+    for (let i = 0; i < d.length; i++) d[i] = d[i]! * weight;
+    return padded;
+  }
+
+  finalize(sum: TensorMap, participants: readonly Participant[], previous: LoraAdapter, maxRank: number): LoraAdapter {
+    validateGlobal(previous, maxRank);
+    const slotW = slotWeightSums(participants, maxRank);
+    const total = participants.reduce((s, p) => s + p.weight, 0);
+    const shared = [...previous.tensors.keys()].filter((k) => this.isShared(k));
+    for (const k of sum.keys()) {
+      if (!this.isShared(k) || !previous.tensors.has(k)) throw new ProtocolError('UNEXPECTED_TENSOR', `${this.name}: sum holds ${k}, which is not a shared tensor of the global adapter`);
+    }
+    const tensors: TensorMap = new Map();
+    for (const [name, prev] of previous.tensors) {
+      if (!this.isShared(name)) { tensors.set(name, { shape: [...prev.shape], data: new Float32Array(prev.data) }); continue; }
+      const s = sum.get(name);
+      if (!s) throw new ProtocolError('MISSING_TENSOR', `${this.name}: sum lacks shared tensor ${name}`);
+      if (s.shape.length !== 2 || s.shape[0] !== prev.shape[0] || s.shape[1] !== prev.shape[1] || s.data.length !== prev.data.length) {
+        throw new ProtocolError('BAD_SHAPE', `${name}: sum has shape [${s.shape}], global has [${prev.shape}]`);
+      }
+      assertFinite(name, s.data);
+      const factor = parseLoraName(name)!.factor;
+      const cols = prev.shape[1]!;
+      const out = new Float32Array(prev.data.length);
+      for (let k = 0; k < out.length; k++) {
+        const slot = factor === 'A' ? Math.floor(k / cols) : k % cols;
+        const covered = slotW[slot]!;
+        if (covered > 0) out[k] = s.data[k]! / (this.#spec.divisor === 'slot' ? covered : total);
+        else out[k] = prev.data[k]!;
+      }
+      tensors.set(name, { shape: [...prev.shape], data: out });
+    }
+    const untrained = [...slotW].filter((w) => w === 0).length;
+    log.debug(`${this.name}: ${participants.length} participants, total weight ${total}, ${shared.length} shared tensors, ${untrained}/${maxRank} slots kept from previous`);
+    return { config: { ...previous.config, targetModules: [...previous.config.targetModules] }, tensors };
+  }
+
+  init(moduleShapes: Map<string, { in: number; out: number }>, maxRank: number, alpha: number, seed: number, base: Omit<LoraConfig, 'r' | 'loraAlpha'>): LoraAdapter {
+    return initLoraAdapter(moduleShapes, maxRank, alpha, seed, base);
+  }
+}
+
+export const STRATEGIES: ReadonlyMap<StrategyName, Strategy> = new Map<StrategyName, Strategy>([
+  ['fedit', new LinearStrategy({
+    name: 'fedit',
+    description: 'FedIT: per-tensor weighted average of zero-padded A and B (weights = example counts); a rank slot a client lacks counts as zero',
+    shareA: true, shareB: true, divisor: 'total', refactorable: true,
+  })],
+  ['ffa', new LinearStrategy({
+    name: 'ffa',
+    description: 'FFA-LoRA: A frozen from the shared seed, only B trained and averaged, so the global product is exactly the weighted mean of client products; half the upload',
+    shareA: false, shareB: true, divisor: 'total', refactorable: false,
+  })],
+  ['rank-aware', new LinearStrategy({
+    name: 'rank-aware',
+    description: 'rank-aware: rank slot j (row j of A, column j of B) averaged only over clients whose rank exceeds j',
+    shareA: true, shareB: true, divisor: 'slot', refactorable: true,
+  })],
+  ['fedsa', new LinearStrategy({
+    name: 'fedsa',
+    description: 'FedSA-LoRA: A shared and averaged rank-aware, B personal to each client and never uploaded',
+    shareA: true, shareB: false, divisor: 'slot', refactorable: false,
+  })],
+]);
+
+export function getStrategy(name: string): Strategy {
+  const s = STRATEGIES.get(name as StrategyName);
+  if (!s) throw new ConfigError(`unknown aggregation strategy ${JSON.stringify(name)}; choose one of ${[...STRATEGIES.keys()].join(', ')}`);
+  return s;
+}
+
+/** The tensors of `global` that travel under `strategy`, as the round's flat secure-aggregation layout. */
+export function sharedLayout(strategy: Strategy, global: LoraAdapter): FlatLayout {
+  return makeLayout([...global.tensors].filter(([k]) => strategy.isShared(k)).map(([name, t]) => ({ name, shape: t.shape })));
+}
+
+export interface ClientUpdate { tensors: TensorMap; rank: number; weight: number }
+
+/**
+ * Aggregation without secure aggregation (`--insecure-aggregation`, tests): Σ contributions in
+ * float64, then finalize. Only shared tensors are read; each must be present at the client's rank.
+ */
+export function aggregatePlain(strategy: Strategy, updates: readonly ClientUpdate[], previous: LoraAdapter, maxRank: number): LoraAdapter {
+  validateGlobal(previous, maxRank);
+  const participants = updates.map((u) => ({ rank: u.rank, weight: u.weight }));
+  validateParticipants(participants, maxRank);
+  const shared = [...previous.tensors].filter(([k]) => strategy.isShared(k));
+  const acc = new Map(shared.map(([k, t]) => [k, new Float64Array(t.data.length)]));
+  updates.forEach((u, i) => {
+    for (const k of u.tensors.keys()) {
+      if (strategy.isShared(k) && !previous.tensors.has(k)) throw new ProtocolError('UNEXPECTED_TENSOR', `update ${i}: ${k} is not in the global adapter`);
+    }
+    for (const [name, prev] of shared) {
+      const t = u.tensors.get(name);
+      if (!t) throw new ProtocolError('MISSING_TENSOR', `update ${i}: missing shared tensor ${name}`);
+      const factor = parseLoraName(name)!.factor;
+      const other = factor === 'A' ? [t.shape[1], prev.shape[1]] : [t.shape[0], prev.shape[0]];
+      if (t.shape.length !== 2 || slotDim(factor, t) !== u.rank || other[0] !== other[1]) {
+        throw new ProtocolError('BAD_SHAPE', `update ${i}: ${name} has shape [${t.shape}], expected rank ${u.rank} and global shape [${prev.shape}]`);
+      }
+      const c = strategy.contribution(name, t, u.weight, maxRank);
+      const a = acc.get(name)!;
+      for (let k = 0; k < a.length; k++) a[k] = a[k]! + c.data[k]!;
+    }
+  });
+  const sum: TensorMap = new Map(shared.map(([k, t]) => [k, { shape: [...t.shape], data: Float32Array.from(acc.get(k)!) }]));
+  return strategy.finalize(sum, participants, previous, maxRank);
+}
