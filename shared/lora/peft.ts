@@ -1,0 +1,125 @@
+/**
+ * PEFT on-disk format: adapter_config.json + adapter_model.safetensors, as
+ * `PeftModel.from_pretrained` reads and `save_pretrained` writes them.
+ */
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ModelFormatError } from '../errors.js';
+import { atomicWrite, encodeSafetensors, loadSafetensors, readFloatTensor } from '../model/safetensors.js';
+import { adapterModules, loraAName, loraBName, parseLoraName, type LoraAdapter, type LoraConfig } from './adapter.js';
+import type { TensorMap } from '../tensor.js';
+
+export const MAX_ADAPTER_BYTES = 4 * 1024 ** 3;
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function numRecord(v: unknown, key: string, file: string): Record<string, number> | undefined {
+  if (v == null) return undefined;
+  if (!isRecord(v) || !Object.values(v).every((x) => typeof x === 'number' && x > 0)) throw new ModelFormatError(`"${key}" must map module names to positive numbers`, file);
+  return Object.keys(v).length ? (v as Record<string, number>) : undefined;
+}
+
+/** Validates a parsed adapter_config.json. */
+export function parsePeftConfig(raw: unknown, file = 'adapter_config.json'): LoraConfig {
+  if (!isRecord(raw)) throw new ModelFormatError('not a JSON object', file);
+  if (raw.peft_type !== 'LORA') throw new ModelFormatError(`peft_type ${JSON.stringify(raw.peft_type)} is not supported (only "LORA")`, file);
+  const r = raw.r;
+  if (typeof r !== 'number' || !Number.isInteger(r) || r < 1 || r > 65536) throw new ModelFormatError(`"r" must be a positive integer, got ${JSON.stringify(r)}`, file);
+  const alpha = raw.lora_alpha ?? 8;
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha) || alpha <= 0) throw new ModelFormatError(`"lora_alpha" must be a positive number, got ${JSON.stringify(alpha)}`, file);
+  const tm = raw.target_modules;
+  let targetModules: string[];
+  if (typeof tm === 'string') targetModules = [tm];
+  else if (Array.isArray(tm) && tm.length && tm.every((x) => typeof x === 'string')) targetModules = [...(tm as string[])].sort();
+  else throw new ModelFormatError(`"target_modules" must be a list of module names, got ${JSON.stringify(tm)}`, file);
+  if (raw.bias != null && raw.bias !== 'none') throw new ModelFormatError(`bias "${String(raw.bias)}" is not supported (only "none")`, file);
+  if (raw.use_dora === true) throw new ModelFormatError('DoRA adapters (use_dora: true) are not supported', file);
+  if (raw.modules_to_save != null && !(Array.isArray(raw.modules_to_save) && raw.modules_to_save.length === 0)) {
+    throw new ModelFormatError('modules_to_save is not supported', file);
+  }
+  const cfg: LoraConfig = {
+    r, loraAlpha: alpha, targetModules,
+    fanInFanOut: raw.fan_in_fan_out === true,
+    useRslora: raw.use_rslora === true,
+    taskType: typeof raw.task_type === 'string' ? raw.task_type : 'CAUSAL_LM',
+    baseModelNameOrPath: typeof raw.base_model_name_or_path === 'string' ? raw.base_model_name_or_path : null,
+  };
+  const rp = numRecord(raw.rank_pattern, 'rank_pattern', file);
+  const ap = numRecord(raw.alpha_pattern, 'alpha_pattern', file);
+  if (rp) cfg.rankPattern = rp;
+  if (ap) cfg.alphaPattern = ap;
+  return cfg;
+}
+
+/** Checks tensor names and A/B pairing; returns the adapter. */
+export function checkAdapterTensors(config: LoraConfig, tensors: TensorMap, file: string): LoraAdapter {
+  for (const [name, t] of tensors) {
+    const p = parseLoraName(name);
+    if (!p) throw new ModelFormatError(`unexpected tensor "${name}" (only lora_A/lora_B weights are supported)`, file);
+    if (t.shape.length !== 2) throw new ModelFormatError(`tensor "${name}" must be 2-D, has shape [${t.shape}]`, file);
+    for (const v of t.data) if (!Number.isFinite(v)) throw new ModelFormatError(`tensor "${name}" holds a non-finite value`, file);
+  }
+  const adapter: LoraAdapter = { config, tensors };
+  for (const m of adapterModules(adapter)) {
+    const A = tensors.get(loraAName(m)), B = tensors.get(loraBName(m));
+    if (!A || !B) throw new ModelFormatError(`module "${m}" has ${A ? 'lora_A' : 'lora_B'} but not ${A ? 'lora_B' : 'lora_A'}`, file);
+    if (A.shape[0] !== B.shape[1]) throw new ModelFormatError(`module "${m}": lora_A rank ${A.shape[0]} ≠ lora_B rank ${B.shape[1]}`, file);
+  }
+  if (!adapterModules(adapter).length) throw new ModelFormatError('adapter holds no LoRA tensors', file);
+  return adapter;
+}
+
+/** Public API: load a PEFT LoRA adapter folder. */
+export async function loadPeftAdapter(dir: string): Promise<LoraAdapter> {
+  const cfgFile = join(dir, 'adapter_config.json');
+  let text: string;
+  try { text = await readFile(cfgFile, 'utf8'); } catch (e) { throw new ModelFormatError(`cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, cfgFile); }
+  if (text.length > 1 << 20) throw new ModelFormatError('larger than 1 MiB', cfgFile);
+  let raw: unknown;
+  try { raw = JSON.parse(text); } catch (e) { throw new ModelFormatError(`not valid JSON (${(e as Error).message})`, cfgFile); }
+  const config = parsePeftConfig(raw, cfgFile);
+  const stFile = join(dir, 'adapter_model.safetensors');
+  const st = await loadSafetensors(stFile, MAX_ADAPTER_BYTES);
+  const tensors: TensorMap = new Map();
+  for (const name of st.entries.keys()) {
+    const t = readFloatTensor(st, name);
+    tensors.set(name.replace('.default.weight', '.weight'), t);
+  }
+  return checkAdapterTensors(config, tensors, stFile);
+}
+
+/** adapter_config.json content PEFT accepts unchanged. */
+export function peftConfigJson(config: LoraConfig): Record<string, unknown> {
+  return {
+    peft_type: 'LORA',
+    task_type: config.taskType || 'CAUSAL_LM',
+    base_model_name_or_path: config.baseModelNameOrPath ?? null,
+    r: config.r,
+    lora_alpha: config.loraAlpha,
+    lora_dropout: 0.0,
+    target_modules: [...config.targetModules],
+    fan_in_fan_out: config.fanInFanOut,
+    use_rslora: config.useRslora,
+    bias: 'none',
+    use_dora: false,
+    init_lora_weights: true,
+    inference_mode: true,
+    modules_to_save: null,
+    rank_pattern: config.rankPattern ?? {},
+    alpha_pattern: config.alphaPattern ?? {},
+    layers_to_transform: null,
+    layers_pattern: null,
+    revision: null,
+    auto_mapping: null,
+  };
+}
+
+/** Public API: write a PEFT adapter folder (atomic per file). */
+export async function savePeftAdapter(adapter: LoraAdapter, outDir: string): Promise<void> {
+  checkAdapterTensors(adapter.config, adapter.tensors, outDir);
+  await mkdir(outDir, { recursive: true });
+  await atomicWrite(join(outDir, 'adapter_model.safetensors'), encodeSafetensors(adapter.tensors, { format: 'pt' }));
+  await atomicWrite(join(outDir, 'adapter_config.json'), `${JSON.stringify(peftConfigJson(adapter.config), null, 2)}\n`);
+}

@@ -1,0 +1,404 @@
+/**
+ * Decoder-only causal LM (GPT-2 and Llama/Qwen2/Mistral blocks) in TensorFlow.js, with LoRA applied
+ * on the fly: y = x W + b + scale · (x Aᵀ) Bᵀ. Base weights are loaded once, frozen, and shared by
+ * every adapter; an adapter is a set of small A/B tensors passed to each call.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { tf, selectBackend, type BackendChoice } from '../backend/index.js';
+import { ModelFormatError } from '../errors.js';
+import { loadConfig, linearModules, layerPrefix, type ModelConfig } from './config.js';
+import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
+import { adapterModules, loraAName, loraBName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
+
+/** LoRA factors of one module as live tensors: A [r, in], B [out, r]. */
+export interface LoraFactors { A: tf.Tensor2D; B: tf.Tensor2D; scale: number }
+export type LoraRuntime = Map<string, LoraFactors>;
+
+export interface LoadOptions {
+  backend?: BackendChoice | string;
+  /** Largest checkpoint accepted, bytes (default 16 GiB). */
+  maxBytes?: number;
+}
+
+interface Linear { w: tf.Tensor2D; outIn: boolean; b: tf.Tensor1D | null; in: number; out: number }
+
+export class CausalLM {
+  readonly config: ModelConfig;
+  readonly dir: string;
+  /** HF module path → {in, out} of every linear layer LoRA may target. */
+  readonly linearShapes: Map<string, { in: number; out: number }>;
+  #w = new Map<string, tf.Tensor>();
+  #lin = new Map<string, Linear>();
+  #rope = new Map<number, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
+  #disposed = false;
+
+  private constructor(dir: string, config: ModelConfig) {
+    this.dir = dir;
+    this.config = config;
+    this.linearShapes = linearModules(config);
+  }
+
+  static async load(dir: string, opts: LoadOptions = {}): Promise<CausalLM> {
+    await selectBackend(opts.backend ?? 'auto');
+    const config = await loadConfig(dir);
+    const files = await checkpointFiles(dir);
+    const lm = new CausalLM(dir, config);
+    try {
+      for (const f of files) {
+        const st = await loadSafetensors(f, opts.maxBytes ?? 16 * 1024 ** 3);
+        lm.#ingest(st);
+      }
+      lm.#finish();
+    } catch (e) {
+      lm.dispose();
+      throw e;
+    }
+    return lm;
+  }
+
+  #ingest(st: SafetensorsFile): void {
+    for (const name of st.entries.keys()) {
+      // GPT-2 checkpoints carry attention-mask buffers; HF drops them too.
+      if (/\.attn\.(bias|masked_bias)$/.test(name) && this.config.family === 'gpt2') continue;
+      if (name.endsWith('rotary_emb.inv_freq')) continue;
+      const key = name.startsWith('model.') || name.startsWith('transformer.') || name === 'lm_head.weight' ? name : this.config.family === 'gpt2' ? `transformer.${name}` : name;
+      const t = readFloatTensor(st, name);
+      this.#w.set(key, tf.tensor(t.data, t.shape, 'float32'));
+    }
+  }
+
+  #get(name: string, shape: number[]): tf.Tensor {
+    const t = this.#w.get(name);
+    if (!t) throw new ModelFormatError(`checkpoint has no tensor "${name}"`, this.dir);
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+      throw new ModelFormatError(`tensor "${name}" has shape [${t.shape}], expected [${shape}]`, this.dir);
+    }
+    return t;
+  }
+
+  #finish(): void {
+    const c = this.config;
+    const d = c.hiddenSize;
+    const gpt2 = c.family === 'gpt2';
+    this.#get(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight', [c.vocabSize, d]);
+    if (gpt2) this.#get('transformer.wpe.weight', [c.maxPositions, d]);
+    if (!c.tieWordEmbeddings) this.#get('lm_head.weight', [c.vocabSize, d]);
+    for (const [path, s] of this.linearShapes) {
+      // GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in].
+      const w = this.#get(`${path}.weight`, gpt2 ? [s.in, s.out] : [s.out, s.in]) as tf.Tensor2D;
+      const wantBias = gpt2 || (/\.(q|k|v)_proj$/.test(path) && c.attentionBias) || (/o_proj$/.test(path) && c.oBias) || (/mlp\./.test(path) && c.mlpBias);
+      const b = wantBias ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
+      this.#lin.set(path, { w, outIn: !gpt2, b, in: s.in, out: s.out });
+    }
+    for (let i = 0; i < c.numLayers; i++) {
+      const p = layerPrefix(c, i);
+      for (const n of gpt2 ? ['ln_1.weight', 'ln_1.bias', 'ln_2.weight', 'ln_2.bias'] : ['input_layernorm.weight', 'post_attention_layernorm.weight']) this.#get(`${p}.${n}`, [d]);
+    }
+    this.#get(gpt2 ? 'transformer.ln_f.weight' : 'model.norm.weight', [d]);
+  }
+
+  /** Module paths matched by PEFT `target_modules` (suffix match). */
+  targetModules(targets: string[] | string): string[] {
+    const all = [...this.linearShapes.keys()];
+    if (typeof targets === 'string') {
+      if (targets === 'all-linear') return all;
+      const re = new RegExp(`^(?:${targets})$`);
+      return all.filter((m) => re.test(m));
+    }
+    return all.filter((m) => targets.some((t) => m === t || m.endsWith(`.${t}`)));
+  }
+
+  /** Checks an adapter against this model: every module exists, shapes agree. */
+  validateAdapter(adapter: LoraAdapter, where = 'adapter'): void {
+    for (const m of adapterModules(adapter)) {
+      const s = this.linearShapes.get(m);
+      if (!s) throw new ModelFormatError(`LoRA module "${m}" is not a linear layer of this ${this.config.modelType} model`, where);
+      const A = adapter.tensors.get(loraAName(m)), B = adapter.tensors.get(loraBName(m));
+      if (!A || !B) throw new ModelFormatError(`module "${m}" needs both lora_A and lora_B`, where);
+      const r = A.shape[0]!;
+      if (A.shape.length !== 2 || A.shape[1] !== s.in) throw new ModelFormatError(`${loraAName(m)} has shape [${A.shape}], model needs [${r}, ${s.in}]`, where);
+      if (B.shape.length !== 2 || B.shape[0] !== s.out || B.shape[1] !== r) throw new ModelFormatError(`${loraBName(m)} has shape [${B.shape}], model needs [${s.out}, ${r}]`, where);
+    }
+  }
+
+  /** Uploads an adapter as live tensors (caller disposes with disposeRuntime). */
+  runtime(adapter: LoraAdapter): LoraRuntime {
+    this.validateAdapter(adapter);
+    const rt: LoraRuntime = new Map();
+    for (const m of adapterModules(adapter)) {
+      const A = adapter.tensors.get(loraAName(m))!, B = adapter.tensors.get(loraBName(m))!;
+      rt.set(m, {
+        A: tf.tensor2d(A.data, A.shape as [number, number]),
+        B: tf.tensor2d(B.data, B.shape as [number, number]),
+        scale: moduleScale(adapter.config, m, A.shape[0]),
+      });
+    }
+    return rt;
+  }
+
+  #ropeTables(T: number): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
+    let r = this.#rope.get(T);
+    if (!r) {
+      const hd = this.config.headDim, half = hd / 2;
+      const cos = new Float32Array(T * hd), sin = new Float32Array(T * hd);
+      for (let i = 0; i < half; i++) {
+        // HF computes inv_freq in float32; match it so long positions agree too
+        const inv = Math.fround(1 / Math.fround(this.config.ropeTheta ** Math.fround((2 * i) / hd)));
+        for (let p = 0; p < T; p++) {
+          const a = Math.fround(p * inv);
+          cos[p * hd + i] = cos[p * hd + i + half] = Math.cos(a);
+          sin[p * hd + i] = sin[p * hd + i + half] = Math.sin(a);
+        }
+      }
+      r = { cos: tf.keep(tf.tensor2d(cos, [T, hd])), sin: tf.keep(tf.tensor2d(sin, [T, hd])) };
+      this.#rope.set(T, r);
+    }
+    return r;
+  }
+
+  #linear(x: tf.Tensor2D, path: string, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor2D {
+    const l = this.#lin.get(path)!;
+    const mw = merged?.get(path);
+    let y: tf.Tensor2D = mw ? tf.matMul(x, mw) : tf.matMul(x, l.w, false, l.outIn);
+    if (l.b) y = tf.add(y, l.b) as tf.Tensor2D;
+    const f = mw ? undefined : lora?.get(path);
+    if (f) {
+      const h = tf.matMul(x, f.A, false, true);
+      y = tf.add(y, tf.mul(tf.matMul(h, f.B, false, true), f.scale)) as tf.Tensor2D;
+    }
+    return y;
+  }
+
+  #act(x: tf.Tensor): tf.Tensor {
+    switch (this.config.activation) {
+      case 'silu': return tf.mul(x, tf.sigmoid(x));
+      case 'relu': return tf.relu(x);
+      case 'gelu': return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+      default: { // gelu_new / gelu_pytorch_tanh
+        const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), Math.sqrt(2 / Math.PI));
+        return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.tanh(inner)));
+      }
+    }
+  }
+
+  #norm(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
+    const eps = this.config.normEps;
+    const w = this.#w.get(`${prefix}.weight`)!;
+    if (this.config.family === 'gpt2') {
+      const mean = tf.mean(x, -1, true);
+      const xc = tf.sub(x, mean);
+      const v = tf.mean(tf.square(xc), -1, true);
+      return tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(v, eps))), w), this.#w.get(`${prefix}.bias`)!) as tf.Tensor2D;
+    }
+    const ms = tf.mean(tf.square(x), -1, true);
+    return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), w) as tf.Tensor2D;
+  }
+
+  /**
+   * Logits [B, T, V] for int32 ids [B, T]. `mask` [B, T] (1 = token, 0 = padding) hides padded keys.
+   * Must run inside tf.tidy (or a gradient scope): intermediate tensors are not disposed here.
+   */
+  forward(ids: tf.Tensor2D, mask: tf.Tensor2D | null, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor3D {
+    const c = this.config;
+    const [Bsz, T] = ids.shape;
+    if (c.family === 'gpt2' && T > c.maxPositions) throw new RangeError(`sequence length ${T} exceeds n_positions ${c.maxPositions}`);
+    const d = c.hiddenSize, H = c.numHeads, Hkv = c.numKvHeads, hd = c.headDim, N = Bsz * T;
+    const gpt2 = c.family === 'gpt2';
+    const flatIds = tf.reshape(ids, [N]);
+    let x = tf.gather(this.#w.get(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight')!, flatIds) as tf.Tensor2D;
+    if (gpt2) {
+      const pos = tf.tile(tf.range(0, T, 1, 'int32'), [Bsz]);
+      x = tf.add(x, tf.gather(this.#w.get('transformer.wpe.weight')!, pos));
+    }
+    // additive attention bias [B, 1, T, T]: causal + padded keys
+    const causal = tf.linalg.bandPart(tf.ones([T, T]), -1, 0);
+    let allowed: tf.Tensor = tf.reshape(causal, [1, 1, T, T]);
+    if (mask) allowed = tf.mul(allowed, tf.reshape(tf.cast(mask, 'float32'), [Bsz, 1, 1, T]));
+    const bias = tf.mul(tf.sub(1, allowed), -1e9);
+    const rope = gpt2 ? null : this.#ropeTables(T);
+    const heads = (t: tf.Tensor2D, h: number) => tf.transpose(tf.reshape(t, [Bsz, T, h, hd]), [0, 2, 1, 3]);
+    const rotate = (t: tf.Tensor) => {
+      const [a, b] = tf.split(t, 2, -1) as [tf.Tensor, tf.Tensor];
+      return tf.add(tf.mul(t, rope!.cos), tf.mul(tf.concat([tf.neg(b), a], -1), rope!.sin));
+    };
+    for (let i = 0; i < c.numLayers; i++) {
+      const p = layerPrefix(c, i);
+      const h = this.#norm(x, gpt2 ? `${p}.ln_1` : `${p}.input_layernorm`);
+      let q: tf.Tensor, k: tf.Tensor, v: tf.Tensor;
+      if (gpt2) {
+        const qkv = this.#linear(h, `${p}.attn.c_attn`, lora, merged);
+        const [q2, k2, v2] = tf.split(qkv, 3, -1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+        q = heads(q2, H); k = heads(k2, H); v = heads(v2, H);
+      } else {
+        q = rotate(heads(this.#linear(h, `${p}.self_attn.q_proj`, lora, merged), H));
+        k = rotate(heads(this.#linear(h, `${p}.self_attn.k_proj`, lora, merged), Hkv));
+        v = heads(this.#linear(h, `${p}.self_attn.v_proj`, lora, merged), Hkv);
+      }
+      // Grouped-query attention without materialising repeated K/V: query heads h = kv·g + j share
+      // kv head `kv`, so [B, H, T, hd] viewed as [B, Hkv, g·T, hd] multiplies K/V of [B, Hkv, T, hd].
+      const g = H / Hkv;
+      const qg = tf.reshape(q, [Bsz, Hkv, g * T, hd]) as tf.Tensor4D;
+      const sc = tf.reshape(tf.matMul(qg, k as tf.Tensor4D, false, true), [Bsz, H, T, T]);
+      const probs = tf.softmax(tf.add(tf.mul(sc, 1 / Math.sqrt(hd)), bias));
+      const att = tf.reshape(tf.matMul(tf.reshape(probs, [Bsz, Hkv, g * T, T]) as tf.Tensor4D, v as tf.Tensor4D), [Bsz, H, T, hd]);
+      const merged2 = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
+      x = tf.add(x, this.#linear(merged2, gpt2 ? `${p}.attn.c_proj` : `${p}.self_attn.o_proj`, lora, merged));
+      const h2 = this.#norm(x, gpt2 ? `${p}.ln_2` : `${p}.post_attention_layernorm`);
+      let mlp: tf.Tensor2D;
+      if (gpt2) {
+        mlp = this.#linear(this.#act(this.#linear(h2, `${p}.mlp.c_fc`, lora, merged)) as tf.Tensor2D, `${p}.mlp.c_proj`, lora, merged);
+      } else {
+        const gate = this.#act(this.#linear(h2, `${p}.mlp.gate_proj`, lora, merged));
+        mlp = this.#linear(tf.mul(gate, this.#linear(h2, `${p}.mlp.up_proj`, lora, merged)) as tf.Tensor2D, `${p}.mlp.down_proj`, lora, merged);
+      }
+      x = tf.add(x, mlp);
+    }
+    x = this.#norm(x, gpt2 ? 'transformer.ln_f' : 'model.norm');
+    const head = c.tieWordEmbeddings ? this.#w.get(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight')! : this.#w.get('lm_head.weight')!;
+    return tf.reshape(tf.matMul(x, head as tf.Tensor2D, false, true), [Bsz, T, c.vocabSize]);
+  }
+
+  /** Merged linear weights W + scale·ΔW in the layout #linear multiplies by ([in, out]). */
+  mergedWeights(lora: LoraRuntime): Map<string, tf.Tensor2D> {
+    const out = new Map<string, tf.Tensor2D>();
+    for (const [m, f] of lora) {
+      const l = this.#lin.get(m)!;
+      out.set(m, tf.tidy(() => {
+        const delta = tf.mul(tf.matMul(f.A, f.B, true, true), f.scale); // [in, out]
+        return tf.add(l.outIn ? tf.transpose(l.w) : l.w, delta) as tf.Tensor2D;
+      }));
+    }
+    return out;
+  }
+
+  /** Validated int32 ids tensor [B, T] from a rectangular number[][]. */
+  idsTensor(ids: number[][]): tf.Tensor2D {
+    const B = ids.length, T = ids[0]?.length ?? 0;
+    if (!B || !T) throw new RangeError('ids must be a non-empty number[][]');
+    const flat = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) {
+      const row = ids[b]!;
+      if (row.length !== T) throw new RangeError(`ids row ${b} has length ${row.length}, expected ${T} (pad rows to one length)`);
+      for (let t = 0; t < T; t++) {
+        const v = row[t]!;
+        if (!Number.isInteger(v) || v < 0 || v >= this.config.vocabSize) throw new RangeError(`token id ${v} at [${b}, ${t}] is outside the vocabulary (size ${this.config.vocabSize})`);
+        flat[b * T + t] = v;
+      }
+    }
+    return tf.tensor2d(flat, [B, T], 'int32');
+  }
+
+  /** Logits as a flat Float32Array [B*T*V]. */
+  async logits(ids: number[][], opts: { adapter?: LoraAdapter; merged?: boolean; mask?: number[][] } = {}): Promise<Float32Array> {
+    const idsT = this.idsTensor(ids);
+    const maskT = opts.mask ? tf.tensor2d(opts.mask.flat(), [ids.length, ids[0]!.length], 'float32') : null;
+    const rt = opts.adapter ? this.runtime(opts.adapter) : undefined;
+    const mw = rt && opts.merged ? this.mergedWeights(rt) : undefined;
+    try {
+      const out = tf.tidy(() => this.forward(idsT, maskT, mw ? undefined : rt, mw));
+      const data = (await out.data()) as Float32Array;
+      out.dispose();
+      return data;
+    } finally {
+      idsT.dispose(); maskT?.dispose();
+      if (rt) disposeRuntime(rt);
+      if (mw) for (const t of mw.values()) t.dispose();
+    }
+  }
+
+  /**
+   * Causal-LM loss (mean over predicted tokens: labels = ids shifted left; positions whose *target*
+   * has lossMask 0 are ignored, as HF's -100) and gradients for every LoRA tensor of the adapter.
+   */
+  async lossAndGrads(ids: number[][], opts: { adapter: LoraAdapter; lossMask?: number[][]; mask?: number[][] }): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+    const idsT = this.idsTensor(ids);
+    const B = ids.length, T = ids[0]!.length;
+    const maskT = opts.mask ? tf.tensor2d(opts.mask.flat(), [B, T], 'float32') : null;
+    const lmT = tf.tensor2d(opts.lossMask ? opts.lossMask.flat() : new Array(B * T).fill(1), [B, T], 'float32');
+    const rt = this.runtime(opts.adapter);
+    const names: string[] = [], xs: tf.Tensor[] = [], mods: Array<[string, 'A' | 'B']> = [];
+    for (const [m, f] of rt) {
+      names.push(loraAName(m), loraBName(m)); xs.push(f.A, f.B); mods.push([m, 'A'], [m, 'B']);
+    }
+    try {
+      const { value, grads } = tf.tidy(() => tf.valueAndGrads((...ts: tf.Tensor[]) => {
+        const live: LoraRuntime = new Map();
+        ts.forEach((t, i) => {
+          const [m, which] = mods[i]!;
+          const cur = live.get(m) ?? { A: t as tf.Tensor2D, B: t as tf.Tensor2D, scale: rt.get(m)!.scale };
+          cur[which] = t as tf.Tensor2D;
+          live.set(m, cur);
+        });
+        return this.causalLoss(this.forward(idsT, maskT, live), idsT, lmT, maskT);
+      })(xs));
+      const loss = (await value.data())[0]!;
+      const out = new Map<string, Float32Array>();
+      for (let i = 0; i < names.length; i++) out.set(names[i]!, (await grads[i]!.data()) as Float32Array);
+      value.dispose(); tf.dispose(grads);
+      return { loss, grads: out };
+    } finally {
+      idsT.dispose(); maskT?.dispose(); lmT.dispose(); disposeRuntime(rt);
+    }
+  }
+
+  /** Mean next-token cross entropy over targets with lossMask 1 (and attention mask 1). */
+  causalLoss(logits: tf.Tensor3D, ids: tf.Tensor2D, lossMask: tf.Tensor2D, mask: tf.Tensor2D | null): tf.Scalar {
+    const [B, T, V] = logits.shape;
+    const n = B * (T - 1);
+    const pred = tf.reshape(tf.slice(logits, [0, 0, 0], [B, T - 1, V]), [n, V]);
+    const tgt = tf.reshape(tf.slice(ids, [0, 1], [B, T - 1]), [n]);
+    let w = tf.reshape(tf.slice(lossMask, [0, 1], [B, T - 1]), [n]);
+    if (mask) w = tf.mul(w, tf.reshape(tf.slice(mask, [0, 1], [B, T - 1]), [n]));
+    const lse = tf.logSumExp(pred, -1);
+    // one-hot pick rather than gather: the wasm backend has no kernel for gather's gradient
+    const picked = tf.sum(tf.mul(pred, tf.oneHot(tf.cast(tgt, 'int32'), V)), -1);
+    const nll = tf.sub(lse, picked);
+    return tf.div(tf.sum(tf.mul(nll, w)), tf.maximum(tf.sum(w), 1)) as tf.Scalar;
+  }
+
+  /** Number of base parameters (for reports: full-model-equivalent bytes). */
+  get parameterCount(): number {
+    let n = 0;
+    for (const t of this.#w.values()) n += t.size;
+    return n;
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const t of this.#w.values()) t.dispose();
+    for (const r of this.#rope.values()) { r.cos.dispose(); r.sin.dispose(); }
+    this.#w.clear(); this.#lin.clear(); this.#rope.clear();
+  }
+}
+
+export function disposeRuntime(rt: LoraRuntime): void {
+  for (const f of rt.values()) { f.A.dispose(); f.B.dispose(); }
+}
+
+/** model.safetensors, or the shards listed by model.safetensors.index.json. */
+export async function checkpointFiles(dir: string): Promise<string[]> {
+  const single = `${dir}/model.safetensors`;
+  if (await exists(single)) return [single];
+  const indexFile = `${dir}/model.safetensors.index.json`;
+  if (!(await exists(indexFile))) throw new ModelFormatError('no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)', dir);
+  let index: unknown;
+  try { index = JSON.parse(await readFile(indexFile, 'utf8')); } catch (e) { throw new ModelFormatError(`not valid JSON (${(e as Error).message})`, indexFile); }
+  const wm = (index as { weight_map?: unknown }).weight_map;
+  if (typeof wm !== 'object' || wm === null) throw new ModelFormatError('missing weight_map', indexFile);
+  const shards = new Set<string>();
+  for (const v of Object.values(wm)) {
+    if (typeof v !== 'string' || v.includes('/') || v.includes('\\') || !v.endsWith('.safetensors')) throw new ModelFormatError(`bad shard name ${JSON.stringify(v)}`, indexFile);
+    shards.add(v);
+  }
+  return [...shards].sort().map((s) => `${dir}/${s}`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try { await stat(p); return true; } catch { return false; }
+}
+
+/** Public API: load a Hugging Face causal LM folder. */
+export async function loadCausalLM(dir: string, opts: LoadOptions = {}): Promise<CausalLM> {
+  return CausalLM.load(dir, opts);
+}
