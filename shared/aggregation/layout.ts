@@ -56,9 +56,10 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
 
 /** Packs exactly the layout's tensors into one vector. Missing, extra or mis-shaped tensors are refused. */
 export function flatten(map: TensorMap, layout: FlatLayout): Float32Array {
-  if (map.size !== layout.entries.length) {
-    const extra = [...map.keys()].filter((k) => !layout.entries.some((e) => e.name === k));
-    const missing = layout.entries.filter((e) => !map.has(e.name)).map((e) => e.name);
+  const names = new Set(layout.entries.map((e) => e.name));
+  const extra = [...map.keys()].filter((k) => !names.has(k));
+  const missing = layout.entries.filter((e) => !map.has(e.name)).map((e) => e.name);
+  if (extra.length || missing.length) {
     throw new ProtocolError('LAYOUT', `tensors do not match the layout${missing.length ? `; missing ${missing.slice(0, 3).join(', ')}` : ''}${extra.length ? `; unexpected ${extra.slice(0, 3).join(', ')}` : ''}`);
   }
   const vec = new Float32Array(layout.size);
