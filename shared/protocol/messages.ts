@@ -50,7 +50,7 @@ export interface HelloReply {
 }
 
 export interface ChunkRequest { modelId: string; file: string; offset: number; length: number }
-export interface Ready { modelId: string }
+export interface Ready { modelId: string; /** Training examples the client holds (caps its upload weight); 0 if unknown. */ examples: number }
 
 export interface LayoutEntry { name: string; shape: number[] }
 
@@ -158,7 +158,7 @@ export function parseChunkReply(v: unknown, expectMax: number): Uint8Array {
 
 export function parseReady(v: unknown): Ready {
   const o = obj(v, 'ready');
-  return { modelId: str(o.modelId, 'ready.modelId', { re: HEX64 }) };
+  return { modelId: str(o.modelId, 'ready.modelId', { re: HEX64 }), examples: o.examples === undefined ? 0 : int(o.examples, 'ready.examples', 0, LIMITS.maxExamples) };
 }
 
 function parseEval(v: unknown, path: string): EvalReport {

@@ -39,9 +39,14 @@ export interface AckEmitter {
 }
 
 export async function request(socket: AckEmitter, event: string, payload: unknown, timeoutMs: number, maxReplyBytes = DEFAULT_MAX_MESSAGE_BYTES): Promise<Record<string, unknown>> {
+  return requestEncoded(socket, event, encode(payload), timeoutMs, maxReplyBytes);
+}
+
+/** Same as `request` for a payload already encoded (so the caller can count or reuse the bytes). */
+export async function requestEncoded(socket: AckEmitter, event: string, bytes: Uint8Array, timeoutMs: number, maxReplyBytes = DEFAULT_MAX_MESSAGE_BYTES): Promise<Record<string, unknown>> {
   let raw: unknown;
   try {
-    raw = await (socket.timeout(timeoutMs) as { emitWithAck(ev: string, ...args: unknown[]): Promise<unknown> }).emitWithAck(event, encode(payload));
+    raw = await socket.timeout(timeoutMs).emitWithAck(event, bytes);
   } catch (e) {
     throw new ProtocolError('TIMEOUT', `${event}: no reply within ${timeoutMs} ms (${errorMessage(e)})`);
   }
@@ -55,7 +60,7 @@ export interface ServeOptions {
 }
 
 /** socket.io `on` handler for a request event: decode → handler → ack, with every failure acked as an error. */
-export function serveRequest(event: string, handler: (msg: unknown) => Promise<Record<string, unknown> | Uint8Array> | Record<string, unknown> | Uint8Array, opts: ServeOptions): (...args: unknown[]) => void {
+export function serveRequest(event: string, handler: (msg: unknown, bytes: number) => Promise<Record<string, unknown> | Uint8Array> | Record<string, unknown> | Uint8Array, opts: ServeOptions): (...args: unknown[]) => void {
   return (...args: unknown[]) => {
     const ack = args.length > 0 && typeof args[args.length - 1] === 'function' ? (args[args.length - 1] as (r: unknown) => void) : null;
     const send = (r: Uint8Array) => { try { ack?.(r); } catch { /* peer gone */ } };
@@ -70,6 +75,7 @@ export function serveRequest(event: string, handler: (msg: unknown) => Promise<R
       return;
     }
     let msg: unknown;
+    const size = args[0] instanceof Uint8Array ? args[0].byteLength : args[0] instanceof ArrayBuffer ? args[0].byteLength : 0;
     try {
       msg = decode(args[0], opts.maxBytes);
     } catch (e) {
@@ -78,7 +84,7 @@ export function serveRequest(event: string, handler: (msg: unknown) => Promise<R
       return;
     }
     Promise.resolve()
-      .then(() => handler(msg))
+      .then(() => handler(msg, size))
       .then((body) => send(body instanceof Uint8Array ? body : okReply(body)), (e: unknown) => {
         opts.onError?.(event, e);
         send(errorReply(e));
