@@ -3,23 +3,12 @@
  * (`name\tsize\tsha256\n` per file, sorted by name), so any change to any file changes the id.
  * Files are served in bounded chunks by (file, offset, length); clients resume by offset.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, ProtocolError } from '../shared/errors.js';
-import { FILE_RE, LIMITS, type ModelFile } from '../shared/protocol/index.js';
+import { FILE_RE, LIMITS, manifestId, sha256File, type ModelFile } from '../shared/protocol/index.js';
 
-export async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
-}
-
-export function manifestId(files: readonly ModelFile[]): string {
-  const lines = [...files].sort((a, b) => (a.name < b.name ? -1 : 1)).map((f) => `${f.name}\t${f.size}\t${f.sha256}\n`).join('');
-  return createHash('sha256').update(lines).digest('hex');
-}
+export { manifestId, sha256File };
 
 export class ModelStore {
   readonly dir: string;
@@ -27,7 +16,7 @@ export class ModelStore {
   readonly modelId: string;
   /** Bytes of the weights file(s): what sending the full model would cost. */
   readonly weightBytes: number;
-  #handles = new Map<string, FileHandle>();
+  #handles = new Map<string, Promise<FileHandle>>();
 
   private constructor(dir: string, files: ModelFile[], weightBytes: number) {
     this.dir = dir;
@@ -60,8 +49,9 @@ export class ModelStore {
     if (!f) throw new ProtocolError('UNKNOWN_FILE', `no model file ${file}`);
     if (offset > f.size) throw new ProtocolError('BAD_RANGE', `offset ${offset} past the end of ${file} (${f.size})`);
     const n = Math.min(length, f.size - offset);
-    let fh = this.#handles.get(file);
-    if (!fh) { fh = await open(join(this.dir, file), 'r'); this.#handles.set(file, fh); }
+    let p = this.#handles.get(file);
+    if (!p) { p = open(join(this.dir, file), 'r'); this.#handles.set(file, p); }
+    const fh = await p;
     const buf = new Uint8Array(n);
     let got = 0;
     while (got < n) {
@@ -75,6 +65,6 @@ export class ModelStore {
   async close(): Promise<void> {
     const hs = [...this.#handles.values()];
     this.#handles.clear();
-    await Promise.allSettled(hs.map((h) => h.close()));
+    await Promise.allSettled(hs.map(async (h) => (await h).close()));
   }
 }
