@@ -1,0 +1,151 @@
+/**
+ * The client's local trainer: base model (frozen, shared) + private data → an updated adapter and
+ * evaluation metrics. This is the only place a client's examples are read; nothing here touches
+ * the network.
+ */
+import { loadCausalLM, CausalLM } from '../shared/model/causal-lm.js';
+import { ByteTokenizer, loadTokenizer, type TextTokenizer } from '../shared/model/tokenizer.js';
+import { encodeExamples, loadJsonlDataset, padBatch, splitEval, type Example, type EncodedExample } from '../shared/data/jsonl.js';
+import { Rng } from '../shared/data/random.js';
+import { LoraTrainer, type Batch } from '../shared/train/trainer.js';
+import { evaluate, type EvalMetrics } from '../shared/train/eval.js';
+import { disposeRuntime } from '../shared/model/causal-lm.js';
+import { DataError, ModelFormatError } from '../shared/errors.js';
+import type { LoraAdapter } from '../shared/lora/adapter.js';
+
+export type { EvalMetrics };
+
+export interface TrainOptions {
+  steps: number;
+  lr: number;
+  batchSize: number;
+  seed: number;
+  trainable: (peftName: string) => boolean;
+  onProgress?: (step: number, total: number, loss: number) => void;
+  gradAccum?: number;
+  weightDecay?: number;
+  warmupSteps?: number;
+}
+
+export interface TrainResult { adapter: LoraAdapter; trainLoss: number; steps: number; examples: number }
+
+export interface LocalTrainer {
+  /** module path → {in, out} for every linear layer of the base model. */
+  readonly moduleShapes: Map<string, { in: number; out: number }>;
+  readonly trainExamples: number;
+  readonly evalExamples: number;
+  train(start: LoraAdapter, opts: TrainOptions): Promise<TrainResult>;
+  evaluate(adapter: LoraAdapter): Promise<EvalMetrics>;
+  dispose(): void;
+}
+
+export interface CreateTrainerOptions {
+  modelDir: string;
+  /** JSONL file with {"text"} or {"prompt","completion"} lines; or pass `examples`. */
+  dataFile?: string;
+  examples?: Example[];
+  backend?: string;
+  evalFraction?: number;
+  seed?: number;
+  maxSeqLen?: number;
+  /** Share one loaded model among many trainers in a process (not disposed by the trainer). */
+  lm?: CausalLM;
+  tokenizer?: TextTokenizer;
+  /** Cap on eval examples scored each round (default 256). */
+  maxEval?: number;
+}
+
+export async function resolveTokenizer(modelDir: string, vocabSize: number): Promise<TextTokenizer> {
+  try {
+    return await loadTokenizer(modelDir);
+  } catch (e) {
+    // tokenizer-less checkpoints (e.g. test fixtures) fall back to bytes when the vocabulary can hold them
+    if (e instanceof ModelFormatError && /no fedlora_tokenizer.json or tokenizer.json/.test(e.message) && vocabSize >= 259) return new ByteTokenizer();
+    throw e;
+  }
+}
+
+export async function createTrainer(opts: CreateTrainerOptions): Promise<LocalTrainer> {
+  const seed = opts.seed ?? 0;
+  const examples = opts.examples ?? (opts.dataFile ? await loadJsonlDataset(opts.dataFile) : undefined);
+  if (!examples) throw new DataError('createTrainer needs dataFile or examples');
+  if (examples.length < 2) throw new DataError(`need at least 2 examples, got ${examples.length}`);
+  const lm = opts.lm ?? (await loadCausalLM(opts.modelDir, { backend: opts.backend ?? 'auto' }));
+  const ownsModel = !opts.lm;
+  try {
+    const tok = opts.tokenizer ?? (await resolveTokenizer(opts.modelDir, lm.config.vocabSize));
+    if (tok.vocabSize > lm.config.vocabSize) throw new ModelFormatError(`tokenizer produces ids up to ${tok.vocabSize - 1} but the model's vocabulary has ${lm.config.vocabSize} entries`, opts.modelDir);
+    const maxSeqLen = Math.min(opts.maxSeqLen ?? 256, lm.config.maxPositions);
+    const split = splitEval(examples, opts.evalFraction ?? 0.2, seed);
+    const evalSet = split.eval.slice(0, opts.maxEval ?? 256);
+    const train = encodeExamples(split.train, tok, maxSeqLen).filter((e) => e.lossMask.some((m) => m > 0));
+    if (!train.length) throw new DataError('no training example has a target token after tokenization');
+    return new Trainer(lm, ownsModel, tok, train, evalSet, maxSeqLen);
+  } catch (e) {
+    if (ownsModel) lm.dispose();
+    throw e;
+  }
+}
+
+class Trainer implements LocalTrainer {
+  readonly moduleShapes: Map<string, { in: number; out: number }>;
+  readonly #lm: CausalLM;
+  readonly #owns: boolean;
+  readonly #tok: TextTokenizer;
+  readonly #train: EncodedExample[];
+  readonly #eval: Example[];
+  readonly #maxSeqLen: number;
+  #round = 0;
+
+  constructor(lm: CausalLM, owns: boolean, tok: TextTokenizer, train: EncodedExample[], evalSet: Example[], maxSeqLen: number) {
+    this.#lm = lm; this.#owns = owns; this.#tok = tok; this.#train = train; this.#eval = evalSet; this.#maxSeqLen = maxSeqLen;
+    this.moduleShapes = lm.linearShapes;
+  }
+
+  get trainExamples(): number { return this.#train.length; }
+  get evalExamples(): number { return this.#eval.length; }
+
+  async train(start: LoraAdapter, o: TrainOptions): Promise<TrainResult> {
+    if (!Number.isInteger(o.steps) || o.steps < 1) throw new RangeError(`steps must be a positive integer, got ${o.steps}`);
+    if (!Number.isInteger(o.batchSize) || o.batchSize < 1) throw new RangeError(`batch size must be a positive integer, got ${o.batchSize}`);
+    const accum = o.gradAccum ?? 1;
+    const rng = new Rng(`train:${o.seed}:${this.#round++}`);
+    let order: number[] = [];
+    const next = (): EncodedExample => {
+      if (!order.length) order = rng.shuffle(this.#train.map((_, i) => i));
+      return this.#train[order.pop()!]!;
+    };
+    const trainer = new LoraTrainer(this.#lm, start, {
+      lr: o.lr, totalSteps: o.steps, warmupSteps: o.warmupSteps ?? Math.min(10, Math.floor(o.steps / 10)),
+      schedule: 'cosine', weightDecay: o.weightDecay ?? 0, maxGradNorm: 1.0, minLrRatio: 0.1,
+    }, o.trainable);
+    try {
+      const losses: number[] = [];
+      for (let s = 0; s < o.steps; s++) {
+        const micro: Batch[] = [];
+        for (let a = 0; a < accum; a++) micro.push(padBatch(Array.from({ length: o.batchSize }, next), this.#tok.padId));
+        const { loss } = await trainer.trainStep(micro);
+        if (!Number.isFinite(loss)) throw new Error(`training diverged: loss ${loss} at step ${s + 1}`);
+        losses.push(loss);
+        o.onProgress?.(s + 1, o.steps, loss);
+      }
+      const tail = losses.slice(-Math.max(1, Math.ceil(losses.length / 4)));
+      return { adapter: await trainer.adapter(), trainLoss: tail.reduce((a, b) => a + b, 0) / tail.length, steps: o.steps, examples: this.#train.length };
+    } finally {
+      trainer.dispose();
+    }
+  }
+
+  async evaluate(adapter: LoraAdapter): Promise<EvalMetrics> {
+    const rt = this.#lm.runtime(adapter);
+    try {
+      return await evaluate(this.#lm, this.#tok, this.#eval, rt, { maxSeqLen: this.#maxSeqLen });
+    } finally {
+      disposeRuntime(rt);
+    }
+  }
+
+  dispose(): void {
+    if (this.#owns) this.#lm.dispose();
+  }
+}
