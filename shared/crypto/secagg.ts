@@ -1,0 +1,762 @@
+import nacl from 'tweetnacl';
+import { logger } from '../log.js';
+import { fail, cryptoError } from './errors.js';
+import { type Canonical, bytesEqual, canonicalEncode, hashCanonical, isBytes } from './encoding.js';
+import { type Identity, signMessage, verifyMessage } from './identity.js';
+import { type Sealed, openWithKey, sealWithKey, sharedKey } from './seal.js';
+import { type Share, reconstructVerified, shareCommitment, splitSecret, verifyShareCommitment } from './shamir.js';
+import { addMask, deriveMaskKey } from './prg.js';
+import { NeighbourGraph } from './graph.js';
+
+const log = logger('fedlora:crypto:secagg');
+
+/**
+ * Secure aggregation (Bonawitz et al. 2017) over the SecAgg+ sparse neighbour graph, as two pure
+ * state machines. Messages are plain objects of Uint8Array / Uint32Array / number / string, ready
+ * for msgpackr; the transport (socket.io) and timeouts belong to the caller.
+ *
+ *   client                              server
+ *   advertiseKeys()          ─Advertise→  receiveAdvertise(from, m)
+ *                           ←Keys──────   closeAdvertise() → Map<id, KeysMsg>
+ *   shareKeys(keys)          ─ShareKeys→  receiveShareKeys(from, m)
+ *                           ←Shares────   closeShareKeys() → Map<id, SharesMsg>
+ *   maskedInput(shares, v)   ─Masked───→  receiveMasked(from, m)      (added to a running sum, not kept)
+ *                           ←Survivors─   closeMaskedInput() → SurvivorListMsg (coordinator-signed)
+ *   consistencyCheck(list)   ─Consist──→  receiveConsistency(from, m)
+ *                           ←Unmask req   closeConsistency() → Map<id, UnmaskRequestMsg>
+ *   unmask(req)              ─Unmask───→  receiveUnmask(from, m)
+ *                                         finalize() → { sum, survivors, … }
+ *
+ * `from` is the participant id the transport authenticated (join proof); messages naming another id
+ * are refused. Inputs are already fixed-point encoded (quantize.ts); arithmetic is mod 2^32.
+ */
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+
+export interface Participant {
+  id: string;          // 1..128 chars, unique
+  key: Uint8Array;     // Ed25519 identity key (enrolled)
+}
+
+export interface SecAggParams {
+  round: number;
+  modelHash: string;             // hash of what this round trains (base model + global adapter)
+  vectorLength: number;
+  participants: Participant[];   // sorted by id
+  k: number;                     // neighbours per client (n−1 = complete graph)
+  t: number;                     // Shamir threshold over the k+1 holders of a client's secrets
+  nonce: Uint8Array;             // 32 fresh random bytes from the coordinator
+  coordinatorKey: Uint8Array;    // coordinator Ed25519 identity key
+}
+
+export const SECAGG_DOMAINS = {
+  params: 'fedlora/secagg/params/v1',
+  advertise: 'fedlora/secagg/advertise/v1',
+  keys: 'fedlora/secagg/keys/v1',
+  shareCommit: 'fedlora/secagg/share-commitments/v1',
+  survivors: 'fedlora/secagg/survivors/v1',
+  consistency: 'fedlora/secagg/consistency/v1',
+} as const;
+
+export const MAX_PARTICIPANTS = 100_000;
+export const MAX_VECTOR = 1 << 28;
+const SHARE_KIND = 'secagg/share';
+const SHARE_PAYLOAD = 1 + 32 + 32 + 16 + 16;
+
+function paramsCanonical(p: SecAggParams): Canonical {
+  return {
+    round: p.round, modelHash: p.modelHash, vectorLength: p.vectorLength,
+    participants: p.participants.map((q) => [q.id, q.key]), k: p.k, t: p.t, nonce: p.nonce, coordinatorKey: p.coordinatorKey,
+  };
+}
+
+export function validateSecAggParams(p: SecAggParams): void {
+  const bad = (m: string): never => fail('SECAGG_PARAMS', m);
+  if (!p || typeof p !== 'object') bad('params missing');
+  if (!Number.isSafeInteger(p.round) || p.round < 0) bad('round must be a non-negative integer');
+  if (typeof p.modelHash !== 'string' || p.modelHash.length === 0 || p.modelHash.length > 256) bad('modelHash must be a non-empty string');
+  if (!Number.isInteger(p.vectorLength) || p.vectorLength < 1 || p.vectorLength > MAX_VECTOR) bad(`vectorLength must be 1..${MAX_VECTOR}`);
+  if (!Array.isArray(p.participants) || p.participants.length < 2 || p.participants.length > MAX_PARTICIPANTS) bad(`need 2..${MAX_PARTICIPANTS} participants`);
+  const keys = new Set<string>();
+  let prev = '';
+  for (const q of p.participants) {
+    if (!q || typeof q.id !== 'string' || q.id.length === 0 || q.id.length > 128) bad('participant ids must be 1..128 chars');
+    if (!isBytes(q.key, 32)) bad(`participant ${q.id}: key must be 32 bytes`);
+    if (q.id <= prev) bad('participants must be sorted by id with unique ids');
+    prev = q.id;
+    const kk = Buffer.from(q.key).toString('hex');
+    if (keys.has(kk)) bad(`participant ${q.id}: key used twice`);
+    keys.add(kk);
+  }
+  const n = p.participants.length;
+  if (!Number.isInteger(p.k) || p.k < 1 || p.k > n - 1 || (p.k < n - 1 && p.k % 2)) bad(`k must be even in 2..n−2 or exactly n−1 (n=${n}, k=${p.k})`);
+  if (!Number.isInteger(p.t) || p.t < 2 || p.t > p.k + 1 || p.t > 255) bad(`t must be in 2..k+1 (k=${p.k}, t=${p.t})`);
+  if (!isBytes(p.nonce, 32)) bad('nonce must be 32 bytes');
+  if (!isBytes(p.coordinatorKey, 32)) bad('coordinatorKey must be 32 bytes');
+}
+
+/** Coordinator signs the round's secure-aggregation parameters (part of the signed round start). */
+export function signSecAggParams(p: SecAggParams, coordinator: Identity): Uint8Array {
+  validateSecAggParams(p);
+  if (!bytesEqual(p.coordinatorKey, coordinator.publicKey)) fail('SECAGG_PARAMS', 'params name another coordinator key');
+  return signMessage(SECAGG_DOMAINS.params, paramsCanonical(p), coordinator.secretKey);
+}
+
+/** Round-level session id (before keys are known): binds round, model hash, roster, k, t, nonce. */
+export function secAggSessionSeed(p: SecAggParams): Uint8Array {
+  return hashCanonical('fedlora/secagg/session0/v1', paramsCanonical(p));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+export interface AdvertiseMsg {
+  id: string;
+  cPk: Uint8Array;      // X25519 key for sealing shares between neighbours
+  sPk: Uint8Array;      // X25519 key for pairwise masks
+  bCommit: Uint8Array;  // hash commitment of the self-mask seed
+  signature: Uint8Array;
+}
+
+export interface KeysMsg {
+  advertised: string[];       // U1, sorted
+  keysDigest: Uint8Array;     // hash of all advertisements in U1
+  signature: Uint8Array;      // coordinator, over {session0, advertised, keysDigest}
+  neighbours: AdvertiseMsg[]; // the recipient's neighbours in U1
+}
+
+export interface ShareCommitments { holder: string; b: Uint8Array; s: Uint8Array }
+
+export interface ShareKeysMsg {
+  id: string;
+  envelopes: { to: string; sealed: Sealed }[];
+  commitments: ShareCommitments[];   // one per holder, including the dealer itself
+  signature: Uint8Array;             // dealer, over {session, id, commitments}
+}
+
+export interface SharesMsg {
+  envelopes: { from: string; sealed: Sealed }[];
+}
+
+export interface MaskedInputMsg {
+  id: string;
+  masked: Uint32Array;
+}
+
+export interface SurvivorListMsg {
+  survivors: string[];      // U3: ids whose masked input the server accepted, sorted
+  signature: Uint8Array;    // coordinator
+}
+
+export interface ConsistencyMsg {
+  id: string;
+  signature: Uint8Array;    // client, over {session, survivors}
+}
+
+export interface UnmaskRequestMsg {
+  survivorList: SurvivorListMsg;
+  signatures: { id: string; signature: Uint8Array }[];  // consistency signatures of the recipient's holders
+}
+
+export interface RevealedShare {
+  dealer: string;
+  kind: 'b' | 's';          // b: self-mask seed share (dealer survived); s: mask key share (dealer dropped)
+  x: number;
+  y: Uint8Array;
+  salt: Uint8Array;
+}
+
+export interface UnmaskMsg {
+  id: string;
+  reveals: RevealedShare[];
+}
+
+export interface SecAggResult {
+  sum: Uint32Array;               // Σ_{u ∈ survivors} x_u mod 2^32
+  survivors: string[];            // U3
+  droppedAfterSharing: string[];  // U2 \ U3: masks recovered from key shares
+  badShares: { dealer: string; holder: string }[];  // revealed shares that failed their commitment
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+
+class Roster {
+  readonly params: SecAggParams;
+  readonly n: number;
+  readonly index = new Map<string, number>();
+  readonly graph: NeighbourGraph;
+  readonly session0: Uint8Array;
+  constructor(p: SecAggParams) {
+    validateSecAggParams(p);
+    this.params = p;
+    this.n = p.participants.length;
+    p.participants.forEach((q, i) => this.index.set(q.id, i));
+    this.session0 = secAggSessionSeed(p);
+    this.graph = new NeighbourGraph(this.n, p.k, this.session0);
+  }
+  idx(id: string): number {
+    const i = this.index.get(id);
+    if (i === undefined) fail('SECAGG_MESSAGE', `unknown participant ${JSON.stringify(String(id).slice(0, 64))}`);
+    return i;
+  }
+  id(i: number): string { return this.params.participants[i]!.id; }
+  key(id: string): Uint8Array { return this.params.participants[this.idx(id)]!.key; }
+  neighbourIds(id: string): string[] { return this.graph.neighbours(this.idx(id)).map((j) => this.id(j)); }
+  areNeighbours(a: string, b: string): boolean { return this.graph.areNeighbours(this.idx(a), this.idx(b)); }
+  /** Shamir x coordinate of `holder` for secrets dealt by `dealer`: 1 + rank in dealer's full neighbourhood ∪ {dealer}. */
+  xOf(dealer: string, holder: string): number {
+    const d = this.idx(dealer), h = this.idx(holder);
+    if (d !== h && !this.graph.areNeighbours(d, h)) fail('SECAGG_MESSAGE', `${holder} is not a neighbour of ${dealer}`);
+    const all = [...this.graph.neighbours(d), d].sort((a, b) => a - b);
+    return all.indexOf(h) + 1;
+  }
+  /** +1 if a's index is below b's (a adds the pair mask), else −1 */
+  sign(a: string, b: string): 1 | -1 { return this.idx(a) < this.idx(b) ? 1 : -1; }
+}
+
+function advertiseBody(session0: Uint8Array, m: { id: string; cPk: Uint8Array; sPk: Uint8Array; bCommit: Uint8Array }): Canonical {
+  return { session0, id: m.id, cPk: m.cPk, sPk: m.sPk, bCommit: m.bCommit };
+}
+
+function keysBody(session0: Uint8Array, advertised: string[], keysDigest: Uint8Array): Canonical {
+  return { session0, advertised, keysDigest };
+}
+
+function fullSession(session0: Uint8Array, advertised: string[], keysDigest: Uint8Array): Uint8Array {
+  return hashCanonical('fedlora/secagg/session/v1', { session0, advertised, keysDigest });
+}
+
+function bCommitment(session0: Uint8Array, id: string, b: Uint8Array): Uint8Array {
+  return hashCanonical('fedlora/secagg/b-commit/v1', { session0, id, b });
+}
+
+function commitLabel(session: Uint8Array, dealer: string, holder: string, kind: 'b' | 's'): Canonical {
+  return { session, dealer, holder, kind };
+}
+
+function commitmentsBody(session: Uint8Array, id: string, c: ShareCommitments[]): Canonical {
+  return { session, id, commitments: c.map((x) => [x.holder, x.b, x.s]) };
+}
+
+function pairKey(session: Uint8Array, round: number, a: string, b: string, secret: Uint8Array): Uint8Array {
+  const pair: [string, string] = a < b ? [a, b] : [b, a];
+  return deriveMaskKey(secret, { session, round, purpose: 'pair', pair });
+}
+
+function selfKey(session: Uint8Array, round: number, id: string, b: Uint8Array): Uint8Array {
+  return deriveMaskKey(b, { session, round, purpose: 'self', owner: id });
+}
+
+function x25519(sk: Uint8Array, pk: Uint8Array): Uint8Array {
+  const s = nacl.scalarMult(sk, pk);
+  let z = 0;
+  for (let i = 0; i < 32; i++) z |= s[i]!;
+  if (z === 0) fail('SECAGG_MESSAGE', 'peer mask key is a low-order point (all-zero shared secret)');
+  return s;
+}
+
+function checkIdList(list: unknown, what: string): asserts list is string[] {
+  if (!Array.isArray(list) || list.length > MAX_PARTICIPANTS || list.some((x) => typeof x !== 'string')) {
+    fail('SECAGG_MESSAGE', `${what}: must be an array of ids`);
+  }
+}
+
+function sortedUnique(list: string[]): boolean {
+  for (let i = 1; i < list.length; i++) if (!(list[i - 1]! < list[i]!)) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+export type ClientPhase = 'advertise' | 'share' | 'mask' | 'consistency' | 'unmask' | 'done' | 'aborted';
+
+export interface SecAggClientOptions {
+  params: SecAggParams;
+  paramsSignature: Uint8Array;   // coordinator signature from the round start
+  coordinatorKey: Uint8Array;    // pinned (or TOFU) coordinator key; must match params.coordinatorKey
+  identity: Identity;            // this client's enrolled identity
+  id: string;                    // this client's participant id
+}
+
+interface PeerKeys { cPk: Uint8Array; sPk: Uint8Array }
+
+export class SecAggClient {
+  readonly id: string;
+  readonly #r: Roster;
+  readonly #identity: Identity;
+  #phase: ClientPhase = 'advertise';
+  #abortReason: string | undefined;
+  // own secrets
+  #c = nacl.box.keyPair();
+  #s = nacl.box.keyPair();
+  #b = nacl.randomBytes(32);
+  // round state
+  #session: Uint8Array | undefined;
+  #advertised = new Set<string>();
+  #peers = new Map<string, PeerKeys>();    // neighbours in U1
+  #holders: string[] = [];                 // neighbours in U1 ∪ {me}
+  #held = new Map<string, { b: Share; s: Share; bSalt: Uint8Array; sSalt: Uint8Array }>(); // dealer → my shares
+  #survivors: string[] | undefined;
+  #survivorSig: Uint8Array | undefined;
+  #revealed = new Map<string, 'b' | 's'>();
+
+  constructor(o: SecAggClientOptions) {
+    this.#r = new Roster(o.params);
+    if (!bytesEqual(o.params.coordinatorKey, o.coordinatorKey)) fail('CRYPTO_UNKNOWN_KEY', 'secagg params name a different coordinator key than the pinned one');
+    if (!verifyMessage(SECAGG_DOMAINS.params, paramsCanonical(o.params), o.paramsSignature, o.coordinatorKey)) {
+      fail('CRYPTO_BAD_SIGNATURE', 'secagg params are not signed by the coordinator');
+    }
+    this.id = o.id;
+    if (!bytesEqual(this.#r.key(o.id), o.identity.publicKey)) fail('CRYPTO_UNKNOWN_KEY', `participant ${o.id} is listed with another identity key`);
+    this.#identity = o.identity;
+  }
+
+  get phase(): ClientPhase { return this.#phase; }
+  get abortReason(): string | undefined { return this.#abortReason; }
+  /** Session id after key advertisement (binds round, model hash and all advertised keys). */
+  get session(): Uint8Array | undefined { return this.#session; }
+
+  #step<T>(expected: ClientPhase, next: ClientPhase, f: () => T): T {
+    if (this.#phase !== expected) {
+      fail('SECAGG_PHASE', this.#phase === 'aborted' ? `client aborted earlier: ${this.#abortReason}` : `expected phase ${expected}, client is in ${this.#phase}`);
+    }
+    try {
+      const v = f();
+      this.#phase = next;
+      return v;
+    } catch (e) {
+      this.#phase = 'aborted';
+      this.#abortReason = (e as Error).message;
+      this.#wipe();
+      log.warn(`client ${this.id} aborts secure aggregation: ${this.#abortReason}`);
+      throw e;
+    }
+  }
+
+  #wipe(): void {
+    this.#c.secretKey.fill(0); this.#s.secretKey.fill(0); this.#b.fill(0);
+    for (const h of this.#held.values()) { h.b.y.fill(0); h.s.y.fill(0); }
+  }
+
+  advertiseKeys(): AdvertiseMsg {
+    return this.#step('advertise', 'share', () => {
+      const body = { id: this.id, cPk: this.#c.publicKey, sPk: this.#s.publicKey, bCommit: bCommitment(this.#r.session0, this.id, this.#b) };
+      return { ...body, signature: signMessage(SECAGG_DOMAINS.advertise, advertiseBody(this.#r.session0, body), this.#identity.secretKey) };
+    });
+  }
+
+  shareKeys(keys: KeysMsg): ShareKeysMsg {
+    return this.#step('share', 'mask', () => {
+      const r = this.#r, p = r.params;
+      if (!keys || typeof keys !== 'object') fail('SECAGG_MESSAGE', 'keys message missing');
+      checkIdList(keys.advertised, 'advertised');
+      if (!sortedUnique(keys.advertised)) fail('SECAGG_MESSAGE', 'advertised list must be sorted without duplicates');
+      if (!isBytes(keys.keysDigest, 32)) fail('SECAGG_MESSAGE', 'keysDigest must be 32 bytes');
+      if (!verifyMessage(SECAGG_DOMAINS.keys, keysBody(r.session0, keys.advertised, keys.keysDigest), keys.signature, p.coordinatorKey)) {
+        fail('CRYPTO_BAD_SIGNATURE', 'key list is not signed by the coordinator');
+      }
+      for (const id of keys.advertised) r.idx(id);
+      this.#advertised = new Set(keys.advertised);
+      if (!this.#advertised.has(this.id)) fail('SECAGG_SURVIVORS', 'key list omits this client');
+      const expected = r.neighbourIds(this.id).filter((v) => this.#advertised.has(v));
+      if (!Array.isArray(keys.neighbours)) fail('SECAGG_MESSAGE', 'neighbours must be an array');
+      for (const a of keys.neighbours) {
+        if (!a || typeof a.id !== 'string' || !isBytes(a.cPk, 32) || !isBytes(a.sPk, 32) || !isBytes(a.bCommit, 32)) fail('SECAGG_MESSAGE', 'malformed advertisement');
+        if (a.id === this.id) continue;
+        if (!r.areNeighbours(this.id, a.id) || !this.#advertised.has(a.id)) fail('SECAGG_MESSAGE', `advertisement from non-neighbour ${a.id}`);
+        if (this.#peers.has(a.id)) fail('SECAGG_MESSAGE', `duplicate advertisement from ${a.id}`);
+        if (!verifyMessage(SECAGG_DOMAINS.advertise, advertiseBody(r.session0, a), a.signature, r.key(a.id))) {
+          fail('CRYPTO_BAD_SIGNATURE', `advertisement of ${a.id} is not signed by its identity key`);
+        }
+        this.#peers.set(a.id, { cPk: a.cPk, sPk: a.sPk });
+      }
+      for (const v of expected) if (!this.#peers.has(v)) fail('SECAGG_MESSAGE', `missing advertisement of neighbour ${v}`);
+      this.#holders = [...expected, this.id];
+      if (this.#holders.length < p.t) fail('SECAGG_THRESHOLD', `only ${this.#holders.length} holders advertised keys, threshold is ${p.t}`);
+      const session = fullSession(r.session0, keys.advertised, keys.keysDigest);
+      this.#session = session;
+
+      const xs = this.#holders.map((h) => r.xOf(this.id, h));
+      const n = this.#holders.length;
+      const bShares = splitSecret(this.#b, n, p.t, xs);
+      const sShares = splitSecret(this.#s.secretKey, n, p.t, xs);
+      const envelopes: ShareKeysMsg['envelopes'] = [];
+      const commitments: ShareCommitments[] = [];
+      this.#holders.forEach((h, i) => {
+        const b = bShares[i]!, s = sShares[i]!;
+        const bSalt = nacl.randomBytes(16), sSalt = nacl.randomBytes(16);
+        commitments.push({
+          holder: h,
+          b: shareCommitment(commitLabel(session, this.id, h, 'b'), b, bSalt),
+          s: shareCommitment(commitLabel(session, this.id, h, 's'), s, sSalt),
+        });
+        if (h === this.id) { this.#held.set(h, { b, s, bSalt, sSalt }); return; }
+        const payload = new Uint8Array(SHARE_PAYLOAD);
+        payload[0] = b.x; payload.set(b.y, 1); payload.set(s.y, 33); payload.set(bSalt, 65); payload.set(sSalt, 81);
+        const key = sharedKey(this.#peers.get(h)!.cPk, this.#c.secretKey);
+        envelopes.push({ to: h, sealed: sealWithKey(payload, { session, round: p.round, sender: this.id, recipient: h, kind: SHARE_KIND }, key) });
+        payload.fill(0); s.y.fill(0); b.y.fill(0);
+      });
+      const signature = signMessage(SECAGG_DOMAINS.shareCommit, commitmentsBody(session, this.id, commitments), this.#identity.secretKey);
+      return { id: this.id, envelopes, commitments, signature };
+    });
+  }
+
+  maskedInput(shares: SharesMsg, vector: Uint32Array): MaskedInputMsg {
+    return this.#step('mask', 'consistency', () => {
+      const r = this.#r, p = r.params, session = this.#session!;
+      if (!(vector instanceof Uint32Array) || vector.length !== p.vectorLength) {
+        fail('SECAGG_MESSAGE', `input must be a Uint32Array of length ${p.vectorLength}`);
+      }
+      if (!shares || !Array.isArray(shares.envelopes)) fail('SECAGG_MESSAGE', 'shares message missing');
+      for (const e of shares.envelopes) {
+        if (!e || typeof e.from !== 'string') fail('SECAGG_MESSAGE', 'malformed share envelope');
+        const peer = this.#peers.get(e.from);
+        if (!peer) fail('SECAGG_MESSAGE', `share envelope from non-neighbour ${e.from}`);
+        if (this.#held.has(e.from)) fail('SECAGG_MESSAGE', `duplicate share envelope from ${e.from}`);
+        const key = sharedKey(peer.cPk, this.#c.secretKey);
+        const plain = openWithKey(e.sealed, { session, round: p.round, sender: e.from, recipient: this.id, kind: SHARE_KIND }, key);
+        if (plain.length !== SHARE_PAYLOAD) fail('CRYPTO_SHARE_INVALID', `share from ${e.from} has the wrong size`);
+        const x = plain[0]!;
+        if (x !== r.xOf(e.from, this.id)) fail('CRYPTO_SHARE_INVALID', `share from ${e.from} has the wrong x coordinate`);
+        this.#held.set(e.from, {
+          b: { x, y: plain.slice(1, 33) }, s: { x, y: plain.slice(33, 65) },
+          bSalt: plain.slice(65, 81), sSalt: plain.slice(81, 97),
+        });
+        plain.fill(0);
+      }
+      // U2 as seen here: neighbours that dealt me shares (plus me)
+      if (this.#held.size < p.t) fail('SECAGG_THRESHOLD', `only ${this.#held.size} of my holders shared keys, threshold is ${p.t}`);
+      const masked = vector.slice();
+      addMask(masked, selfKey(session, p.round, this.id, this.#b), 1);
+      for (const v of this.#held.keys()) {
+        if (v === this.id) continue;
+        const sec = x25519(this.#s.secretKey, this.#peers.get(v)!.sPk);
+        addMask(masked, pairKey(session, p.round, this.id, v, sec), r.sign(this.id, v));
+        sec.fill(0);
+      }
+      return { id: this.id, masked };
+    });
+  }
+
+  consistencyCheck(list: SurvivorListMsg): ConsistencyMsg {
+    return this.#step('consistency', 'unmask', () => {
+      const r = this.#r, p = r.params, session = this.#session!;
+      if (!list || typeof list !== 'object') fail('SECAGG_SURVIVORS', 'survivor list missing');
+      checkIdList(list.survivors, 'survivors');
+      if (!verifyMessage(SECAGG_DOMAINS.survivors, { session, survivors: list.survivors }, list.signature, p.coordinatorKey)) {
+        fail('SECAGG_SURVIVORS', 'survivor list is unsigned or not signed by the coordinator');
+      }
+      const seen = new Set<string>();
+      for (const id of list.survivors) {
+        if (seen.has(id)) fail('SECAGG_SURVIVORS', `survivor list names ${id} twice`);
+        seen.add(id);
+        if (!r.index.has(id) || !this.#advertised.has(id)) fail('SECAGG_SURVIVORS', `survivor list names unknown or unadvertised id ${JSON.stringify(id.slice(0, 64))}`);
+        if (r.areNeighbours(this.id, id) && !this.#held.has(id)) fail('SECAGG_SURVIVORS', `survivor list names neighbour ${id}, which never shared keys`);
+      }
+      if (!seen.has(this.id)) fail('SECAGG_SURVIVORS', 'survivor list marks this client as dropped although it uploaded');
+      if (!sortedUnique(list.survivors)) fail('SECAGG_SURVIVORS', 'survivor list must be sorted');
+      const alive = this.#holders.filter((h) => seen.has(h)).length;
+      if (alive < p.t) fail('SECAGG_SURVIVORS', `only ${alive} of my holders survive, fewer than t=${p.t}`);
+      this.#survivors = list.survivors;
+      this.#survivorSig = list.signature;
+      return { id: this.id, signature: signMessage(SECAGG_DOMAINS.consistency, { session, survivors: list.survivors }, this.#identity.secretKey) };
+    });
+  }
+
+  unmask(req: UnmaskRequestMsg): UnmaskMsg {
+    return this.#step('unmask', 'done', () => {
+      const r = this.#r, p = r.params, session = this.#session!, mine = this.#survivors!;
+      if (!req || !req.survivorList || !Array.isArray(req.signatures)) fail('SECAGG_MESSAGE', 'unmask request malformed');
+      const l = req.survivorList;
+      checkIdList(l.survivors, 'survivors');
+      if (!bytesEqual(canonicalEncode(l.survivors), canonicalEncode(mine)) || !isBytes(l.signature, 64) || !bytesEqual(l.signature, this.#survivorSig!)) {
+        fail('SECAGG_SURVIVORS', 'survivor list changed between consistency check and unmasking');
+      }
+      const surv = new Set(mine);
+      const signers = new Set<string>();
+      const body = { session, survivors: mine };
+      for (const s of req.signatures) {
+        if (!s || typeof s.id !== 'string') fail('SECAGG_MESSAGE', 'malformed consistency signature');
+        if (!surv.has(s.id) || !this.#holders.includes(s.id)) continue; // only my surviving holders count
+        if (signers.has(s.id)) fail('SECAGG_SURVIVORS', `duplicate consistency signature from ${s.id}`);
+        if (!verifyMessage(SECAGG_DOMAINS.consistency, body, s.signature, r.key(s.id))) {
+          fail('SECAGG_SURVIVORS', `consistency signature of ${s.id} does not verify: the server showed clients different survivor lists`);
+        }
+        signers.add(s.id);
+      }
+      if (signers.size < p.t) fail('SECAGG_SURVIVORS', `only ${signers.size} of my holders confirmed the survivor list, threshold is ${p.t}`);
+      const reveals: RevealedShare[] = [];
+      for (const [dealer, h] of this.#held) {
+        const kind: 'b' | 's' = surv.has(dealer) ? 'b' : 's';
+        const prior = this.#revealed.get(dealer);
+        if (prior && prior !== kind) fail('SECAGG_PHASE', `refusing to reveal both shares of ${dealer}`);
+        this.#revealed.set(dealer, kind);
+        const sh = kind === 'b' ? h.b : h.s;
+        reveals.push({ dealer, kind, x: sh.x, y: sh.y.slice(), salt: (kind === 'b' ? h.bSalt : h.sSalt).slice() });
+      }
+      this.#wipe();
+      return { id: this.id, reveals };
+    });
+  }
+
+  /** Which kind of share was revealed per dealer (tests and audits). */
+  revealedKinds(): ReadonlyMap<string, 'b' | 's'> { return this.#revealed; }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+export type ServerPhase = 'advertise' | 'share' | 'mask' | 'consistency' | 'unmask' | 'done' | 'failed';
+
+export interface SecAggServerOptions {
+  params: SecAggParams;
+  identity: Identity;     // coordinator identity; signs key lists and survivor lists
+}
+
+interface Dealer {
+  advert: AdvertiseMsg;
+  commitments?: Map<string, { b: Uint8Array; s: Uint8Array }>;
+}
+
+export class SecAggServer {
+  readonly #r: Roster;
+  readonly #identity: Identity;
+  #phase: ServerPhase = 'advertise';
+  #dealers = new Map<string, Dealer>();            // U1 (advertised)
+  #u1: string[] = [];
+  #session: Uint8Array | undefined;
+  #inbox = new Map<string, { from: string; sealed: Sealed }[]>();
+  #u2 = new Set<string>();
+  #u3 = new Set<string>();
+  #sum: Uint32Array;
+  #survivorList: SurvivorListMsg | undefined;
+  #consistency = new Map<string, Uint8Array>();
+  #u4 = new Set<string>();
+  #unmasked = new Set<string>();
+  #bShares = new Map<string, Share[]>();
+  #sShares = new Map<string, Share[]>();
+  #badShares: { dealer: string; holder: string }[] = [];
+
+  constructor(o: SecAggServerOptions) {
+    this.#r = new Roster(o.params);
+    if (!bytesEqual(o.params.coordinatorKey, o.identity.publicKey)) fail('SECAGG_PARAMS', 'params name another coordinator key');
+    this.#identity = o.identity;
+    this.#sum = new Uint32Array(o.params.vectorLength);
+  }
+
+  get phase(): ServerPhase { return this.#phase; }
+  get session(): Uint8Array | undefined { return this.#session; }
+  /** Neighbours of a participant (for relaying, metrics). */
+  neighbours(id: string): string[] { return this.#r.neighbourIds(id); }
+
+  #expect(ph: ServerPhase): void {
+    if (this.#phase !== ph) fail('SECAGG_PHASE', `server is in phase ${this.#phase}, not ${ph}`);
+  }
+
+  #member(from: string, set: { has(id: string): boolean }, what: string): void {
+    this.#r.idx(from);
+    if (!set.has(from)) fail('SECAGG_MESSAGE', `${from} is not in ${what}`);
+  }
+
+  receiveAdvertise(from: string, m: AdvertiseMsg): void {
+    this.#expect('advertise');
+    this.#r.idx(from);
+    if (!m || m.id !== from) fail('SECAGG_MESSAGE', `advertisement names ${m?.id}, sender is ${from}`);
+    if (this.#dealers.has(from)) fail('SECAGG_MESSAGE', `duplicate advertisement from ${from}`);
+    if (!isBytes(m.cPk, 32) || !isBytes(m.sPk, 32) || !isBytes(m.bCommit, 32)) fail('SECAGG_MESSAGE', 'malformed advertisement');
+    if (!verifyMessage(SECAGG_DOMAINS.advertise, advertiseBody(this.#r.session0, m), m.signature, this.#r.key(from))) {
+      fail('CRYPTO_BAD_SIGNATURE', `advertisement of ${from} is not signed by its identity key`);
+    }
+    this.#dealers.set(from, { advert: { id: m.id, cPk: m.cPk, sPk: m.sPk, bCommit: m.bCommit, signature: m.signature } });
+  }
+
+  closeAdvertise(): Map<string, KeysMsg> {
+    this.#expect('advertise');
+    const p = this.#r.params;
+    this.#u1 = [...this.#dealers.keys()].sort();
+    if (this.#u1.length < p.t) { this.#phase = 'failed'; fail('SECAGG_THRESHOLD', `only ${this.#u1.length} clients advertised keys, threshold is ${p.t}`); }
+    const keysDigest = hashCanonical('fedlora/secagg/keys-digest/v1', this.#u1.map((id) => {
+      const a = this.#dealers.get(id)!.advert;
+      return [a.id, a.cPk, a.sPk, a.bCommit];
+    }));
+    const signature = signMessage(SECAGG_DOMAINS.keys, keysBody(this.#r.session0, this.#u1, keysDigest), this.#identity.secretKey);
+    this.#session = fullSession(this.#r.session0, this.#u1, keysDigest);
+    const out = new Map<string, KeysMsg>();
+    for (const id of this.#u1) {
+      const neighbours = this.#r.neighbourIds(id).filter((v) => this.#dealers.has(v)).map((v) => this.#dealers.get(v)!.advert);
+      out.set(id, { advertised: this.#u1, keysDigest, signature, neighbours });
+    }
+    this.#phase = 'share';
+    return out;
+  }
+
+  #holders(dealer: string): string[] {
+    return [...this.#r.neighbourIds(dealer).filter((v) => this.#dealers.has(v)), dealer].sort();
+  }
+
+  receiveShareKeys(from: string, m: ShareKeysMsg): void {
+    this.#expect('share');
+    this.#member(from, this.#dealers, 'the advertised set');
+    if (!m || m.id !== from) fail('SECAGG_MESSAGE', `share message names ${m?.id}, sender is ${from}`);
+    const d = this.#dealers.get(from)!;
+    if (d.commitments) fail('SECAGG_MESSAGE', `duplicate share message from ${from}`);
+    if (!Array.isArray(m.envelopes) || !Array.isArray(m.commitments)) fail('SECAGG_MESSAGE', 'malformed share message');
+    const holders = this.#holders(from);
+    const commits = new Map<string, { b: Uint8Array; s: Uint8Array }>();
+    for (const c of m.commitments) {
+      if (!c || typeof c.holder !== 'string' || !isBytes(c.b, 32) || !isBytes(c.s, 32) || commits.has(c.holder)) fail('SECAGG_MESSAGE', 'malformed or duplicate share commitment');
+      commits.set(c.holder, { b: c.b, s: c.s });
+    }
+    if (commits.size !== holders.length || holders.some((h) => !commits.has(h))) fail('SECAGG_MESSAGE', `${from} must commit to shares for exactly its ${holders.length} holders`);
+    if (!verifyMessage(SECAGG_DOMAINS.shareCommit, commitmentsBody(this.#session!, from, m.commitments), m.signature, this.#r.key(from))) {
+      fail('CRYPTO_BAD_SIGNATURE', `share commitments of ${from} are not signed by its identity key`);
+    }
+    const to = new Set<string>();
+    for (const e of m.envelopes) {
+      if (!e || typeof e.to !== 'string' || !e.sealed || !isBytes(e.sealed.nonce, 24) || !isBytes(e.sealed.box) || e.sealed.box.length > 1024) {
+        fail('SECAGG_MESSAGE', 'malformed share envelope');
+      }
+      if (e.to === from || !commits.has(e.to) || to.has(e.to)) fail('SECAGG_MESSAGE', `share envelope addressed to ${e.to} is not expected`);
+      to.add(e.to);
+    }
+    if (to.size !== holders.length - 1) fail('SECAGG_MESSAGE', `${from} must send one envelope to each of its ${holders.length - 1} neighbours`);
+    for (const e of m.envelopes) {
+      let box = this.#inbox.get(e.to);
+      if (!box) this.#inbox.set(e.to, box = []);
+      box.push({ from, sealed: { nonce: e.sealed.nonce, box: e.sealed.box } });
+    }
+    d.commitments = commits;
+    this.#u2.add(from);
+  }
+
+  closeShareKeys(): Map<string, SharesMsg> {
+    this.#expect('share');
+    const out = new Map<string, SharesMsg>();
+    for (const id of [...this.#u2].sort()) {
+      out.set(id, { envelopes: (this.#inbox.get(id) ?? []).filter((e) => this.#u2.has(e.from)) });
+    }
+    this.#inbox.clear();
+    this.#phase = 'mask';
+    return out;
+  }
+
+  /** Adds the masked vector to the running sum; the vector itself is not retained. */
+  receiveMasked(from: string, m: MaskedInputMsg): void {
+    this.#expect('mask');
+    this.#member(from, this.#u2, 'the set that shared keys');
+    if (!m || m.id !== from) fail('SECAGG_MESSAGE', `masked input names ${m?.id}, sender is ${from}`);
+    if (this.#u3.has(from)) fail('SECAGG_MESSAGE', `duplicate masked input from ${from}`);
+    const v = m.masked;
+    if (!(v instanceof Uint32Array) || v.length !== this.#sum.length) {
+      fail('SECAGG_MESSAGE', `masked input of ${from} must be a Uint32Array of length ${this.#sum.length}`);
+    }
+    const s = this.#sum;
+    for (let i = 0; i < s.length; i++) s[i] = (s[i]! + v[i]!) >>> 0;
+    this.#u3.add(from);
+  }
+
+  closeMaskedInput(): SurvivorListMsg {
+    this.#expect('mask');
+    const survivors = [...this.#u3].sort();
+    if (survivors.length < this.#r.params.t) { this.#phase = 'failed'; fail('SECAGG_THRESHOLD', `only ${survivors.length} masked inputs, threshold is ${this.#r.params.t}`); }
+    this.#survivorList = {
+      survivors,
+      signature: signMessage(SECAGG_DOMAINS.survivors, { session: this.#session!, survivors }, this.#identity.secretKey),
+    };
+    this.#phase = 'consistency';
+    return this.#survivorList;
+  }
+
+  receiveConsistency(from: string, m: ConsistencyMsg): void {
+    this.#expect('consistency');
+    this.#member(from, this.#u3, 'the survivor list');
+    if (!m || m.id !== from) fail('SECAGG_MESSAGE', `consistency message names ${m?.id}, sender is ${from}`);
+    if (this.#consistency.has(from)) fail('SECAGG_MESSAGE', `duplicate consistency message from ${from}`);
+    if (!verifyMessage(SECAGG_DOMAINS.consistency, { session: this.#session!, survivors: this.#survivorList!.survivors }, m.signature, this.#r.key(from))) {
+      fail('CRYPTO_BAD_SIGNATURE', `consistency signature of ${from} does not verify`);
+    }
+    this.#consistency.set(from, m.signature);
+  }
+
+  closeConsistency(): Map<string, UnmaskRequestMsg> {
+    this.#expect('consistency');
+    this.#u4 = new Set(this.#consistency.keys());
+    const out = new Map<string, UnmaskRequestMsg>();
+    for (const id of [...this.#u4].sort()) {
+      const signatures = this.#holders(id).filter((h) => this.#consistency.has(h)).map((h) => ({ id: h, signature: this.#consistency.get(h)! }));
+      out.set(id, { survivorList: this.#survivorList!, signatures });
+    }
+    this.#phase = 'unmask';
+    return out;
+  }
+
+  receiveUnmask(from: string, m: UnmaskMsg): void {
+    this.#expect('unmask');
+    this.#member(from, this.#u4, 'the set that confirmed the survivor list');
+    if (!m || m.id !== from || !Array.isArray(m.reveals)) fail('SECAGG_MESSAGE', `unmask message malformed or names ${m?.id}, sender is ${from}`);
+    if (this.#unmasked.has(from)) fail('SECAGG_MESSAGE', `duplicate unmask message from ${from}`);
+    const dealers = new Set<string>();
+    for (const s of m.reveals) {
+      if (!s || typeof s.dealer !== 'string' || (s.kind !== 'b' && s.kind !== 's') || !Number.isInteger(s.x) || !isBytes(s.y, 32) || !isBytes(s.salt, 16)) {
+        fail('SECAGG_MESSAGE', 'malformed revealed share');
+      }
+      if (dealers.has(s.dealer)) fail('SECAGG_MESSAGE', `${from} revealed two shares of ${s.dealer}`);
+      dealers.add(s.dealer);
+      if (!this.#u2.has(s.dealer)) fail('SECAGG_MESSAGE', `${from} revealed a share of ${s.dealer}, which never dealt shares`);
+      const want = this.#u3.has(s.dealer) ? 'b' : 's';
+      if (s.kind !== want) fail('SECAGG_MESSAGE', `${from} revealed a ${s.kind}-share of ${s.dealer}; expected ${want}`);
+      const c = this.#dealers.get(s.dealer)!.commitments!.get(from);
+      if (!c) fail('SECAGG_MESSAGE', `${from} holds no share of ${s.dealer}`);
+      const share = { x: s.x, y: s.y };
+      if (s.x !== this.#r.xOf(s.dealer, from) || !verifyShareCommitment(commitLabel(this.#session!, s.dealer, from, s.kind), share, s.salt, s.kind === 'b' ? c.b : c.s)) {
+        this.#badShares.push({ dealer: s.dealer, holder: from });
+        log.warn(`share of ${s.dealer} revealed by ${from} fails its commitment; ignored`);
+        continue;
+      }
+      const bucket = s.kind === 'b' ? this.#bShares : this.#sShares;
+      let list = bucket.get(s.dealer);
+      if (!list) bucket.set(s.dealer, list = []);
+      list.push({ x: share.x, y: share.y.slice() });
+    }
+    this.#unmasked.add(from);
+  }
+
+  /** Removes all masks and returns the sum of the survivors' inputs. */
+  finalize(): SecAggResult {
+    this.#expect('unmask');
+    const r = this.#r, p = r.params, session = this.#session!;
+    const sum = this.#sum;
+    try {
+      for (const u of this.#u3) {
+        const d = this.#dealers.get(u)!;
+        const shares = this.#bShares.get(u) ?? [];
+        if (shares.length < p.t) fail('SECAGG_THRESHOLD', `cannot remove self-mask of ${u}: ${shares.length} valid shares, threshold ${p.t}`);
+        const b = reconstructVerified(shares, p.t, (cand) => bytesEqual(bCommitment(r.session0, u, cand), d.advert.bCommit));
+        addMask(sum, selfKey(session, p.round, u, b), -1);
+      }
+      const dropped = [...this.#u2].filter((u) => !this.#u3.has(u)).sort();
+      for (const dId of dropped) {
+        const d = this.#dealers.get(dId)!;
+        const shares = this.#sShares.get(dId) ?? [];
+        if (shares.length < p.t) fail('SECAGG_THRESHOLD', `cannot recover mask key of dropped ${dId}: ${shares.length} valid shares, threshold ${p.t}`);
+        const sk = reconstructVerified(shares, p.t, (cand) => bytesEqual(nacl.scalarMult.base(cand), d.advert.sPk));
+        for (const v of r.neighbourIds(dId)) {
+          if (!this.#u3.has(v)) continue;
+          const sec = x25519(sk, this.#dealers.get(v)!.advert.sPk);
+          // v added sign(v,d)·PRG(s_vd); take it out
+          addMask(sum, pairKey(session, p.round, v, dId, sec), r.sign(v, dId) === 1 ? -1 : 1);
+        }
+        sk.fill(0);
+      }
+      this.#phase = 'done';
+      return { sum, survivors: [...this.#u3].sort(), droppedAfterSharing: dropped, badShares: [...this.#badShares] };
+    } catch (e) {
+      this.#phase = 'failed';
+      throw e instanceof Error ? e : cryptoError('SECAGG_THRESHOLD', String(e));
+    }
+  }
+}
