@@ -204,6 +204,7 @@ function signedBytes(domain: string, obj: Canonical): Uint8Array {
 const SPKI_ED25519 = new Uint8Array([0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00]);
 const PKCS8_ED25519 = new Uint8Array([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]);
 const pubCache = new Map<string, KeyObject>();
+const privCache = new WeakMap<Uint8Array, { key: KeyObject; tag: string }>();
 let nodeEd25519 = true;
 
 function nodePublicKey(pk: Uint8Array): KeyObject {
@@ -221,7 +222,12 @@ function nodePublicKey(pk: Uint8Array): KeyObject {
 export function ed25519Sign(data: Uint8Array, secretKey: Uint8Array): Uint8Array {
   if (nodeEd25519) {
     try {
-      const key = createPrivateKey({ key: Buffer.from(concatBytes(PKCS8_ED25519, secretKey.subarray(0, 32))), format: 'der', type: 'pkcs8' });
+      const tag = String(secretKey.subarray(0, 12));
+      let key = privCache.get(secretKey)?.key;
+      if (!key || privCache.get(secretKey)!.tag !== tag) {
+        key = createPrivateKey({ key: Buffer.from(concatBytes(PKCS8_ED25519, secretKey.subarray(0, 32))), format: 'der', type: 'pkcs8' });
+        privCache.set(secretKey, { key, tag });
+      }
       return new Uint8Array(nodeSign(null, data, key));
     } catch { nodeEd25519 = false; }
   }

@@ -7,3 +7,4 @@ export * from './prg.js';
 export * from './quantize.js';
 export * from './graph.js';
 export * from './secagg.js';
+export * from './x25519.js';

@@ -1,6 +1,7 @@
 import nacl from 'tweetnacl';
 import { fail } from './errors.js';
 import { bytesEqual, concatBytes, fromUtf8, isBytes, toBase64Url, utf8 } from './encoding.js';
+import { boxBefore, x25519KeyPair } from './x25519.js';
 import { type Identity, keyFingerprint, signMessage, verifyMessage, SIGNING_DOMAINS } from './identity.js';
 
 /**
@@ -37,14 +38,13 @@ const CTX_VERSION = 1;
 const CTX_FIELDS = ['session', 'round', 'sender', 'recipient', 'kind'] as const;
 
 export function generateBoxKeyPair(): BoxKeyPair {
-  const kp = nacl.box.keyPair();
-  return { publicKey: kp.publicKey, secretKey: kp.secretKey };
+  return x25519KeyPair();
 }
 
 /** X25519 + HSalsa20 precomputed key shared by (my secret, their public). */
 export function sharedKey(theirPublicKey: Uint8Array, mySecretKey: Uint8Array): Uint8Array {
   if (!isBytes(theirPublicKey, 32) || !isBytes(mySecretKey, 32)) fail('CRYPTO_BAD_ENCODING', 'X25519 keys must be 32 bytes');
-  return nacl.box.before(theirPublicKey, mySecretKey);
+  return boxBefore(theirPublicKey, mySecretKey);
 }
 
 function ctxArray(c: SealContext): unknown[] {
@@ -114,7 +114,7 @@ export function openFrom(sealed: unknown, expected: SealContext, senderPublicKey
 
 /** Sealed-box style: fresh ephemeral X25519 key per message. */
 export function sealAnonymous(payload: Uint8Array, ctx: SealContext, recipientPublicKey: Uint8Array): AnonSealed {
-  const eph = nacl.box.keyPair();
+  const eph = x25519KeyPair();
   const s = sealTo(payload, ctx, recipientPublicKey, eph.secretKey);
   eph.secretKey.fill(0);
   return { ...s, ephemeral: eph.publicKey };

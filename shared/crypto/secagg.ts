@@ -7,6 +7,7 @@ import { type Sealed, openWithKey, sealWithKey, sharedKey } from './seal.js';
 import { type Share, reconstructVerified, shareCommitment, splitSecret, verifyShareCommitment } from './shamir.js';
 import { addMask, deriveMaskKey } from './prg.js';
 import { NeighbourGraph } from './graph.js';
+import { x25519 as x25519Raw, x25519Base, x25519KeyPair } from './x25519.js';
 
 const log = logger('fedlora:crypto:secagg');
 
@@ -250,7 +251,7 @@ function selfKey(session: Uint8Array, round: number, id: string, b: Uint8Array):
 }
 
 function x25519(sk: Uint8Array, pk: Uint8Array): Uint8Array {
-  const s = nacl.scalarMult(sk, pk);
+  const s = x25519Raw(sk, pk);
   let z = 0;
   for (let i = 0; i < 32; i++) z |= s[i]!;
   if (z === 0) fail('SECAGG_MESSAGE', 'peer mask key is a low-order point (all-zero shared secret)');
@@ -290,8 +291,8 @@ export class SecAggClient {
   #phase: ClientPhase = 'advertise';
   #abortReason: string | undefined;
   // own secrets
-  #c = nacl.box.keyPair();
-  #s = nacl.box.keyPair();
+  #c = x25519KeyPair();
+  #s = x25519KeyPair();
   #b = nacl.randomBytes(32);
   // round state
   #session: Uint8Array | undefined;
@@ -743,7 +744,7 @@ export class SecAggServer {
         const d = this.#dealers.get(dId)!;
         const shares = this.#sShares.get(dId) ?? [];
         if (shares.length < p.t) fail('SECAGG_THRESHOLD', `cannot recover mask key of dropped ${dId}: ${shares.length} valid shares, threshold ${p.t}`);
-        const sk = reconstructVerified(shares, p.t, (cand) => bytesEqual(nacl.scalarMult.base(cand), d.advert.sPk));
+        const sk = reconstructVerified(shares, p.t, (cand) => bytesEqual(x25519Base(cand), d.advert.sPk));
         for (const v of r.neighbourIds(dId)) {
           if (!this.#u3.has(v)) continue;
           const sec = x25519(sk, this.#dealers.get(v)!.advert.sPk);

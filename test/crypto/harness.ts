@@ -1,0 +1,84 @@
+import nacl from 'tweetnacl';
+import {
+  type Identity, type SecAggParams, type SecAggResult, type KeysMsg, type SharesMsg, type SurvivorListMsg, type UnmaskRequestMsg,
+  SecAggClient, SecAggServer, identityFromSeed, signSecAggParams, defaultSecAggSizes,
+} from '../../shared/crypto/index.js';
+
+/** Deterministic identities so tests are reproducible and cheap. */
+export function testIdentity(label: string): Identity {
+  return identityFromSeed(nacl.hash(new TextEncoder().encode(`test-identity:${label}`)).slice(0, 32));
+}
+
+export interface Setup {
+  params: SecAggParams;
+  paramsSignature: Uint8Array;
+  coordinator: Identity;
+  ids: string[];
+  identities: Map<string, Identity>;
+}
+
+export function setup(n: number, L: number, o: { k?: number; t?: number; round?: number } = {}): Setup {
+  const coordinator = testIdentity('coordinator');
+  const ids = Array.from({ length: n }, (_, i) => `c${String(i).padStart(4, '0')}`);
+  const identities = new Map(ids.map((id) => [id, testIdentity(id)]));
+  const d = defaultSecAggSizes(n);
+  const params: SecAggParams = {
+    round: o.round ?? 1, modelHash: 'sha256:test-model', vectorLength: L,
+    participants: ids.map((id) => ({ id, key: identities.get(id)!.publicKey })),
+    k: o.k ?? d.k, t: o.t ?? d.t, nonce: nacl.randomBytes(32), coordinatorKey: coordinator.publicKey,
+  };
+  return { params, paramsSignature: signSecAggParams(params, coordinator), coordinator, ids, identities };
+}
+
+export function makeClients(s: Setup): Map<string, SecAggClient> {
+  return new Map(s.ids.map((id) => [id, new SecAggClient({
+    params: s.params, paramsSignature: s.paramsSignature, coordinatorKey: s.coordinator.publicKey, identity: s.identities.get(id)!, id,
+  })]));
+}
+
+export function randomInputs(ids: string[], L: number): Map<string, Uint32Array> {
+  return new Map(ids.map((id) => {
+    const v = new Uint32Array(L);
+    const b = nacl.randomBytes(L * 4);
+    v.set(new Uint32Array(b.buffer, b.byteOffset, L));
+    return [id, v];
+  }));
+}
+
+export function plainSum(inputs: Map<string, Uint32Array>, ids: Iterable<string>, L: number): Uint32Array {
+  const s = new Uint32Array(L);
+  for (const id of ids) { const v = inputs.get(id)!; for (let i = 0; i < L; i++) s[i] = (s[i]! + v[i]!) >>> 0; }
+  return s;
+}
+
+export interface Drops {
+  beforeAdvertise?: Iterable<string>;
+  afterAdvertise?: Iterable<string>;   // advertised, never shared keys
+  afterShare?: Iterable<string>;       // shared keys, never uploaded
+  afterMask?: Iterable<string>;        // uploaded, never confirmed the survivor list
+  duringUnmask?: Iterable<string>;     // confirmed, never revealed shares
+}
+
+export interface RunHooks {
+  keys?: (id: string, m: KeysMsg) => KeysMsg;
+  shares?: (id: string, m: SharesMsg) => SharesMsg;
+  survivors?: (id: string, m: SurvivorListMsg) => SurvivorListMsg;
+  unmask?: (id: string, m: UnmaskRequestMsg) => UnmaskRequestMsg;
+}
+
+/** Runs one full round in-process, honest server unless hooks tamper with what clients receive. */
+export function runRound(s: Setup, inputs: Map<string, Uint32Array>, drops: Drops = {}, hooks: RunHooks = {}, clients = makeClients(s)): { result: SecAggResult; server: SecAggServer; clients: Map<string, SecAggClient> } {
+  const server = new SecAggServer({ params: s.params, identity: s.coordinator });
+  const set = (x?: Iterable<string>) => new Set(x ?? []);
+  const d0 = set(drops.beforeAdvertise), d1 = set(drops.afterAdvertise), d2 = set(drops.afterShare), d3 = set(drops.afterMask), d4 = set(drops.duringUnmask);
+  for (const [id, c] of clients) if (!d0.has(id)) server.receiveAdvertise(id, c.advertiseKeys());
+  const keys = server.closeAdvertise();
+  for (const [id, m] of keys) if (!d1.has(id)) server.receiveShareKeys(id, clients.get(id)!.shareKeys(hooks.keys ? hooks.keys(id, m) : m));
+  const shares = server.closeShareKeys();
+  for (const [id, m] of shares) if (!d2.has(id)) server.receiveMasked(id, clients.get(id)!.maskedInput(hooks.shares ? hooks.shares(id, m) : m, inputs.get(id)!));
+  const list = server.closeMaskedInput();
+  for (const id of list.survivors) if (!d3.has(id)) server.receiveConsistency(id, clients.get(id)!.consistencyCheck(hooks.survivors ? hooks.survivors(id, list) : list));
+  const reqs = server.closeConsistency();
+  for (const [id, m] of reqs) if (!d4.has(id)) server.receiveUnmask(id, clients.get(id)!.unmask(hooks.unmask ? hooks.unmask(id, m) : m));
+  return { result: server.finalize(), server, clients };
+}
