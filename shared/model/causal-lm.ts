@@ -8,6 +8,7 @@ import { tf, selectBackend, type BackendChoice } from '../backend/index.js';
 import { ModelFormatError } from '../errors.js';
 import { loadConfig, linearModules, layerPrefix, type ModelConfig } from './config.js';
 import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
+import { mm, frozenMatMul, t2 } from './ops.js';
 import { adapterModules, loraAName, loraBName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
 
 /** LoRA factors of one module as live tensors: A [r, in], B [out, r]. */
@@ -20,7 +21,9 @@ export interface LoadOptions {
   maxBytes?: number;
 }
 
-interface Linear { w: tf.Tensor2D; outIn: boolean; b: tf.Tensor1D | null; in: number; out: number }
+/** A frozen linear layer: W as [in, out] for the forward pass, and as [out, in] where the backend's
+ *  transposed matMul is slow (see ops.ts) so the backward pass stays a plain product too. */
+interface Linear { wIo: tf.Tensor2D; wOi: tf.Tensor2D | null; b: tf.Tensor1D | null; in: number; out: number }
 
 export class CausalLM {
   readonly config: ModelConfig;
@@ -30,6 +33,11 @@ export class CausalLM {
   #w = new Map<string, tf.Tensor>();
   #lin = new Map<string, Linear>();
   #rope = new Map<number, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
+  #head!: tf.Tensor2D;
+  #headT!: tf.Tensor2D;
+  /** Keep [out, in] copies of frozen weights (wasm/cpu: transposed matMul kernels are slow). */
+  #dual = false;
+  #params = 0;
   #disposed = false;
 
   private constructor(dir: string, config: ModelConfig) {
@@ -43,6 +51,7 @@ export class CausalLM {
     const config = await loadConfig(dir);
     const files = await checkpointFiles(dir);
     const lm = new CausalLM(dir, config);
+    lm.#dual = ['wasm', 'cpu'].includes(tf.getBackend());
     try {
       for (const f of files) {
         const st = await loadSafetensors(f, opts.maxBytes ?? 16 * 1024 ** 3);
@@ -63,6 +72,7 @@ export class CausalLM {
       if (name.endsWith('rotary_emb.inv_freq')) continue;
       const key = name.startsWith('model.') || name.startsWith('transformer.') || name === 'lm_head.weight' ? name : this.config.family === 'gpt2' ? `transformer.${name}` : name;
       const t = readFloatTensor(st, name);
+      this.#params += t.data.length;
       this.#w.set(key, tf.tensor(t.data, t.shape, 'float32'));
     }
   }
@@ -86,15 +96,25 @@ export class CausalLM {
     for (const [path, s] of this.linearShapes) {
       // GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in].
       const w = this.#get(`${path}.weight`, gpt2 ? [s.in, s.out] : [s.out, s.in]) as tf.Tensor2D;
+      const t = tf.transpose(w) as tf.Tensor2D;
+      const wIo = gpt2 ? w : t;
+      const wOi = gpt2 ? (this.#dual ? t : (t.dispose(), null)) : this.#dual ? w : null;
       const wantBias = gpt2 || (/\.(q|k|v)_proj$/.test(path) && c.attentionBias) || (/o_proj$/.test(path) && c.oBias) || (/mlp\./.test(path) && c.mlpBias);
       const b = wantBias ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
-      this.#lin.set(path, { w, outIn: !gpt2, b, in: s.in, out: s.out });
+      this.#lin.set(path, { wIo, wOi, b, in: s.in, out: s.out });
+      // keep only the layouts in use: the [out, in] original of a Linear goes unless it serves backward
+      if (!gpt2 && !this.#dual) { this.#w.delete(`${path}.weight`); w.dispose(); this.#w.set(`${path}.weight.io`, wIo); }
+      if (!gpt2 && this.#dual) this.#w.set(`${path}.weight.io`, wIo);
+      if (gpt2 && this.#dual) this.#w.set(`${path}.weight.oi`, t);
     }
     for (let i = 0; i < c.numLayers; i++) {
       const p = layerPrefix(c, i);
       for (const n of gpt2 ? ['ln_1.weight', 'ln_1.bias', 'ln_2.weight', 'ln_2.bias'] : ['input_layernorm.weight', 'post_attention_layernorm.weight']) this.#get(`${p}.${n}`, [d]);
     }
     this.#get(gpt2 ? 'transformer.ln_f.weight' : 'model.norm.weight', [d]);
+    const head = this.#w.get(c.tieWordEmbeddings ? (gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight') : 'lm_head.weight')! as tf.Tensor2D;
+    this.#headT = tf.transpose(head) as tf.Tensor2D; // [d, V] for a plain forward product
+    this.#head = head;
   }
 
   /** Module paths matched by PEFT `target_modules` (suffix match). */
@@ -159,12 +179,12 @@ export class CausalLM {
   #linear(x: tf.Tensor2D, path: string, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor2D {
     const l = this.#lin.get(path)!;
     const mw = merged?.get(path);
-    let y: tf.Tensor2D = mw ? tf.matMul(x, mw) : tf.matMul(x, l.w, false, l.outIn);
+    let y: tf.Tensor2D = mw ? tf.matMul(x, mw) : frozenMatMul(x, l.wIo, l.wOi);
     if (l.b) y = tf.add(y, l.b) as tf.Tensor2D;
     const f = mw ? undefined : lora?.get(path);
     if (f) {
-      const h = tf.matMul(x, f.A, false, true);
-      y = tf.add(y, tf.mul(tf.matMul(h, f.B, false, true), f.scale)) as tf.Tensor2D;
+      const h = mm(x, t2(f.A));
+      y = tf.add(y, tf.mul(mm(h, t2(f.B)), f.scale)) as tf.Tensor2D;
     }
     return y;
   }
@@ -238,9 +258,9 @@ export class CausalLM {
       // kv head `kv`, so [B, H, T, hd] viewed as [B, Hkv, g·T, hd] multiplies K/V of [B, Hkv, T, hd].
       const g = H / Hkv;
       const qg = tf.reshape(q, [Bsz, Hkv, g * T, hd]) as tf.Tensor4D;
-      const sc = tf.reshape(tf.matMul(qg, k as tf.Tensor4D, false, true), [Bsz, H, T, T]);
+      const sc = tf.reshape(mm(qg, t2(k)), [Bsz, H, T, T]);
       const probs = tf.softmax(tf.add(tf.mul(sc, 1 / Math.sqrt(hd)), bias));
-      const att = tf.reshape(tf.matMul(tf.reshape(probs, [Bsz, Hkv, g * T, T]) as tf.Tensor4D, v as tf.Tensor4D), [Bsz, H, T, hd]);
+      const att = tf.reshape(mm(tf.reshape(probs, [Bsz, Hkv, g * T, T]), v), [Bsz, H, T, hd]);
       const merged2 = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
       x = tf.add(x, this.#linear(merged2, gpt2 ? `${p}.attn.c_proj` : `${p}.self_attn.o_proj`, lora, merged));
       const h2 = this.#norm(x, gpt2 ? `${p}.ln_2` : `${p}.post_attention_layernorm`);
@@ -254,8 +274,7 @@ export class CausalLM {
       x = tf.add(x, mlp);
     }
     x = this.#norm(x, gpt2 ? 'transformer.ln_f' : 'model.norm');
-    const head = c.tieWordEmbeddings ? this.#w.get(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight')! : this.#w.get('lm_head.weight')!;
-    return tf.reshape(tf.matMul(x, head as tf.Tensor2D, false, true), [Bsz, T, c.vocabSize]);
+    return tf.reshape(frozenMatMul(x, this.#headT, this.#head), [Bsz, T, c.vocabSize]);
   }
 
   /** Merged linear weights W + scale·ΔW in the layout #linear multiplies by ([in, out]). */
@@ -264,8 +283,8 @@ export class CausalLM {
     for (const [m, f] of lora) {
       const l = this.#lin.get(m)!;
       out.set(m, tf.tidy(() => {
-        const delta = tf.mul(tf.matMul(f.A, f.B, true, true), f.scale); // [in, out]
-        return tf.add(l.outIn ? tf.transpose(l.w) : l.w, delta) as tf.Tensor2D;
+        const delta = tf.mul(tf.matMul(t2(f.A) as tf.Tensor2D, t2(f.B) as tf.Tensor2D), f.scale); // [in, out]
+        return tf.add(l.wIo, delta) as tf.Tensor2D;
       }));
     }
     return out;
@@ -358,15 +377,14 @@ export class CausalLM {
 
   /** Number of base parameters (for reports: full-model-equivalent bytes). */
   get parameterCount(): number {
-    let n = 0;
-    for (const t of this.#w.values()) n += t.size;
-    return n;
+    return this.#params;
   }
 
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
     for (const t of this.#w.values()) t.dispose();
+    this.#headT?.dispose();
     for (const r of this.#rope.values()) { r.cos.dispose(); r.sin.dispose(); }
     this.#w.clear(); this.#lin.clear(); this.#rope.clear();
   }
