@@ -237,7 +237,9 @@ export class Client {
       return;
     }
     const startedAt = Date.now();
-    const job: Job = { roundId: rs.roundId, promise: this.#train(rs) };
+    // one trainer, one job at a time: a newer round (e.g. after a coordinator restart) waits its turn
+    const prev = this.#job?.promise.catch(() => null) ?? Promise.resolve(null);
+    const job: Job = { roundId: rs.roundId, promise: prev.then(() => (this.#stopped ? null : this.#train(rs))) };
     this.#job = job;
     void job.promise.then(async (bytes) => {
       if (!bytes) return;

@@ -502,9 +502,9 @@ export class Coordinator {
       bytesUp: 0, bytesDown: 0, fullModelBytes: this.#store!.weightBytes,
     };
     for (const p of record.participants) { record.bytesUp += p.bytesUp; record.bytesDown += p.bytesDown; }
+    let next: LoraAdapter | null = null;
     if (contributors.length >= o.minClients) {
-      this.#global = this.#aggregate(contributors);
-      this.#completed = round;
+      next = this.#aggregate(contributors);
       record.status = 'completed';
       const tw = contributors.reduce((s, c) => s + c.weight, 0);
       record.trainLoss = contributors.reduce((s, c) => s + (c.trainLoss ?? 0) * c.weight, 0) / tw;
@@ -515,11 +515,14 @@ export class Coordinator {
     }
     record.endedAt = Date.now();
     this.#history.push(record);
-    if (record.status === 'completed') {
+    if (next) {
+      // the round counts (in /status too) only once its checkpoint is on disk
       await saveState(o.stateDir, {
         modelId: this.#store!.modelId, strategy: this.strategy.name, maxRank: o.maxRank, seed: o.seed, loraAlpha: o.loraAlpha,
-        targetModules: this.#targetModules, completedRounds: this.#completed, strategyState: { initSeed: o.seed, frozenA: this.strategy.name === 'ffa' }, history: this.#history,
-      }, this.#global!);
+        targetModules: this.#targetModules, completedRounds: round, strategyState: { initSeed: o.seed, frozenA: this.strategy.name === 'ffa' }, history: this.#history,
+      }, next);
+      this.#global = next;
+      this.#completed = round;
       rlog.info(`round ${round} completed: ${contributors.length}/${open.slots.size} updates, train loss ${fmt(record.trainLoss)}, global eval loss ${fmt(record.globalEval?.loss)}, personal ${fmt(record.personalEval?.loss)}, ${record.bytesUp} B up / ${record.bytesDown} B down (${(record.endedAt - startedAt) / 1000}s)`);
     } else {
       rlog.warn(`round ${round} failed: ${contributors.length} update(s) < --min-clients ${o.minClients}; retrying`);

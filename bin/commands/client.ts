@@ -1,0 +1,34 @@
+import { Client } from '../../client/index.js';
+import { intFlag, listFlag, numFlag, str, type Command } from './flags.js';
+
+export const clientCommand: Command = {
+  name: 'client',
+  summary: 'Join a federation: fetch the base model once, train LoRA on local data each round, upload only shared adapter tensors.',
+  usage: 'fedlora client --coordinator URL --data FILE --state DIR [options]',
+  flags: {
+    coordinator: { type: 'string', help: 'coordinator URL, e.g. http://10.0.0.5:7777; required' },
+    data: { type: 'string', help: 'JSONL training data: {"text"} or {"prompt","completion"} per line (loss on completion only); required' },
+    state: { type: 'string', help: 'client folder: id, model cache, personal tensors; required' },
+    'max-rank': { type: 'string', help: 'largest LoRA rank this machine can train', default: '8' },
+    backend: { type: 'string', help: 'tfjs backend: auto | tensorflow | webgpu | wasm | cpu', default: 'auto' },
+    personal: { type: 'string', help: 'glob over PEFT tensor names kept on this client, e.g. "*.layers.11.*" (comma-separated or repeated)', multiple: true },
+    'eval-fraction': { type: 'string', help: 'fraction of local data held out to evaluate global and personalized adapters', default: '0.2' },
+    model: { type: 'string', help: 'folder already holding the base model (verified against the coordinator\'s hash; skips download)' },
+    id: { type: 'string', help: 'client id (default: generated once, kept in the state folder)' },
+    seed: { type: 'string', help: 'local seed (data split, batch order)', default: '0' },
+  },
+  async run(v) {
+    const client = new Client({
+      coordinatorUrl: str(v.coordinator, 'coordinator', true)!, dataFile: str(v.data, 'data', true)!, stateDir: str(v.state, 'state', true)!,
+      maxRank: intFlag(v['max-rank'], 'max-rank', 1), backend: str(v.backend, 'backend'), personal: listFlag(v.personal),
+      evalFraction: numFlag(v['eval-fraction'], 'eval-fraction'), modelDir: str(v.model, 'model'), clientId: str(v.id, 'id'),
+      seed: intFlag(v.seed, 'seed', 0), progress: process.stderr.isTTY === true,
+    });
+    const stop = () => { void client.stop().then(() => process.exit(130)); };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    const r = await client.run();
+    process.stdout.write(`done: trained ${r.roundsTrained} of ${r.completedRounds} rounds\n`);
+    return 0;
+  },
+};

@@ -1,0 +1,58 @@
+import { Coordinator } from '../../coordinator/index.js';
+import { ConfigError } from '../../shared/errors.js';
+import { STRATEGY_NAMES } from '../../shared/protocol/index.js';
+import type { StrategyName } from '../../shared/aggregation/index.js';
+import { durationMs, intFlag, listFlag, numFlag, str, type Command } from './flags.js';
+
+export const coordinatorCommand: Command = {
+  name: 'coordinator',
+  summary: 'Run the federation coordinator: serves the base model, runs rounds, aggregates adapters, checkpoints.',
+  usage: 'fedlora coordinator --model DIR --state DIR [--port N] [options]',
+  flags: {
+    model: { type: 'string', help: 'base model folder (config.json, model.safetensors, tokenizer files); required' },
+    state: { type: 'string', help: 'state folder: checkpoints, round number, metrics; an existing state resumes; required' },
+    port: { type: 'string', help: 'TCP port for socket.io + HTTP (/status, /metrics); 0 picks a free one', default: '7777' },
+    host: { type: 'string', help: 'interface to bind', default: '127.0.0.1' },
+    rounds: { type: 'string', help: 'total federated rounds', default: '3' },
+    'clients-per-round': { type: 'string', help: 'clients sampled per round', default: '3' },
+    'min-clients': { type: 'string', help: 'a round needs this many ready clients to start and this many updates to count', default: '2' },
+    'round-timeout': { type: 'string', help: 'stop collecting updates after this long (e.g. 90, 30s, 10m); stragglers are left out', default: '10m' },
+    'join-wait': { type: 'string', help: 'with ≥ min-clients ready, wait this long for more before starting a round', default: '3s' },
+    strategy: { type: 'string', help: `aggregation: ${STRATEGY_NAMES.join(' | ')}`, default: 'rank-aware' },
+    'max-rank': { type: 'string', help: 'global LoRA rank; clients train at min(their --max-rank, this)', default: '8' },
+    'target-modules': { type: 'string', help: 'comma-separated module names to adapt (PEFT target_modules); default: every linear layer', multiple: true },
+    'lora-alpha': { type: 'string', help: 'LoRA alpha at max rank (scale alpha/r is kept across ranks)', default: '16' },
+    'local-steps': { type: 'string', help: 'optimizer steps per client per round', default: '20' },
+    'local-epochs': { type: 'string', help: 'if > 0, train this many passes over local data instead of --local-steps', default: '0' },
+    lr: { type: 'string', help: 'client learning rate', default: '0.001' },
+    'batch-size': { type: 'string', help: 'client batch size', default: '4' },
+    seed: { type: 'string', help: 'seed for adapter init and client sampling', default: '42' },
+    export: { type: 'string', help: 'write the final global adapter here in PEFT format when all rounds are done' },
+    'no-refactor': { type: 'boolean', help: 'do not re-factor (QR+SVD) the global adapter after aggregation' },
+    linger: { type: 'boolean', help: 'keep serving /status and /metrics after the last round instead of exiting' },
+  },
+  async run(v) {
+    const strategy = str(v.strategy, 'strategy') as string;
+    if (!(STRATEGY_NAMES as readonly string[]).includes(strategy)) throw new ConfigError(`--strategy must be one of ${STRATEGY_NAMES.join(', ')}, got ${JSON.stringify(strategy)}`);
+    const coord = new Coordinator({
+      modelDir: str(v.model, 'model', true)!, stateDir: str(v.state, 'state', true)!, host: str(v.host, 'host'),
+      rounds: intFlag(v.rounds, 'rounds', 1), clientsPerRound: intFlag(v['clients-per-round'], 'clients-per-round', 1), minClients: intFlag(v['min-clients'], 'min-clients', 1),
+      roundTimeoutMs: durationMs(v['round-timeout'], 'round-timeout'), joinWaitMs: durationMs(v['join-wait'], 'join-wait'),
+      strategy: strategy as StrategyName, maxRank: intFlag(v['max-rank'], 'max-rank', 1), targetModules: listFlag(v['target-modules']),
+      loraAlpha: numFlag(v['lora-alpha'], 'lora-alpha'), localSteps: intFlag(v['local-steps'], 'local-steps', 0), localEpochs: numFlag(v['local-epochs'], 'local-epochs'),
+      lr: numFlag(v.lr, 'lr'), batchSize: intFlag(v['batch-size'], 'batch-size', 1), seed: intFlag(v.seed, 'seed', 0), exportDir: str(v.export, 'export'),
+      refactor: v['no-refactor'] !== true,
+    });
+    const url = await coord.serve(intFlag(v.port, 'port', 0));
+    process.stdout.write(`coordinator listening on ${url} (status: ${url}/status, metrics: ${url}/metrics)\n`);
+    const stop = () => { void coord.close().then(() => process.exit(130)); };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    const r = await coord.done;
+    process.stdout.write(`done: ${r.completedRounds} rounds completed\n`);
+    if (v.linger === true) return new Promise<number>(() => undefined);
+    await new Promise((res) => setTimeout(res, 500)); // let session:done reach the clients
+    await coord.close();
+    return 0;
+  },
+};
