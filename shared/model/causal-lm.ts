@@ -19,6 +19,8 @@ export interface LoadOptions {
   backend?: BackendChoice | string;
   /** Largest checkpoint accepted, bytes (default 16 GiB). */
   maxBytes?: number;
+  /** Load base weights as trainable variables (full-parameter pretraining); default false. */
+  trainableBase?: boolean;
 }
 
 /** A frozen linear layer: W as [in, out] for the forward pass, and as [out, in] where the backend's
@@ -38,6 +40,8 @@ export class CausalLM {
   /** Keep [out, in] copies of frozen weights (wasm/cpu: transposed matMul kernels are slow). */
   #dual = false;
   #params = 0;
+  #trainable = false;
+  #hfNames: string[] = [];
   #disposed = false;
 
   private constructor(dir: string, config: ModelConfig) {
@@ -51,7 +55,8 @@ export class CausalLM {
     const config = await loadConfig(dir);
     const files = await checkpointFiles(dir);
     const lm = new CausalLM(dir, config);
-    lm.#dual = ['wasm', 'cpu'].includes(tf.getBackend());
+    lm.#trainable = opts.trainableBase === true;
+    lm.#dual = !lm.#trainable && ['wasm', 'cpu'].includes(tf.getBackend());
     try {
       for (const f of files) {
         const st = await loadSafetensors(f, opts.maxBytes ?? 16 * 1024 ** 3);
@@ -73,7 +78,10 @@ export class CausalLM {
       const key = name.startsWith('model.') || name.startsWith('transformer.') || name === 'lm_head.weight' ? name : this.config.family === 'gpt2' ? `transformer.${name}` : name;
       const t = readFloatTensor(st, name);
       this.#params += t.data.length;
-      this.#w.set(key, tf.tensor(t.data, t.shape, 'float32'));
+      this.#hfNames.push(key);
+      const tensor = tf.tensor(t.data, t.shape, 'float32');
+      this.#w.set(key, this.#trainable ? tf.variable(tensor, true, `base/${key}`) : tensor);
+      if (this.#trainable) tensor.dispose();
     }
   }
 
@@ -96,6 +104,12 @@ export class CausalLM {
     for (const [path, s] of this.linearShapes) {
       // GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in].
       const w = this.#get(`${path}.weight`, gpt2 ? [s.in, s.out] : [s.out, s.in]) as tf.Tensor2D;
+      if (this.#trainable) {
+        // gradients must reach the variable itself: no pre-transposed copies
+        const b0 = (gpt2 || (/\.(q|k|v)_proj$/.test(path) && c.attentionBias) || (/o_proj$/.test(path) && c.oBias) || (/mlp\./.test(path) && c.mlpBias)) ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
+        this.#lin.set(path, gpt2 ? { wIo: w, wOi: null, b: b0, in: s.in, out: s.out } : { wIo: w, wOi: w, b: b0, in: s.in, out: s.out });
+        continue;
+      }
       const t = tf.transpose(w) as tf.Tensor2D;
       const wIo = gpt2 ? w : t;
       const wOi = gpt2 ? (this.#dual ? t : (t.dispose(), null)) : this.#dual ? w : null;
@@ -113,7 +127,7 @@ export class CausalLM {
     }
     this.#get(gpt2 ? 'transformer.ln_f.weight' : 'model.norm.weight', [d]);
     const head = this.#w.get(c.tieWordEmbeddings ? (gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight') : 'lm_head.weight')! as tf.Tensor2D;
-    this.#headT = tf.transpose(head) as tf.Tensor2D; // [d, V] for a plain forward product
+    this.#headT = this.#trainable ? head : (tf.transpose(head) as tf.Tensor2D); // [d, V] for a plain forward product
     this.#head = head;
   }
 
@@ -179,7 +193,7 @@ export class CausalLM {
   #linear(x: tf.Tensor2D, path: string, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor2D {
     const l = this.#lin.get(path)!;
     const mw = merged?.get(path);
-    let y: tf.Tensor2D = mw ? tf.matMul(x, mw) : frozenMatMul(x, l.wIo, l.wOi);
+    let y: tf.Tensor2D = mw ? tf.matMul(x, mw) : this.#trainable ? (mm(x, l.wOi ? t2(l.wOi) : l.wIo) as tf.Tensor2D) : frozenMatMul(x, l.wIo, l.wOi);
     if (l.b) y = tf.add(y, l.b) as tf.Tensor2D;
     const f = mw ? undefined : lora?.get(path);
     if (f) {
@@ -225,10 +239,12 @@ export class CausalLM {
     const d = c.hiddenSize, H = c.numHeads, Hkv = c.numKvHeads, hd = c.headDim, N = Bsz * T;
     const gpt2 = c.family === 'gpt2';
     const flatIds = tf.reshape(ids, [N]);
-    let x = tf.gather(this.#w.get(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight')!, flatIds) as tf.Tensor2D;
+    const emb = this.#w.get(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight')!;
+    // trainable embeddings: one-hot product (the wasm backend lacks gather's gradient kernel)
+    let x = (this.#trainable ? mm(tf.oneHot(flatIds, c.vocabSize), emb) : tf.gather(emb, flatIds)) as tf.Tensor2D;
     if (gpt2) {
-      const pos = tf.tile(tf.range(0, T, 1, 'int32'), [Bsz]);
-      x = tf.add(x, tf.gather(this.#w.get('transformer.wpe.weight')!, pos));
+      const wpe = tf.slice(this.#w.get('transformer.wpe.weight')!, [0, 0], [T, d]);
+      x = tf.reshape(tf.add(tf.reshape(x, [Bsz, T, d]), wpe), [N, d]) as tf.Tensor2D;
     }
     // additive attention bias [B, 1, T, T]: causal + padded keys
     const causal = tf.linalg.bandPart(tf.ones([T, T]), -1, 0);
@@ -274,7 +290,8 @@ export class CausalLM {
       x = tf.add(x, mlp);
     }
     x = this.#norm(x, gpt2 ? 'transformer.ln_f' : 'model.norm');
-    return tf.reshape(frozenMatMul(x, this.#headT, this.#head), [Bsz, T, c.vocabSize]);
+    const logits = this.#trainable ? mm(x, t2(this.#head)) : frozenMatMul(x, this.#headT, this.#head);
+    return tf.reshape(logits, [Bsz, T, c.vocabSize]);
   }
 
   /** Merged linear weights W + scale·ΔW in the layout #linear multiplies by ([in, out]). */
@@ -375,6 +392,22 @@ export class CausalLM {
     return tf.div(tf.sum(tf.mul(nll, w)), tf.maximum(tf.sum(w), 1)) as tf.Scalar;
   }
 
+  /** Trainable base variables (only with `trainableBase`), by HF name. */
+  baseVariables(): Map<string, tf.Variable> {
+    if (!this.#trainable) throw new Error('model was not loaded with trainableBase');
+    return new Map(this.#hfNames.map((n) => [n, this.#w.get(n) as tf.Variable]));
+  }
+
+  /** Current base weights in HF layout (names and shapes as in the checkpoint). */
+  async baseWeights(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+    const out = new Map<string, { shape: number[]; data: Float32Array }>();
+    for (const n of this.#hfNames) {
+      const t = this.#w.get(n)!;
+      out.set(n, { shape: [...t.shape], data: (await t.data()) as Float32Array });
+    }
+    return out;
+  }
+
   /** Number of base parameters (for reports: full-model-equivalent bytes). */
   get parameterCount(): number {
     return this.#params;
@@ -384,7 +417,7 @@ export class CausalLM {
     if (this.#disposed) return;
     this.#disposed = true;
     for (const t of this.#w.values()) t.dispose();
-    this.#headT?.dispose();
+    if (this.#headT !== this.#head) this.#headT?.dispose();
     for (const r of this.#rope.values()) { r.cos.dispose(); r.sin.dispose(); }
     this.#w.clear(); this.#lin.clear(); this.#rope.clear();
   }

@@ -44,42 +44,118 @@ export function lrAt(cfg: OptimConfig, step: number): number {
   return cfg.lr * (floor + (1 - floor) * f);
 }
 
+/**
+ * AdamW over named variables with gradient accumulation and global-norm clipping. Shared by LoRA
+ * fine-tuning and full-parameter pretraining.
+ */
+export class AdamW {
+  readonly #vars: Map<string, tf.Variable>;
+  readonly #m = new Map<string, tf.Variable>();
+  readonly #v = new Map<string, tf.Variable>();
+  readonly #cfg: OptimConfig;
+  #accum = new Map<string, tf.Tensor>();
+  #count = 0;
+  #step = 0;
+
+  constructor(vars: Map<string, tf.Variable>, cfg: OptimConfig) {
+    if (!(cfg.lr > 0) || !Number.isFinite(cfg.lr)) throw new RangeError(`learning rate must be positive, got ${cfg.lr}`);
+    this.#vars = vars;
+    this.#cfg = cfg;
+    for (const [n, v] of vars) {
+      this.#m.set(n, tf.variable(tf.zeros(v.shape), false));
+      this.#v.set(n, tf.variable(tf.zeros(v.shape), false));
+    }
+  }
+
+  get step(): number { return this.#step; }
+
+  /** Forward + backward of `loss` (a scalar-returning closure); adds the gradients to the accumulator. */
+  async accumulate(loss: () => tf.Scalar): Promise<number> {
+    const names = [...this.#vars.keys()];
+    const { value, grads } = tf.variableGrads(loss, names.map((n) => this.#vars.get(n)!));
+    for (const n of names) {
+      const g = grads[this.#vars.get(n)!.name]!;
+      const prev = this.#accum.get(n);
+      if (prev) { this.#accum.set(n, tf.add(prev, g)); prev.dispose(); g.dispose(); } else this.#accum.set(n, g);
+    }
+    this.#count++;
+    const l = (await value.data())[0]!;
+    value.dispose();
+    return l;
+  }
+
+  /** Applies the mean accumulated gradient. Returns the pre-clip gradient norm and the lr used. */
+  async apply(): Promise<{ gradNorm: number; lr: number }> {
+    if (!this.#count) throw new Error('AdamW.apply called with no accumulated gradients');
+    const o = this.#cfg;
+    const lr = lrAt(o, this.#step);
+    const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999, eps = o.eps ?? 1e-8, wd = o.weightDecay ?? 0;
+    const count = this.#count;
+    const names = [...this.#accum.keys()];
+    const normT = tf.tidy(() => tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(this.#accum.get(n)!))))).div(count));
+    const gradNorm = (await normT.data())[0]!;
+    normT.dispose();
+    const clip = o.maxGradNorm ?? 1.0;
+    const coef = (clip > 0 && gradNorm > clip ? clip / (gradNorm + 1e-6) : 1) / count;
+    this.#step++;
+    const bc1 = 1 - b1 ** this.#step, bc2 = 1 - b2 ** this.#step;
+    tf.tidy(() => {
+      for (const n of names) {
+        const p = this.#vars.get(n)!, m = this.#m.get(n)!, v = this.#v.get(n)!;
+        const g = tf.mul(this.#accum.get(n)!, coef);
+        m.assign(tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1)));
+        v.assign(tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2)));
+        const upd = tf.div(tf.div(m, bc1), tf.add(tf.sqrt(tf.div(v, bc2)), eps));
+        const decayed = wd > 0 && p.rank > 1 ? tf.mul(p, 1 - lr * wd) : p; // no decay on norms/biases
+        p.assign(tf.sub(decayed, tf.mul(upd, lr)));
+      }
+    });
+    for (const g of this.#accum.values()) g.dispose();
+    this.#accum.clear();
+    this.#count = 0;
+    return { gradNorm, lr };
+  }
+
+  dispose(): void {
+    for (const m of [this.#m, this.#v]) for (const v of m.values()) v.dispose();
+    for (const g of this.#accum.values()) g.dispose();
+    this.#accum.clear();
+  }
+}
+
 export class LoraTrainer {
   readonly lm: CausalLM;
   readonly #template: LoraAdapter;
   readonly #vars = new Map<string, tf.Variable>();
-  readonly #m = new Map<string, tf.Variable>();
-  readonly #v = new Map<string, tf.Variable>();
-  readonly #trainable: string[];
   readonly #scales = new Map<string, number>();
-  readonly #optim: OptimConfig;
-  #accum = new Map<string, tf.Tensor>();
-  #accumCount = 0;
-  #step = 0;
+  readonly #opt: AdamW;
+  readonly #trainable: string[];
   #disposed = false;
 
   constructor(lm: CausalLM, start: LoraAdapter, optim: OptimConfig, trainable: (peftName: string) => boolean = () => true) {
     lm.validateAdapter(start);
     this.lm = lm;
     this.#template = start;
-    this.#optim = optim;
-    if (!(optim.lr > 0) || !Number.isFinite(optim.lr)) throw new RangeError(`learning rate must be positive, got ${optim.lr}`);
+    const train = new Map<string, tf.Variable>();
     for (const m of adapterModules(start)) {
       this.#scales.set(m, moduleScale(start.config, m, start.tensors.get(loraAName(m))!.shape[0]));
       for (const name of [loraAName(m), loraBName(m)]) {
         const t = start.tensors.get(name)!;
-        const train = trainable(name);
-        this.#vars.set(name, tf.variable(tf.tensor(t.data, t.shape), train, undefined, 'float32'));
-        if (train) {
-          this.#m.set(name, tf.variable(tf.zeros(t.shape), false));
-          this.#v.set(name, tf.variable(tf.zeros(t.shape), false));
-        }
+        const v = tf.variable(tf.tensor(t.data, t.shape), trainable(name), undefined, 'float32');
+        this.#vars.set(name, v);
+        if (trainable(name)) train.set(name, v);
       }
     }
-    this.#trainable = [...this.#m.keys()];
+    this.#trainable = [...train.keys()];
+    try {
+      this.#opt = new AdamW(train, optim);
+    } catch (e) {
+      for (const v of this.#vars.values()) v.dispose();
+      throw e;
+    }
   }
 
-  get step(): number { return this.#step; }
+  get step(): number { return this.#opt.step; }
   get trainableNames(): readonly string[] { return this.#trainable; }
 
   #runtime(): LoraRuntime {
@@ -88,64 +164,20 @@ export class LoraTrainer {
     return rt;
   }
 
-  #tensors(b: Batch): { ids: tf.Tensor2D; lm: tf.Tensor2D; am: tf.Tensor2D } {
-    return {
-      ids: tf.tensor2d(b.ids, [b.batch, b.length], 'int32'),
-      lm: tf.tensor2d(b.lossMask, [b.batch, b.length], 'float32'),
-      am: tf.tensor2d(b.attentionMask, [b.batch, b.length], 'float32'),
-    };
-  }
-
   /** Forward + backward on one micro-batch; gradients are accumulated. Returns the loss. */
   async accumulate(b: Batch): Promise<number> {
     if (!this.#trainable.length) throw new Error('nothing to train: no adapter tensor is trainable');
-    const t = this.#tensors(b);
+    const t = batchTensors(b);
     try {
-      const varList = this.#trainable.map((n) => this.#vars.get(n)!);
-      const { value, grads } = tf.variableGrads(() => this.lm.causalLoss(this.lm.forward(t.ids, t.am, this.#runtime()), t.ids, t.lm, t.am), varList);
-      for (const n of this.#trainable) {
-        const g = grads[this.#vars.get(n)!.name]!;
-        const prev = this.#accum.get(n);
-        if (prev) { this.#accum.set(n, tf.add(prev, g)); prev.dispose(); g.dispose(); } else this.#accum.set(n, g);
-      }
-      this.#accumCount++;
-      const loss = (await value.data())[0]!;
-      value.dispose();
-      return loss;
+      return await this.#opt.accumulate(() => this.lm.causalLoss(this.lm.forward(t.ids, t.am, this.#runtime()), t.ids, t.lm, t.am));
     } finally {
       t.ids.dispose(); t.lm.dispose(); t.am.dispose();
     }
   }
 
-  /** Applies the accumulated gradients (mean over micro-batches) with AdamW. Returns the pre-clip grad norm. */
+  /** Applies the accumulated gradients (mean over micro-batches) with AdamW. */
   async applyUpdate(): Promise<{ gradNorm: number; lr: number }> {
-    if (!this.#accumCount) throw new Error('applyUpdate called with no accumulated gradients');
-    const o = this.#optim;
-    const lr = lrAt(o, this.#step);
-    const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999, eps = o.eps ?? 1e-8, wd = o.weightDecay ?? 0;
-    const count = this.#accumCount;
-    const normT = tf.tidy(() => tf.sqrt(tf.addN(this.#trainable.map((n) => tf.sum(tf.square(this.#accum.get(n)!))))).div(count));
-    const gradNorm = (await normT.data())[0]!;
-    normT.dispose();
-    const clip = o.maxGradNorm ?? 1.0;
-    const coef = (clip > 0 && gradNorm > clip ? clip / (gradNorm + 1e-6) : 1) / count;
-    this.#step++;
-    const bc1 = 1 - b1 ** this.#step, bc2 = 1 - b2 ** this.#step;
-    tf.tidy(() => {
-      for (const n of this.#trainable) {
-        const p = this.#vars.get(n)!, m = this.#m.get(n)!, v = this.#v.get(n)!;
-        const g = tf.mul(this.#accum.get(n)!, coef);
-        m.assign(tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1)));
-        v.assign(tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2)));
-        const upd = tf.div(tf.div(m, bc1), tf.add(tf.sqrt(tf.div(v, bc2)), eps));
-        const decayed = wd > 0 ? tf.mul(p, 1 - lr * wd) : p;
-        p.assign(tf.sub(decayed, tf.mul(upd, lr)));
-      }
-    });
-    for (const g of this.#accum.values()) g.dispose();
-    this.#accum.clear();
-    this.#accumCount = 0;
-    return { gradNorm, lr };
+    return this.#opt.apply();
   }
 
   /** One optimizer step over `micro` batches (gradient accumulation). Returns the mean loss. */
@@ -165,25 +197,35 @@ export class LoraTrainer {
 
   /** Mean loss over batches without training (no gradients). */
   async evalLoss(batches: Batch[]): Promise<number> {
-    let num = 0, den = 0;
-    for (const b of batches) {
-      const t = this.#tensors(b);
-      const out = tf.tidy(() => {
-        const l = this.lm.causalLoss(this.lm.forward(t.ids, t.am, this.#runtime()), t.ids, t.lm, t.am);
-        return l;
-      });
-      let w = 0;
-      for (let r = 0; r < b.batch; r++) for (let i = 1; i < b.length; i++) w += b.lossMask[r * b.length + i]! * b.attentionMask[r * b.length + i]!;
-      num += (await out.data())[0]! * w; den += w;
-      out.dispose(); t.ids.dispose(); t.lm.dispose(); t.am.dispose();
-    }
-    return den ? num / den : NaN;
+    return meanLoss(this.lm, batches, () => this.#runtime());
   }
 
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const m of [this.#vars, this.#m, this.#v]) for (const v of m.values()) v.dispose();
-    for (const g of this.#accum.values()) g.dispose();
+    for (const v of this.#vars.values()) v.dispose();
+    this.#opt.dispose();
   }
+}
+
+export function batchTensors(b: Batch): { ids: tf.Tensor2D; lm: tf.Tensor2D; am: tf.Tensor2D } {
+  return {
+    ids: tf.tensor2d(b.ids, [b.batch, b.length], 'int32'),
+    lm: tf.tensor2d(b.lossMask, [b.batch, b.length], 'float32'),
+    am: tf.tensor2d(b.attentionMask, [b.batch, b.length], 'float32'),
+  };
+}
+
+/** Token-weighted mean loss over batches, no gradients. */
+export async function meanLoss(lm: CausalLM, batches: Batch[], runtime?: () => LoraRuntime): Promise<number> {
+  let num = 0, den = 0;
+  for (const b of batches) {
+    const t = batchTensors(b);
+    const out = tf.tidy(() => lm.causalLoss(lm.forward(t.ids, t.am, runtime?.()), t.ids, t.lm, t.am));
+    let w = 0;
+    for (let r = 0; r < b.batch; r++) for (let i = 1; i < b.length; i++) w += b.lossMask[r * b.length + i]! * b.attentionMask[r * b.length + i]!;
+    num += (await out.data())[0]! * w; den += w;
+    out.dispose(); t.ids.dispose(); t.lm.dispose(); t.am.dispose();
+  }
+  return den ? num / den : NaN;
 }
