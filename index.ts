@@ -12,4 +12,5 @@ export * from './shared/train/trainer.js';
 export * from './shared/train/eval.js';
 export { selectBackend, currentBackend, BACKEND_CHOICES, type BackendChoice, type BackendName, type BackendSelection } from './shared/backend/index.js';
 export * from './shared/aggregation/index.js';
+export * as crypto from './shared/crypto/index.js';
 export { createTrainer, type LocalTrainer, type CreateTrainerOptions, type TrainOptions, type TrainResult } from './client/trainer.js';
