@@ -1,0 +1,106 @@
+/**
+ * Deals a scenario's dataset out to simulated clients and writes each client's private files:
+ * `<out>/clients/<id>/train.jsonl` and `eval.jsonl`. Pure function of (scenario, seed): the same
+ * seed gives the same partition, ranks and files.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ConfigError } from '../../shared/errors.js';
+import { Rng } from '../../shared/data/random.js';
+import { isPromptCompletion, loadJsonlDataset, type Example } from '../../shared/data/jsonl.js';
+import { atomicWrite } from '../../shared/model/safetensors.js';
+import { loadSpamCorpus, splitSpamCorpus, toSpamExample } from '../data/spam.js';
+import { partitionDirichlet, partitionIid, splitClients } from '../partition.js';
+import { CORPUS_SPLIT_SEED } from '../pretrain.js';
+import { assignRanks, type Scenario } from '../scenario.js';
+
+export interface SimClient {
+  id: string;
+  index: number;
+  rank: number;
+  dir: string;
+  trainFile: string;
+  evalFile: string;
+  train: Example[];
+  eval: Example[];
+  /** Label histogram over train + eval. */
+  labelCounts: Record<string, number>;
+  /** Source mailbox histogram (spam dataset only). */
+  groupCounts?: Record<string, number>;
+}
+
+interface Item { ex: Example; label: string; group: string }
+
+export function labelOf(e: Example): string {
+  return isPromptCompletion(e) ? e.completion.trim() : '';
+}
+
+async function pooledItems(s: Scenario): Promise<Item[]> {
+  if (s.dataset === 'spam') {
+    // the pretraining slice is held back: client data is disjoint from what the base model saw
+    const { federated } = splitSpamCorpus(loadSpamCorpus(), { pretrainFraction: 0.2, seed: CORPUS_SPLIT_SEED });
+    return federated.map((e) => ({ ex: toSpamExample(e), label: e.label, group: e.group }));
+  }
+  const examples = await loadJsonlDataset(s.dataset);
+  return examples.map((ex) => ({ ex, label: labelOf(ex), group: labelOf(ex) }));
+}
+
+/** Seeded subsample keeping each group's share. */
+function subsample(items: Item[], max: number, seed: number): Item[] {
+  if (max <= 0 || items.length <= max) return items;
+  const rng = new Rng(`subsample:${seed}`);
+  const groups = new Map<string, Item[]>();
+  for (const it of items) { const g = groups.get(it.group) ?? []; g.push(it); groups.set(it.group, g); }
+  const out: Item[] = [];
+  for (const key of [...groups.keys()].sort()) {
+    const g = groups.get(key)!;
+    out.push(...rng.shuffle(g).slice(0, Math.max(1, Math.round((g.length * max) / items.length))));
+  }
+  return rng.shuffle(out).slice(0, max);
+}
+
+function histogram(xs: string[]): Record<string, number> {
+  const h: Record<string, number> = {};
+  for (const x of [...xs].sort()) h[x] = (h[x] ?? 0) + 1;
+  return h;
+}
+
+export function clientId(i: number): string {
+  return `c${String(i + 1).padStart(2, '0')}`;
+}
+
+/** Partitions the dataset, assigns ranks and writes every client's files under `<outDir>/clients`. */
+export async function prepareClients(s: Scenario, outDir: string): Promise<SimClient[]> {
+  const items = subsample(await pooledItems(s), s.maxExamples, s.seed);
+  if (items.length < s.clients * 4) throw new ConfigError(`scenario field "clients": ${s.clients} clients need at least ${s.clients * 4} examples, the dataset has ${items.length}`);
+  let parts: Item[][];
+  if (s.partition.kind === 'dirichlet') {
+    if (items.every((it) => it.group === '')) throw new ConfigError('scenario field "partition": dirichlet needs labelled {"prompt","completion"} examples; use "iid" for plain text');
+    // non-IID over the mailbox source (spam) or the label (JSONL)
+    parts = partitionDirichlet(items, (it) => it.group, s.clients, s.partition.alpha, s.seed, { minPerClient: 4 });
+  } else {
+    parts = partitionIid(items, s.clients, s.seed);
+  }
+  const splits = splitClients(parts, s.evalFraction, s.seed, (it) => it.label);
+  const ranks = assignRanks(s.rankMix, s.clients, s.seed);
+  const out: SimClient[] = [];
+  for (let i = 0; i < s.clients; i++) {
+    const id = clientId(i);
+    const dir = join(outDir, 'clients', id);
+    await mkdir(dir, { recursive: true });
+    const sp = splits[i]!;
+    const train = sp.train.map((it) => it.ex);
+    const ev = sp.eval.slice(0, s.maxEvalPerClient).map((it) => it.ex);
+    const trainFile = join(dir, 'train.jsonl');
+    const evalFile = join(dir, 'eval.jsonl');
+    await atomicWrite(trainFile, train.map((e) => JSON.stringify(e)).join('\n') + '\n');
+    await atomicWrite(evalFile, ev.map((e) => JSON.stringify(e)).join('\n') + '\n');
+    const all = [...sp.train, ...sp.eval];
+    out.push({
+      id, index: i, rank: ranks[i]!, dir, trainFile, evalFile, train, eval: ev,
+      labelCounts: histogram(all.map((it) => it.label || 'text')),
+      ...(s.dataset === 'spam' ? { groupCounts: histogram(all.map((it) => it.group)) } : {}),
+    });
+  }
+  return out;
+}

@@ -1,0 +1,109 @@
+/** IPC between the simulation runner (parent) and its worker processes. Plain JSON-able objects. */
+import type { EvalReport } from '../../shared/protocol/index.js';
+
+export interface EvalFigures { loss: number | null; accuracy: number | null; f1: number | null; n: number }
+
+export interface WorkerInit {
+  type: 'init';
+  modelDir: string;
+  backend: string;
+  maxSeqLen: number;
+  seed: number;
+  loraAlpha: number;
+  maxRank: number;
+  /** Straggler model shared by every federated run in this worker. */
+  stragglers: { fraction: number; minDelayMs: number; maxDelayMs: number } | null;
+}
+
+export interface FedClientSpec {
+  id: string;
+  trainFile: string;
+  evalFile: string;
+  stateDir: string;
+  maxRank: number;
+  /** Rounds in which this client trains but disconnects instead of uploading. */
+  dropRounds: number[];
+  /** Announce every local training start (the runner kills a client mid-round on it). */
+  reportTrainStart?: boolean;
+}
+
+export interface FedJoin {
+  type: 'fed';
+  runId: string;
+  url: string;
+  rounds: number;
+  personal: string[];
+  clients: FedClientSpec[];
+  /** Extra ClientOptions passed through verbatim (e.g. secure-aggregation switches). */
+  clientExtra?: Record<string, unknown>;
+}
+
+export interface LocalJob {
+  type: 'local';
+  jobId: string;
+  clients: { id: string; trainFile: string; evalFile: string; rank: number }[];
+  rounds: number;
+  steps: number;
+  lr: number;
+  batchSize: number;
+}
+
+export interface CentralJob {
+  type: 'central';
+  jobId: string;
+  trainFiles: string[];
+  evalClients: { id: string; evalFile: string }[];
+  rounds: number;
+  stepsPerRound: number;
+  lr: number;
+  batchSize: number;
+}
+
+export interface EvalJob {
+  type: 'eval';
+  jobId: string;
+  adapterDir: string;
+  personal: string[];
+  strategy: string;
+  clients: { id: string; evalFile: string; stateDir: string; rank: number }[];
+}
+
+export type ToWorker =
+  | WorkerInit
+  | FedJoin
+  | LocalJob
+  | CentralJob
+  | EvalJob
+  | { type: 'roundEnd'; runId: string; round: number }
+  | { type: 'fedEnd'; runId: string }
+  | { type: 'exit' };
+
+export interface ClientRoundMsg {
+  type: 'clientRound';
+  runId: string;
+  clientId: string;
+  round: number;
+  rank: number;
+  trainLoss: number;
+  steps: number;
+  global?: EvalReport;
+  personal?: EvalReport;
+  bytesUp: number;
+  bytesDown: number;
+  accepted: boolean;
+}
+
+export interface LocalResult { clients: { id: string; curve: EvalFigures[] }[] }
+export interface CentralResult { curve: EvalFigures[]; perClient: { id: string; metrics: EvalFigures }[] }
+export interface EvalResult { clients: { id: string; global: EvalFigures; personalized: EvalFigures }[] }
+
+export type FromWorker =
+  | { type: 'ready'; backend: string; parameters: number }
+  | ClientRoundMsg
+  | { type: 'trainStart'; runId: string; clientId: string }
+  | { type: 'dropped'; runId: string; clientId: string; round: number }
+  | { type: 'straggle'; runId: string; clientId: string; delayMs: number }
+  | { type: 'clientError'; runId: string; clientId: string; message: string }
+  | { type: 'result'; jobId: string; result: LocalResult | CentralResult | EvalResult }
+  | { type: 'jobError'; jobId: string; message: string }
+  | { type: 'fatal'; message: string };

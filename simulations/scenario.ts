@@ -1,0 +1,315 @@
+/**
+ * A simulation scenario: everything `fedlora simulate` needs to reproduce a run, as one JSON file
+ * (docs/SCENARIOS.md documents every field). Presets live in simulations/scenarios/<name>.json.
+ * `parseScenario` validates an untrusted object and fills defaults; every refusal is a ConfigError
+ * naming the offending field.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, errorMessage } from '../shared/errors.js';
+import { Rng } from '../shared/data/random.js';
+
+export const STRATEGY_NAMES = ['fedit', 'ffa', 'rank-aware', 'fedsa'] as const;
+export type ScenarioStrategy = (typeof STRATEGY_NAMES)[number];
+
+export const PRESETS_DIR = join(dirname(fileURLToPath(import.meta.url)), 'scenarios');
+const MAX_SCENARIO_BYTES = 1 << 20;
+
+export interface Scenario {
+  name: string;
+  description: string;
+  /** Base model folder (HF layout). Relative paths resolve against the working directory. */
+  model: string;
+  /** `"spam"` (the bundled SpamAssassin corpus) or a JSONL file of {"prompt","completion"} / {"text"}. */
+  dataset: string;
+  /** Cap on the pooled examples dealt to clients (a seeded, label-stratified subsample); 0 = all. */
+  maxExamples: number;
+  partition: { kind: 'iid' } | { kind: 'dirichlet'; alpha: number };
+  /** Fraction of each client's examples held out for evaluation (stratified by label). */
+  evalFraction: number;
+  /** Cap on eval examples per client (keeps per-round evaluation cheap). */
+  maxEvalPerClient: number;
+  clients: number;
+  clientsPerRound: number;
+  minClients: number;
+  rounds: number;
+  strategy: ScenarioStrategy;
+  /** Other strategies run on the same partition and budget, reported side by side. */
+  compare: ScenarioStrategy[];
+  baselines: { localOnly: boolean; centralized: boolean };
+  /** LoRA rank → fraction of clients; the largest key is the coordinator's max rank. */
+  rankMix: Record<string, number>;
+  loraAlpha: number;
+  /** Globs over PEFT tensor names that stay on every client (personalization layers). */
+  personal: string[];
+  train: { localSteps: number; lr: number; batchSize: number; maxSeqLen: number };
+  faults: {
+    /** Each sampled client skips its upload (disconnects) in a round with this probability. */
+    dropoutProbability: number;
+    /** Exactly this many clients drop out of every round (on top of the probability). */
+    dropoutsPerRound: number;
+    stragglers: { fraction: number; minDelayMs: number; maxDelayMs: number } | null;
+    /** One client, in a process of its own, is killed with SIGKILL while training in `round`. */
+    kill: { client: number; round: number; afterMs: number } | null;
+  };
+  roundTimeoutMs: number;
+  /** How long the coordinator waits for more ready clients once it has `minClients`. */
+  joinWaitMs: number;
+  secureAggregation: boolean;
+  seed: number;
+  backend: string;
+  /** Worker processes hosting clients; 0 = one per CPU core. */
+  workers: number;
+}
+
+export const DEFAULTS: Scenario = {
+  name: 'custom',
+  description: '',
+  model: 'simulations/models/spam-llama',
+  dataset: 'spam',
+  maxExamples: 0,
+  partition: { kind: 'dirichlet', alpha: 0.5 },
+  evalFraction: 0.25,
+  maxEvalPerClient: 32,
+  clients: 8,
+  clientsPerRound: 8,
+  minClients: 2,
+  rounds: 4,
+  strategy: 'rank-aware',
+  compare: [],
+  baselines: { localOnly: true, centralized: true },
+  rankMix: { '4': 0.5, '8': 0.3, '16': 0.2 },
+  loraAlpha: 16,
+  personal: [],
+  train: { localSteps: 8, lr: 3e-3, batchSize: 8, maxSeqLen: 128 },
+  faults: { dropoutProbability: 0, dropoutsPerRound: 0, stragglers: null, kill: null },
+  roundTimeoutMs: 120_000,
+  joinWaitMs: 1500,
+  secureAggregation: true,
+  seed: 42,
+  backend: 'wasm',
+  workers: 0,
+};
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function fail(field: string, msg: string): never {
+  throw new ConfigError(`scenario field "${field}": ${msg}`);
+}
+
+function known(o: Obj, field: string, keys: readonly string[]): void {
+  for (const k of Object.keys(o)) if (!keys.includes(k)) fail(field ? `${field}.${k}` : k, `unknown field (known: ${keys.join(', ')})`);
+}
+
+function int(v: unknown, field: string, min: number, max: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) fail(field, `must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function num(v: unknown, field: string, min: number, max: number, dflt: number, openMin = false): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max || (openMin && v === min)) fail(field, `must be a number in ${openMin ? '(' : '['}${min}, ${max}], got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function str(v: unknown, field: string, dflt: string, maxLen = 4096): string {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'string' || v.length === 0 || v.length > maxLen) fail(field, `must be a non-empty string of at most ${maxLen} characters`);
+  return v;
+}
+
+function bool(v: unknown, field: string, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') fail(field, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function strategy(v: unknown, field: string, dflt: ScenarioStrategy): ScenarioStrategy {
+  if (v === undefined) return dflt;
+  if (!STRATEGY_NAMES.includes(v as ScenarioStrategy)) fail(field, `must be one of ${STRATEGY_NAMES.join(', ')}, got ${JSON.stringify(v)}`);
+  return v as ScenarioStrategy;
+}
+
+/** Validates an untrusted scenario object and fills in defaults. */
+export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
+  if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'secureAggregation', 'seed', 'backend', 'workers']);
+  const d = DEFAULTS;
+  const name = str(raw.name, 'name', nameHint, 100);
+  if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
+  const clients = int(raw.clients, 'clients', 1, 1000, d.clients);
+  const clientsPerRound = int(raw.clientsPerRound, 'clientsPerRound', 1, clients, Math.min(clients, d.clientsPerRound));
+  const minClients = int(raw.minClients, 'minClients', 1, clientsPerRound, Math.min(clientsPerRound, d.minClients));
+
+  let partition: Scenario['partition'] = d.partition;
+  if (raw.partition !== undefined) {
+    const p = raw.partition;
+    if (p === 'iid') partition = { kind: 'iid' };
+    else if (isObj(p)) {
+      known(p, 'partition', ['kind', 'alpha']);
+      if (p.kind === 'iid') partition = { kind: 'iid' };
+      else if (p.kind === 'dirichlet') partition = { kind: 'dirichlet', alpha: num(p.alpha, 'partition.alpha', 0, 1e6, 0.5, true) };
+      else fail('partition.kind', `must be "iid" or "dirichlet", got ${JSON.stringify(p.kind)}`);
+    } else fail('partition', 'must be "iid" or {"kind": "iid" | "dirichlet", "alpha": number}');
+  }
+
+  const strat = strategy(raw.strategy, 'strategy', d.strategy);
+  let compare: ScenarioStrategy[] = [];
+  if (raw.compare !== undefined) {
+    if (raw.compare === 'all') compare = STRATEGY_NAMES.filter((s) => s !== strat);
+    else if (Array.isArray(raw.compare)) compare = [...new Set(raw.compare.map((s, i) => strategy(s, `compare[${i}]`, strat)))].filter((s) => s !== strat);
+    else fail('compare', `must be "all" or a list of strategies (${STRATEGY_NAMES.join(', ')})`);
+  }
+
+  let baselines = d.baselines;
+  if (raw.baselines !== undefined) {
+    if (!isObj(raw.baselines)) fail('baselines', 'must be an object {"localOnly": bool, "centralized": bool}');
+    known(raw.baselines, 'baselines', ['localOnly', 'centralized']);
+    baselines = { localOnly: bool(raw.baselines.localOnly, 'baselines.localOnly', true), centralized: bool(raw.baselines.centralized, 'baselines.centralized', true) };
+  }
+
+  let rankMix = d.rankMix;
+  if (raw.rankMix !== undefined) {
+    if (!isObj(raw.rankMix) || Object.keys(raw.rankMix).length === 0) fail('rankMix', 'must be a non-empty object {"rank": fraction}');
+    let sum = 0;
+    rankMix = {};
+    for (const [k, v] of Object.entries(raw.rankMix)) {
+      if (!/^\d+$/.test(k) || Number(k) < 1 || Number(k) > 256) fail(`rankMix.${k}`, 'ranks must be integers in [1, 256]');
+      rankMix[String(Number(k))] = num(v, `rankMix.${k}`, 0, 1, 0, true);
+      sum += v as number;
+    }
+    if (Math.abs(sum - 1) > 1e-6) fail('rankMix', `fractions must sum to 1, got ${sum}`);
+  }
+
+  let personal: string[] = [];
+  if (raw.personal !== undefined) {
+    if (!Array.isArray(raw.personal) || raw.personal.length > 64) fail('personal', 'must be a list of at most 64 globs');
+    personal = raw.personal.map((g, i) => str(g, `personal[${i}]`, '', 200));
+  }
+
+  let train = d.train;
+  if (raw.train !== undefined) {
+    if (!isObj(raw.train)) fail('train', 'must be an object');
+    known(raw.train, 'train', ['localSteps', 'lr', 'batchSize', 'maxSeqLen']);
+    train = {
+      localSteps: int(raw.train.localSteps, 'train.localSteps', 1, 100_000, d.train.localSteps),
+      lr: num(raw.train.lr, 'train.lr', 0, 10, d.train.lr, true),
+      batchSize: int(raw.train.batchSize, 'train.batchSize', 1, 4096, d.train.batchSize),
+      maxSeqLen: int(raw.train.maxSeqLen, 'train.maxSeqLen', 8, 8192, d.train.maxSeqLen),
+    };
+  }
+
+  const faults: Scenario['faults'] = { dropoutProbability: 0, dropoutsPerRound: 0, stragglers: null, kill: null };
+  if (raw.faults !== undefined) {
+    const f = raw.faults;
+    if (!isObj(f)) fail('faults', 'must be an object');
+    known(f, 'faults', ['dropoutProbability', 'dropoutsPerRound', 'stragglers', 'kill']);
+    faults.dropoutProbability = num(f.dropoutProbability, 'faults.dropoutProbability', 0, 1, 0);
+    faults.dropoutsPerRound = int(f.dropoutsPerRound, 'faults.dropoutsPerRound', 0, clientsPerRound, 0);
+    if (f.stragglers !== undefined && f.stragglers !== null) {
+      const s = f.stragglers;
+      if (!isObj(s)) fail('faults.stragglers', 'must be an object {"fraction", "minDelayMs", "maxDelayMs"}');
+      known(s, 'faults.stragglers', ['fraction', 'minDelayMs', 'maxDelayMs']);
+      const minDelayMs = int(s.minDelayMs, 'faults.stragglers.minDelayMs', 0, 3_600_000, 0);
+      faults.stragglers = {
+        fraction: num(s.fraction, 'faults.stragglers.fraction', 0, 1, 0.2),
+        minDelayMs,
+        maxDelayMs: int(s.maxDelayMs, 'faults.stragglers.maxDelayMs', minDelayMs, 3_600_000, Math.max(minDelayMs, 5000)),
+      };
+    }
+    if (f.kill !== undefined && f.kill !== null) {
+      const k = f.kill;
+      if (!isObj(k)) fail('faults.kill', 'must be an object {"client", "round", "afterMs"}');
+      known(k, 'faults.kill', ['client', 'round', 'afterMs']);
+      faults.kill = {
+        client: int(k.client, 'faults.kill.client', 0, clients - 1, 0),
+        round: int(k.round, 'faults.kill.round', 1, 100_000, 1),
+        afterMs: int(k.afterMs, 'faults.kill.afterMs', 0, 600_000, 300),
+      };
+    }
+  }
+
+  const s: Scenario = {
+    name,
+    description: raw.description === undefined ? '' : str(raw.description, 'description', '', 2000),
+    model: str(raw.model, 'model', d.model),
+    dataset: str(raw.dataset, 'dataset', d.dataset),
+    maxExamples: int(raw.maxExamples, 'maxExamples', 0, 10_000_000, d.maxExamples),
+    partition,
+    evalFraction: num(raw.evalFraction, 'evalFraction', 0, 0.9, d.evalFraction, true),
+    maxEvalPerClient: int(raw.maxEvalPerClient, 'maxEvalPerClient', 1, 100_000, d.maxEvalPerClient),
+    clients, clientsPerRound, minClients,
+    rounds: int(raw.rounds, 'rounds', 1, 10_000, d.rounds),
+    strategy: strat,
+    compare,
+    baselines,
+    rankMix,
+    loraAlpha: num(raw.loraAlpha, 'loraAlpha', 0, 1e6, d.loraAlpha, true),
+    personal,
+    train,
+    faults,
+    roundTimeoutMs: int(raw.roundTimeoutMs, 'roundTimeoutMs', 100, 86_400_000, d.roundTimeoutMs),
+    joinWaitMs: int(raw.joinWaitMs, 'joinWaitMs', 0, 600_000, d.joinWaitMs),
+    secureAggregation: bool(raw.secureAggregation, 'secureAggregation', d.secureAggregation),
+    seed: int(raw.seed, 'seed', 0, 2 ** 31 - 1, d.seed),
+    backend: str(raw.backend, 'backend', d.backend, 20),
+    workers: int(raw.workers, 'workers', 0, 64, d.workers),
+  };
+  if (!['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'].includes(s.backend)) fail('backend', `must be auto | tensorflow | webgpu | wasm | cpu, got ${JSON.stringify(s.backend)}`);
+  if (s.faults.kill && s.faults.kill.round > s.rounds) fail('faults.kill.round', `must be ≤ rounds (${s.rounds})`);
+  const survivorsNeeded = s.clientsPerRound - s.faults.dropoutsPerRound - (s.faults.kill ? 1 : 0);
+  if (survivorsNeeded < s.minClients) fail('minClients', `${s.minClients} cannot be met when ${s.faults.dropoutsPerRound} of ${s.clientsPerRound} clients drop out per round${s.faults.kill ? ' and one is killed' : ''}`);
+  return s;
+}
+
+/** Largest rank of the mix: the coordinator's max rank. */
+export function maxRankOf(s: Pick<Scenario, 'rankMix'>): number {
+  return Math.max(...Object.keys(s.rankMix).map(Number));
+}
+
+/**
+ * Deterministic rank per client: largest-remainder counts from the mix, then a seeded shuffle of
+ * who gets which, so the same (mix, n, seed) always gives the same assignment.
+ */
+export function assignRanks(mix: Record<string, number>, n: number, seed: number | string): number[] {
+  const ranks = Object.keys(mix).map(Number).sort((a, b) => a - b);
+  const quotas = ranks.map((r) => (mix[String(r)] ?? 0) * n);
+  const counts = quotas.map(Math.floor);
+  let left = n - counts.reduce((a, b) => a + b, 0);
+  const order = quotas.map((q, i) => [q - Math.floor(q), i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+  for (const [, i] of order) { if (left-- <= 0) break; counts[i] = counts[i]! + 1; }
+  const flat = ranks.flatMap((r, i) => Array.from({ length: counts[i]! }, () => r));
+  return new Rng(`ranks:${String(seed)}`).shuffle(flat);
+}
+
+/** Names of the bundled presets (simulations/scenarios/*.json). */
+export async function presetNames(): Promise<string[]> {
+  const { readdir } = await import('node:fs/promises');
+  return (await readdir(PRESETS_DIR)).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
+}
+
+/** Loads a scenario from a preset name (`default`, `tiny-ci`, …) or a JSON file path. */
+export async function loadScenario(ref: string): Promise<Scenario> {
+  let file = ref;
+  const isPreset = /^[\w-]+$/.test(ref) && !ref.endsWith('.json');
+  if (isPreset) file = join(PRESETS_DIR, `${ref}.json`);
+  let text: string;
+  try {
+    const st = await stat(file);
+    if (st.size > MAX_SCENARIO_BYTES) throw new ConfigError(`scenario ${file} is larger than ${MAX_SCENARIO_BYTES} bytes`);
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    if (isPreset) throw new ConfigError(`no scenario preset "${ref}" (presets: ${(await presetNames()).join(', ')}) and no file by that name`);
+    throw new ConfigError(`cannot read scenario ${resolve(file)}: ${errorMessage(e)}`);
+  }
+  let raw: unknown;
+  try { raw = JSON.parse(text); } catch (e) { throw new ConfigError(`scenario ${file} is not valid JSON: ${errorMessage(e)}`); }
+  return parseScenario(raw, isPreset ? ref : 'custom');
+}
