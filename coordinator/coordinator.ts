@@ -19,7 +19,7 @@ import { ConfigError, ProtocolError, errorMessage } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
 import { encode, tensorMapToWire } from '../shared/codec/index.js';
 import {
-  EV, LIMITS, PROTOCOL_VERSION, globMatcher, parseChunkRequest, parseHello, parseReady, parseUpdate, requestEncoded, serveRequest,
+  EV, LIMITS, PROTOCOL_VERSION, errorReply, globMatcher, parseChunkRequest, parseHello, parseReady, parseUpdate, requestEncoded, serveRequest,
   type ClientToServerEvents, type Hello, type HelloReply, type RoundEnd, type RoundStart, type ServerToClientEvents, type UpdateMetrics,
 } from '../shared/protocol/index.js';
 import {
@@ -164,6 +164,8 @@ export class Coordinator {
   get globalAdapter(): LoraAdapter | undefined { return this.#global; }
   get history(): readonly RoundRecord[] { return this.#history; }
   get modelId(): string | undefined { return this.#store?.modelId; }
+  /** Largest inbound message decoded; the transport drops the connection above this plus a little framing. */
+  get maxMessageBytes(): number { return this.#maxMessageBytes; }
 
   async #init(): Promise<void> {
     const o = this.options;
@@ -292,8 +294,12 @@ export class Coordinator {
     on(EV.modelChunk, serveRequest(EV.modelChunk, (m) => this.#onChunk(conn, m), opts));
     on(EV.ready, serveRequest(EV.ready, (m) => this.#onReady(conn, m), opts));
     on(EV.update, serveRequest(EV.update, (m, n) => this.#onUpdate(conn, m, n), opts));
-    socket.onAny((ev: string) => {
-      if (!(Object.values(EV) as string[]).includes(ev)) opts.onError(ev, new ProtocolError('UNKNOWN_EVENT', `unknown event ${ev.slice(0, 40)}`));
+    socket.onAny((ev: string, ...args: unknown[]) => {
+      if ((Object.values(EV) as string[]).includes(ev)) return;
+      const e = new ProtocolError('UNKNOWN_EVENT', `unknown event ${String(ev).slice(0, 40)}`);
+      opts.onError(String(ev), e);
+      const ack = args.at(-1);
+      if (typeof ack === 'function') try { (ack as (r: Uint8Array) => void)(errorReply(e)); } catch { /* gone */ }
     });
     socket.on('disconnect', (reason) => this.#onDisconnect(conn, reason));
   }

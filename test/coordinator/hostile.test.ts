@@ -1,0 +1,116 @@
+import { expect } from 'chai';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { io, type Socket } from 'socket.io-client';
+import { Coordinator } from '../../coordinator/index.js';
+import { Client } from '../../client/index.js';
+import { decode, encode } from '../../shared/codec/index.js';
+import { PROTOCOL_VERSION, parseRoundStart, type RoundStart } from '../../shared/protocol/index.js';
+import { setLogLevel } from '../../shared/log.js';
+import { elementSlots, makeLayout } from '../../shared/aggregation/index.js';
+import { FIXTURE, pullTrainer } from './helpers.js';
+
+type Reply = { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
+
+async function ask(s: Socket, ev: string, ...args: unknown[]): Promise<Reply> {
+  const raw = await s.timeout(5000).emitWithAck(ev, ...args);
+  return decode(raw) as Reply;
+}
+
+describe('hostile client', function () {
+  this.timeout(30_000);
+  let dir: string;
+  before(() => setLogLevel('error'));
+  beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-hostile-')); });
+  afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+
+  it('gets an error ack for every malformed, oversized, wrong-shape, NaN, stale and duplicate message while honest clients finish', async () => {
+    const coord = new Coordinator({ modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 4, localSteps: 1, joinWaitMs: 60_000, roundTimeoutMs: 2500 });
+    const url = await coord.serve(0);
+
+    // wrong protocol version: refused in the handshake with a clear reason
+    const old = io(url, { auth: { protocolVersion: PROTOCOL_VERSION + 1 }, transports: ['websocket'], reconnection: false });
+    const refusal = await new Promise<Error>((res) => old.on('connect_error', res));
+    expect(refusal.message).to.match(/VERSION_MISMATCH/);
+    old.close();
+
+    const evil = io(url, { auth: { protocolVersion: PROTOCOL_VERSION }, transports: ['websocket'], reconnection: false });
+    await new Promise<void>((res) => evil.on('connect', () => res()));
+    const starts: RoundStart[] = [];
+    evil.on('round:start', (p: unknown, ack: (r: Uint8Array) => void) => { starts.push(parseRoundStart(decode(p))); ack(encode({ ok: true })); });
+
+    const codes: string[] = [];
+    const expectCode = async (code: string, ev: string, ...args: unknown[]) => {
+      const r = await ask(evil, ev, ...args);
+      expect(r.ok, `${ev} → ${JSON.stringify(r)}`).to.equal(false);
+      expect(r.code, `${ev}: ${r.message}`).to.equal(code);
+      codes.push(code);
+    };
+    await expectCode('NO_HELLO', 'model:chunk', encode({ modelId: 'a'.repeat(64), file: 'config.json', offset: 0, length: 10 }));
+    await expectCode('BAD_ENCODING', 'hello', 'not msgpack');
+    await expectCode('BAD_ENCODING', 'hello', { protocolVersion: PROTOCOL_VERSION, clientId: 'evil' });
+    await expectCode('BAD_ENCODING', 'hello', Buffer.from([0xc1, 0xc1]));
+    await expectCode('TOO_LARGE', 'hello', new Uint8Array(coord.maxMessageBytes + 100)); // over the decode cap, under the transport cap
+    await expectCode('BAD_MESSAGE', 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId: '../../etc', capabilities: { maxRank: 4, backend: 'x', examples: 1 } }));
+    await expectCode('BAD_MESSAGE', 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId: 'evil', capabilities: { maxRank: NaN, backend: 'x', examples: 1 } }));
+    await expectCode('BAD_MESSAGE', 'hello', encode('x'), encode('y'));
+    await expectCode('UNKNOWN_EVENT', 'admin:shutdown', encode({}));
+    const hello = await ask(evil, 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId: 'evil', capabilities: { maxRank: 2, backend: 'cpu', examples: 5 }, personal: [] }));
+    expect(hello.ok).to.equal(true);
+    const modelId = hello.modelId as string;
+    await expectCode('ALREADY_HELLO', 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId: 'evil', capabilities: { maxRank: 4, backend: 'cpu', examples: 5 }, personal: [] }));
+    await expectCode('BAD_MESSAGE', 'model:chunk', encode({ modelId, file: '../state.json', offset: 0, length: 10 }));
+    await expectCode('UNKNOWN_FILE', 'model:chunk', encode({ modelId, file: 'secrets.txt', offset: 0, length: 10 }));
+    await expectCode('MODEL_MISMATCH', 'model:chunk', encode({ modelId: 'b'.repeat(64), file: 'config.json', offset: 0, length: 10 }));
+    await expectCode('TOO_LARGE', 'model:chunk', encode({ modelId, file: 'config.json', offset: 0, length: 4 << 20 }));
+    await expectCode('BAD_RANGE', 'model:chunk', encode({ modelId, file: 'config.json', offset: 1 << 30, length: 10 }));
+    await expectCode('STALE_ROUND', 'round:update', encode({ roundId: 'x:1:1', rank: 4, weight: 1, vector: new Float32Array(4), metrics: { trainLoss: 1, steps: 1, trainMs: 1 } }));
+    const ready = await ask(evil, 'ready', encode({ modelId, examples: 5 }));
+    expect(ready.ok).to.equal(true);
+
+    // two honest clients; the hostile one is the third participant of round 1
+    const trainers = await Promise.all([0.1, 0.3].map((t) => pullTrainer(t)));
+    // honest training takes a moment, so the round is still open while the hostile client misbehaves
+    const slow = trainers.map((t) => ({ ...t, train: async (...a: Parameters<typeof t.train>) => { await new Promise((r) => setTimeout(r, 600)); return t.train(...a); } }));
+    const honest = [0, 1].map((i) => new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => slow[i]! }));
+    const runs = honest.map((c) => c.run());
+    while (starts.length === 0) await new Promise((r) => setTimeout(r, 20));
+    const rs = starts[0]!;
+    const n = rs.layout.reduce((s, e) => s + e.shape.reduce((a, b) => a * b, 1), 0);
+    const up = (o: Record<string, unknown>) => encode({ roundId: rs.roundId, rank: rs.rank, weight: 5, vector: new Float32Array(n), metrics: { trainLoss: 1, steps: 1, trainMs: 1 }, ...o });
+    await expectCode('BAD_SHAPE', 'round:update', up({ vector: new Float32Array(n - 1) }));
+    await expectCode('BAD_SHAPE', 'round:update', up({ rank: 1 }));
+    const nan = new Float32Array(n); nan[7] = NaN;
+    await expectCode('NON_FINITE', 'round:update', up({ vector: nan }));
+    const inf = new Float32Array(n); inf[n - 1] = -Infinity;
+    await expectCode('NON_FINITE', 'round:update', up({ vector: inf }));
+    await expectCode('BAD_MESSAGE', 'round:update', up({ vector: Array.from({ length: 8 }, () => 0) }));
+    await expectCode('BAD_MESSAGE', 'round:update', up({ vector: new Float64Array(n) }));
+    await expectCode('BAD_MESSAGE', 'round:update', up({ weight: 1e6 })); // more than the examples it declared
+    await expectCode('NON_FINITE', 'round:update', up({ metrics: { trainLoss: NaN, steps: 1, trainMs: 1 } }));
+    await expectCode('STALE_ROUND', 'round:update', up({ roundId: `${rs.roundId.split(':')[0]}:0:0` }));
+    expect(rs.rank).to.equal(2);
+    const slots = elementSlots(makeLayout(rs.layout));
+    const beyond = new Float32Array(n); beyond[slots.indexOf(3)] = 0.5; // rank slot 3 of a rank-2 client
+    await expectCode('BAD_SHAPE', 'round:update', up({ vector: beyond }));
+    const ok = await ask(evil, 'round:update', up({}));
+    expect(ok.ok).to.equal(true);
+    await expectCode('DUPLICATE', 'round:update', up({}));
+
+    // round 2: the hostile client accepts the round but never uploads; the deadline moves on without it
+    while (starts.length < 2) await new Promise((r) => setTimeout(r, 20));
+    await expectCode('STALE_ROUND', 'round:update', up({}));
+    await coord.done;
+    const results = await Promise.all(runs);
+    expect(results.map((r) => r.completedRounds)).to.deep.equal([2, 2]);
+    const h = coord.history;
+    expect(h.map((r) => [r.round, r.status, r.contributors])).to.deep.equal([[1, 'completed', 3], [2, 'completed', 2]]);
+    expect(h[1]!.participants.find((p) => p.clientId === 'evil')!.status).to.equal('timeout');
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    expect(metrics).to.match(/fedlora_protocol_errors_total\{code="NON_FINITE"\} 3/);
+    expect(codes.length).to.be.greaterThan(20);
+    evil.close();
+    await coord.close();
+  });
+});
