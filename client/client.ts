@@ -171,7 +171,9 @@ export class Client {
     // integrity, data and config problems do not get better by reconnecting
     if (e instanceof FedloraError && ['VERSION_MISMATCH', 'MODEL_FORMAT', 'DATA', 'CONFIG', 'MODEL_MISMATCH', 'BACKEND'].includes(e.code)) { this.#fail(e); return; }
     log.warn(`${this.#clientId}: handshake failed (${errorMessage(e)}); reconnecting`);
-    this.#socket?.disconnect().connect();
+    const s = this.#socket;
+    s?.disconnect();
+    setTimeout(() => { if (!this.#stopped) s?.connect(); }, 1000 + Math.random() * 1000);
   }
 
   async #loadOrCreateId(): Promise<string> {
