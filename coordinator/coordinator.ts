@@ -358,6 +358,7 @@ export class Coordinator {
       setImmediate(() => void this.#sendStart(open, slot));
       rlog.info(`${h.clientId} rejoined round ${open.round}`);
     }
+    if (this.#phase === 'done') setImmediate(() => conn.socket.emit(EV.sessionDone, encode({ completedRounds: this.#completed })));
     this.#wake();
     return { completedRounds: this.#completed };
   }

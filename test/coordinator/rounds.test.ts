@@ -74,6 +74,9 @@ describe('coordinator + clients over real sockets (stand-in trainer)', function 
     expect(ck.tensors.size).to.equal(g.tensors.size);
     const ex = await loadPeftAdapter(join(dir, 'export'));
     expect([...ex.tensors.get('base_model.model.model.layers.0.mlp.up_proj.lora_B.weight')!.data]).to.deep.equal([...a.data]);
+    // a client arriving after the last round is told the session is over instead of waiting forever
+    const late = new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, 'late'), maxRank: 4, clientId: 'late', trainerFactory: async () => trainers[0]! });
+    expect(await late.run()).to.deep.equal({ completedRounds: 2, roundsTrained: 0 });
     await coord.close();
 
     // restart with the same state and more rounds: resumes at round 3
