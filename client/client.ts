@@ -300,12 +300,14 @@ export class Client {
     const steps = rs.train.epochs > 0 ? Math.max(1, Math.ceil((rs.train.epochs * trainer.trainExamples) / rs.train.batchSize)) : rs.train.steps;
     const bar = o.progress ? new Progress(`round ${rs.round}`) : null;
     const seed = (rs.train.seed ^ hash32(this.#clientId)) >>> 0;
+    const t0 = Date.now();
     const res = await trainer.train(start, {
       steps, lr: rs.train.lr, batchSize: rs.train.batchSize, seed,
       // under ffa A is the frozen shared projection
       trainable: (n) => !(strategy.name === 'ffa' && parseLoraName(n)?.factor === 'A'),
       onProgress: bar ? (s, t, l) => bar.update(s, t, `loss ${l.toFixed(3)}`) : undefined,
     });
+    const trainMs = Date.now() - t0;
     bar?.done();
     const personalMetrics = evaluate ? await trainer.evaluate(res.adapter) : undefined;
     await this.#savePersonal(res.adapter.tensors);
@@ -324,7 +326,7 @@ export class Client {
       }
     }
     const vector = flatten(contrib, layout);
-    const metrics: Update['metrics'] = { trainLoss: finiteOr(res.trainLoss, 0), steps: res.steps, trainMs: 0 };
+    const metrics: Update['metrics'] = { trainLoss: Math.min(1e6, Math.max(0, finiteOr(res.trainLoss, 0))), steps: res.steps, trainMs: trainMs };
     if (global) metrics.global = cleanEval(global);
     if (personalMetrics) metrics.personal = cleanEval(personalMetrics);
     const update: Update = { roundId: rs.roundId, rank: rs.rank, weight, vector, metrics };

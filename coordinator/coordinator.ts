@@ -487,7 +487,9 @@ export class Coordinator {
     this.#open = open;
     this.#phase = 'training';
     rlog.info(`round ${round}/${o.rounds} (${roundId}) started with ${picked.length} client(s): ${[...open.slots.values()].map((s) => `${s.clientId}@r${s.rank}`).join(', ')}`);
-    await Promise.all([...open.slots.values()].map((s) => this.#sendStart(open, s)));
+    // not awaited: an ack that never comes (a client that died) must not hold the round; the slot
+    // turns 'dropped' on disconnect or ack timeout, whichever comes first
+    for (const s of open.slots.values()) void this.#sendStart(open, s);
     while (!this.#closed) {
       const pending = [...open.slots.values()].filter((s) => s.status === 'pending');
       if (pending.length === 0) break;
