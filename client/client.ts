@@ -153,6 +153,11 @@ export class Client {
     return done;
   }
 
+  /** Fault injection (tests, simulations): drop the transport as a network failure would; the client reconnects by itself. */
+  simulateConnectionLoss(): void {
+    this.#socket?.io.engine?.close();
+  }
+
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;

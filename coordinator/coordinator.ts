@@ -64,6 +64,8 @@ export interface CoordinatorOptions {
   chunkSize?: number;
   /** Refactor (QR+SVD) the global adapter after aggregation when the strategy allows it. */
   refactor?: boolean;
+  /** How long a participant that lost its connection may take to come back before the round moves on without it. */
+  rejoinGraceMs?: number;
   /** Disconnect a client after this many refused requests. */
   maxStrikes?: number;
   onRound?: (record: RoundRecord) => void;
@@ -84,6 +86,7 @@ interface Conn {
 interface Slot extends ParticipantRecord {
   vector?: Float32Array;
   conn: Conn;
+  droppedAt?: number;
 }
 
 interface OpenRound {
@@ -142,7 +145,7 @@ export class Coordinator {
     this.options = {
       host: '127.0.0.1', rounds: 3, clientsPerRound: 3, minClients: 2, roundTimeoutMs: 600_000, strategy: 'rank-aware',
       maxRank: 8, loraAlpha: 16, localSteps: 20, localEpochs: 0, lr: 1e-3, batchSize: 4, seed: 42, joinWaitMs: 3000,
-      requestTimeoutMs: 30_000, chunkSize: 1 << 20, refactor: true, maxStrikes: 50, ...stripUndefined(opts),
+      requestTimeoutMs: 30_000, chunkSize: 1 << 20, refactor: true, maxStrikes: 50, rejoinGraceMs: 3000, ...stripUndefined(opts),
       modelDir: opts.modelDir, stateDir: opts.stateDir,
     };
     const o = this.options;
@@ -355,6 +358,7 @@ export class Coordinator {
     if (open && slot && slot.status !== 'uploaded' && this.#phase === 'training') {
       slot.conn = conn;
       slot.status = 'pending';
+      delete slot.droppedAt;
       setImmediate(() => void this.#sendStart(open, slot));
       rlog.info(`${h.clientId} rejoined round ${open.round}`);
     }
@@ -400,6 +404,7 @@ export class Coordinator {
     const slot = this.#open?.slots.get(id);
     if (slot && slot.conn === conn && slot.status === 'pending') {
       slot.status = 'dropped';
+      slot.droppedAt = Date.now();
       rlog.info(`${id} dropped out of round ${this.#open!.round}`);
     }
     this.#wake();
@@ -491,15 +496,19 @@ export class Coordinator {
     // turns 'dropped' on disconnect or ack timeout, whichever comes first
     for (const s of open.slots.values()) void this.#sendStart(open, s);
     while (!this.#closed) {
+      const now = Date.now();
       const pending = [...open.slots.values()].filter((s) => s.status === 'pending');
-      if (pending.length === 0) break;
-      const left = open.deadline - Date.now();
+      // a participant that just lost its connection gets a short grace to reconnect and rejoin
+      const rejoining = [...open.slots.values()].filter((s) => s.status === 'dropped' && s.droppedAt !== undefined && now - s.droppedAt < o.rejoinGraceMs);
+      if (pending.length === 0 && rejoining.length === 0) break;
+      const left = open.deadline - now;
       if (left <= 0) {
         for (const s of pending) s.status = 'timeout';
         rlog.info(`round ${round}: deadline passed, ${pending.length} straggler(s) left out`);
         break;
       }
-      await this.#sleep(left);
+      const graceLeft = rejoining.length ? Math.min(...rejoining.map((s) => s.droppedAt! + o.rejoinGraceMs - now)) : Infinity;
+      await this.#sleep(Math.min(left, graceLeft));
     }
     this.#open = null;
     if (this.#closed) return;
@@ -507,7 +516,7 @@ export class Coordinator {
     const contributors = [...open.slots.values()].filter((s) => s.status === 'uploaded');
     const record: RoundRecord = {
       round, roundId, status: 'failed', startedAt, endedAt: 0, contributors: contributors.length,
-      participants: [...open.slots.values()].map(({ vector: _v, conn: _c, ...rec }) => rec),
+      participants: [...open.slots.values()].map(({ vector: _v, conn: _c, droppedAt: _d, ...rec }) => rec),
       bytesUp: 0, bytesDown: 0, fullModelBytes: this.#store!.weightBytes,
     };
     for (const p of record.participants) { record.bytesUp += p.bytesUp; record.bytesDown += p.bytesDown; }
@@ -564,6 +573,7 @@ export class Coordinator {
     } catch (e) {
       if (slot.conn === conn && slot.status === 'pending') {
         slot.status = 'dropped';
+        slot.droppedAt = Date.now();
         rlog.info(`${slot.clientId} did not accept round ${open.round}: ${errorMessage(e)}`);
         this.#wake();
       }

@@ -17,6 +17,7 @@ export const coordinatorCommand: Command = {
     'clients-per-round': { type: 'string', help: 'clients sampled per round', default: '3' },
     'min-clients': { type: 'string', help: 'a round needs this many ready clients to start and this many updates to count', default: '2' },
     'round-timeout': { type: 'string', help: 'stop collecting updates after this long (e.g. 90, 30s, 10m); stragglers are left out', default: '10m' },
+    'rejoin-grace': { type: 'string', help: 'how long a participant that lost its connection may take to rejoin the round', default: '3s' },
     'join-wait': { type: 'string', help: 'with ≥ min-clients ready, wait this long for more before starting a round', default: '3s' },
     strategy: { type: 'string', help: `aggregation: ${STRATEGY_NAMES.join(' | ')}`, default: 'rank-aware' },
     'max-rank': { type: 'string', help: 'global LoRA rank; clients train at min(their --max-rank, this)', default: '8' },
@@ -37,7 +38,7 @@ export const coordinatorCommand: Command = {
     const coord = new Coordinator({
       modelDir: str(v.model, 'model', true)!, stateDir: str(v.state, 'state', true)!, host: str(v.host, 'host'),
       rounds: intFlag(v.rounds, 'rounds', 1), clientsPerRound: intFlag(v['clients-per-round'], 'clients-per-round', 1), minClients: intFlag(v['min-clients'], 'min-clients', 1),
-      roundTimeoutMs: durationMs(v['round-timeout'], 'round-timeout'), joinWaitMs: durationMs(v['join-wait'], 'join-wait'),
+      roundTimeoutMs: durationMs(v['round-timeout'], 'round-timeout'), joinWaitMs: durationMs(v['join-wait'], 'join-wait'), rejoinGraceMs: durationMs(v['rejoin-grace'], 'rejoin-grace'),
       strategy: strategy as StrategyName, maxRank: intFlag(v['max-rank'], 'max-rank', 1), targetModules: listFlag(v['target-modules']),
       loraAlpha: numFlag(v['lora-alpha'], 'lora-alpha'), localSteps: intFlag(v['local-steps'], 'local-steps', 0), localEpochs: numFlag(v['local-epochs'], 'local-epochs'),
       lr: numFlag(v.lr, 'lr'), batchSize: intFlag(v['batch-size'], 'batch-size', 1), seed: intFlag(v.seed, 'seed', 0), exportDir: str(v.export, 'export'),
