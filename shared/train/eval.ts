@@ -67,30 +67,33 @@ export function macroF1(truth: readonly number[], pred: readonly number[], k: nu
 export async function evaluate(lm: CausalLM, tok: TextTokenizer, examples: readonly Example[], rt: LoraRuntime | undefined, opts: { maxSeqLen: number; batchSize?: number }): Promise<EvalMetrics> {
   if (!examples.length) return { loss: NaN, accuracy: NaN, examples: 0 };
   const bs = opts.batchSize ?? 16;
-  const enc = encodeExamples(examples, tok, opts.maxSeqLen);
-  const { logp, count } = await rowLogProbs(lm, enc, tok.padId, rt, bs);
-  let lp = 0, cnt = 0;
-  for (let i = 0; i < enc.length; i++) { lp += logp[i]!; cnt += count[i]!; }
-  const loss = cnt ? -lp / cnt : NaN;
   const classes = candidateSet(examples);
   if (!classes) {
-    // open-ended text: next-token accuracy over targets is reported instead
-    return { loss, accuracy: await tokenAccuracy(lm, enc, tok.padId, rt, bs), examples: examples.length };
+    // open-ended text: mean target loss, and next-token accuracy over targets
+    const enc = encodeExamples(examples, tok, opts.maxSeqLen);
+    const { logp, count } = await rowLogProbs(lm, enc, tok.padId, rt, bs);
+    let lp = 0, cnt = 0;
+    for (let i = 0; i < enc.length; i++) { lp += logp[i]!; cnt += count[i]!; }
+    return { loss: cnt ? -lp / cnt : NaN, accuracy: await tokenAccuracy(lm, enc, tok.padId, rt, bs), examples: examples.length };
   }
-  // score each candidate completion (without eos) after every prompt
+  // Score each candidate completion (without eos) after every prompt. The loss reported is the mean
+  // negative log-likelihood per token of the true completion, taken from the same scores.
   const pairs: Example[] = [];
   for (const e of examples) for (const c of classes) pairs.push({ prompt: (e as { prompt: string }).prompt, completion: c });
   const encPairs = encodeExamples(pairs, tok, opts.maxSeqLen, { addEos: false });
   const scores = await rowLogProbs(lm, encPairs, tok.padId, rt, bs);
   const truth: number[] = [], pred: number[] = [];
+  let lp = 0, cnt = 0;
   examples.forEach((e, i) => {
-    truth.push(classes.indexOf((e as { completion: string }).completion));
+    const t = classes.indexOf((e as { completion: string }).completion);
+    truth.push(t);
+    lp += scores.logp[i * classes.length + t]!; cnt += scores.count[i * classes.length + t]!;
     let best = 0;
     for (let c = 1; c < classes.length; c++) if (scores.logp[i * classes.length + c]! > scores.logp[i * classes.length + best]!) best = c;
     pred.push(best);
   });
   const acc = truth.filter((t, i) => t === pred[i]).length / truth.length;
-  return { loss, accuracy: acc, f1: macroF1(truth, pred, classes.length), examples: examples.length };
+  return { loss: cnt ? -lp / cnt : NaN, accuracy: acc, f1: macroF1(truth, pred, classes.length), examples: examples.length };
 }
 
 async function tokenAccuracy(lm: CausalLM, enc: readonly EncodedExample[], padId: number, rt: LoraRuntime | undefined, bs: number): Promise<number> {
