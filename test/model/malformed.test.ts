@@ -112,3 +112,31 @@ describe('malformed model, config and adapter files', () => {
     for (const [k, t] of a.tensors) expect([...back.tensors.get(k)!.data]).to.deep.equal([...t.data]);
   });
 });
+
+describe('sharded checkpoints', () => {
+  it('load from model.safetensors.index.json and give the same logits', async () => {
+    const { loadSafetensors, readFloatTensor, encodeSafetensors } = await import('../../shared/model/safetensors.js');
+    const dir = await mkdtemp(join(tmpdir(), 'fedlora-shard-'));
+    try {
+      const st = await loadSafetensors(`${FIX}/llama-tiny/base/model.safetensors`);
+      const names = [...st.entries.keys()].sort();
+      const half = Math.ceil(names.length / 2);
+      const weightMap: Record<string, string> = {};
+      for (const [i, part] of [names.slice(0, half), names.slice(half)].entries()) {
+        const file = `model-0000${i + 1}-of-00002.safetensors`;
+        await writeFile(join(dir, file), encodeSafetensors(new Map(part.map((n) => [n, readFloatTensor(st, n)]))));
+        for (const n of part) weightMap[n] = file;
+      }
+      await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+      await cp(`${FIX}/llama-tiny/base/config.json`, join(dir, 'config.json'));
+      const a = await loadCausalLM(dir, { backend: 'cpu' }), b = await loadCausalLM(`${FIX}/llama-tiny/base`, { backend: 'cpu' });
+      const ids = [[1, 5, 9, 300, 2]];
+      expect([...(await a.logits(ids))]).to.deep.equal([...(await b.logits(ids))]);
+      a.dispose(); b.dispose();
+      await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { x: '../evil.safetensors' } }));
+      await rejects(loadCausalLM(dir, { backend: 'cpu' }), /bad shard name/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
