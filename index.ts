@@ -14,3 +14,7 @@ export { selectBackend, currentBackend, BACKEND_CHOICES, type BackendChoice, typ
 export * from './shared/aggregation/index.js';
 export * as crypto from './shared/crypto/index.js';
 export { createTrainer, type LocalTrainer, type CreateTrainerOptions, type TrainOptions, type TrainResult } from './client/trainer.js';
+export { Coordinator, type CoordinatorOptions, type CoordinatorStatus } from './coordinator/index.js';
+export { Client, type ClientOptions, type ClientRoundSummary } from './client/index.js';
+export * as protocol from './shared/protocol/index.js';
+export * as codec from './shared/codec/index.js';
