@@ -56,6 +56,8 @@ export interface Scenario {
   roundTimeoutMs: number;
   /** How long the coordinator waits for more ready clients once it has `minClients`. */
   joinWaitMs: number;
+  /** How long the coordinator waits for a participant that lost its connection to come back. */
+  rejoinGraceMs: number;
   secureAggregation: boolean;
   seed: number;
   backend: string;
@@ -85,7 +87,8 @@ export const DEFAULTS: Scenario = {
   train: { localSteps: 8, lr: 3e-3, batchSize: 8, maxSeqLen: 128 },
   faults: { dropoutProbability: 0, dropoutsPerRound: 0, stragglers: null, kill: null },
   roundTimeoutMs: 120_000,
-  joinWaitMs: 1500,
+  joinWaitMs: 3000,
+  rejoinGraceMs: 1000,
   secureAggregation: true,
   seed: 42,
   backend: 'wasm',
@@ -139,7 +142,7 @@ function strategy(v: unknown, field: string, dflt: ScenarioStrategy): ScenarioSt
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'secureAggregation', 'seed', 'backend', 'workers']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'seed', 'backend', 'workers']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -256,6 +259,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     faults,
     roundTimeoutMs: int(raw.roundTimeoutMs, 'roundTimeoutMs', 100, 86_400_000, d.roundTimeoutMs),
     joinWaitMs: int(raw.joinWaitMs, 'joinWaitMs', 0, 600_000, d.joinWaitMs),
+    rejoinGraceMs: int(raw.rejoinGraceMs, 'rejoinGraceMs', 0, 600_000, d.rejoinGraceMs),
     secureAggregation: bool(raw.secureAggregation, 'secureAggregation', d.secureAggregation),
     seed: int(raw.seed, 'seed', 0, 2 ** 31 - 1, d.seed),
     backend: str(raw.backend, 'backend', d.backend, 20),
@@ -263,6 +267,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   };
   if (!['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'].includes(s.backend)) fail('backend', `must be auto | tensorflow | webgpu | wasm | cpu, got ${JSON.stringify(s.backend)}`);
   if (s.faults.kill && s.faults.kill.round > s.rounds) fail('faults.kill.round', `must be ≤ rounds (${s.rounds})`);
+  if (s.secureAggregation && s.minClients < 2) fail('minClients', 'secure aggregation needs at least 2 (a sum over one client is that client\'s update)');
   const survivorsNeeded = s.clientsPerRound - s.faults.dropoutsPerRound - (s.faults.kill ? 1 : 0);
   if (survivorsNeeded < s.minClients) fail('minClients', `${s.minClients} cannot be met when ${s.faults.dropoutsPerRound} of ${s.clientsPerRound} clients drop out per round${s.faults.kill ? ' and one is killed' : ''}`);
   return s;

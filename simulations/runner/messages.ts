@@ -20,6 +20,8 @@ export interface FedClientSpec {
   trainFile: string;
   evalFile: string;
   stateDir: string;
+  /** The client's enrolled Ed25519 identity file (its public key is on the coordinator's allowlist). */
+  identityFile: string;
   maxRank: number;
   /** Rounds in which this client trains but disconnects instead of uploading. */
   dropRounds: number[];
@@ -31,6 +33,9 @@ export interface FedJoin {
   type: 'fed';
   runId: string;
   url: string;
+  /** The coordinator's identity key, pinned by every client. */
+  coordinatorKey: string;
+  secure: boolean;
   rounds: number;
   personal: string[];
   clients: FedClientSpec[];

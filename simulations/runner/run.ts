@@ -12,6 +12,7 @@ import { Coordinator, type CoordinatorOptions, type RoundRecord as CoordRound } 
 import { FedloraError, errorMessage } from '../../shared/errors.js';
 import { logger } from '../../shared/log.js';
 import { Rng } from '../../shared/data/random.js';
+import { generateIdentity, saveIdentity, formatPublicKey, type Identity } from '../../shared/crypto/identity.js';
 import { PROTOCOL_VERSION } from '../../shared/protocol/index.js';
 import { readModelInfo, targetShapes, defaultTargetModules } from '../../coordinator/model-info.js';
 import { REPORT_SCHEMA_VERSION, writeReport, type Report, type RoundRecord, type ClientRound, type EvalMetrics, type CurvePoint, type StrategyResult } from '../report/index.js';
@@ -128,6 +129,13 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
     const hostOf = (c: SimClient) => pool[c.index % pool.length]!;
     say(`${workers.length} worker process(es) on ${workers[0]!.backend}, base model ${workers[0]!.parameters.toLocaleString('en-US')} parameters`);
 
+    // enrolment: every simulated device gets an Ed25519 identity; the coordinators allow exactly these keys
+    const identities = new Map<string, Identity>();
+    for (const c of clients) {
+      const id = generateIdentity();
+      await saveIdentity(join(c.dir, 'client.identity'), id);
+      identities.set(c.id, id);
+    }
     const drops = dropoutSchedule(s, clients, new Set(victim ? [victim.id] : []));
     const runsDir = join(o.outDir, 'runs');
     await rm(runsDir, { recursive: true, force: true });
@@ -144,7 +152,9 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       };
       const coordOpts: CoordinatorOptions = {
         ...(o.coordinatorExtra ?? {}),
-        ...(s.secureAggregation ? { secureAggregation: true } : {}),
+        ...(s.secureAggregation ? {} : { insecureAggregation: true }),
+        authorizedClients: [...identities.values()].map((id) => formatPublicKey(id.publicKey)),
+        rejoinGraceMs: s.rejoinGraceMs,
         modelDir: s.model, stateDir: join(dir, 'coordinator'), exportDir: join(dir, 'adapter'), rounds: s.rounds, clientsPerRound: s.clientsPerRound,
         minClients: s.minClients, roundTimeoutMs: s.roundTimeoutMs, strategy, maxRank, loraAlpha: s.loraAlpha, localSteps: s.train.localSteps,
         lr: s.train.lr, batchSize: s.train.batchSize, seed: s.seed, joinWaitMs: s.joinWaitMs,
@@ -154,18 +164,19 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       runs.push(st);
       const url = await st.coordinator.serve(0);
       const specFor = (c: SimClient): FedClientSpec => ({
-        id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, stateDir: join(dir, 'clients', c.id), maxRank: c.rank, dropRounds: drops.get(c.id) ?? [],
+        id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, stateDir: join(dir, 'clients', c.id), identityFile: join(c.dir, 'client.identity'), maxRank: c.rank, dropRounds: drops.get(c.id) ?? [],
         ...(isMain && victim?.id === c.id ? { reportTrainStart: true } : {}),
       });
-      const extra = { ...(o.clientExtra ?? {}), ...(s.secureAggregation ? { secureAggregation: true } : {}) };
+      const extra = o.clientExtra ?? {};
+      const coordinatorKey = st.coordinator.publicKey!;
       for (const w of pool) {
         const mine = clients.filter((c) => hostOf(c) === w && !(isMain && victim?.id === c.id));
-        if (mine.length) w.post({ type: 'fed', runId, url, rounds: s.rounds, personal: s.personal, clients: mine.map(specFor), clientExtra: extra });
+        if (mine.length) w.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, clients: mine.map(specFor), clientExtra: extra });
       }
       if (victim) {
         // the client that gets killed lives alone in its own process (main run); elsewhere it is ordinary
         const host = isMain ? victimWorker! : hostOf(victim);
-        host.post({ type: 'fed', runId, url, rounds: s.rounds, personal: s.personal, clients: [specFor(victim)], clientExtra: extra });
+        host.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, clients: [specFor(victim)], clientExtra: extra });
       }
       doneRuns.push(st.coordinator.done.then(() => { st.endedAt = Date.now(); for (const w of workers) w.post({ type: 'fedEnd', runId }); }));
     }

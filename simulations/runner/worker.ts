@@ -103,6 +103,7 @@ function startClient(join_: FedJoin, spec: FedJoin['clients'][number], dropped: 
   const client = new Client({
     ...(join_.clientExtra ?? {}),
     coordinatorUrl: join_.url, dataFile: spec.trainFile, stateDir: spec.stateDir, clientId: spec.id, maxRank: spec.maxRank,
+    identity: spec.identityFile, coordinatorKey: join_.coordinatorKey, ...(join_.secure ? {} : { insecureAggregation: true }),
     personal: join_.personal, modelDir: init!.modelDir, backend: init!.backend, seed: init!.seed, evalFraction: 0,
     reconnectInitialMs: 200, reconnectMaxMs: 2000, trainerFactory: factory,
     onUpload: (_bytes, round) => {
