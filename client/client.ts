@@ -13,10 +13,14 @@ import { ConfigError, FedloraError, ProtocolError, errorMessage } from '../share
 import { logger } from '../shared/log.js';
 import { decode, encode } from '../shared/codec/index.js';
 import {
-  EV, PROTOCOL_VERSION, ID_RE, globMatcher, okReply, errorReply, parseChunkReply, parseHelloReply, parseRoundEnd, parseRoundStart,
-  parseSessionDone, request, requestEncoded, roundStartTensors,
-  type ClientToServerEvents, type HelloReply, type RoundStart, type ServerToClientEvents, type Update,
+  EV, PROTOCOL_VERSION, ID_RE, SIGNED_DOMAINS, globMatcher, layoutLength, okReply, errorReply, openEnvelope, parseAuthChallengeReply, parseChunkReply,
+  parseHelloReply, parseRoundEnd, parseRoundStart, parseSessionDone, request, requestEncoded, roundStartTensors, sealForCoordinator,
+  type ClientToServerEvents, type HelloReply, type RoundStart, type SecAggKind, type ServerToClientEvents, type Update,
 } from '../shared/protocol/index.js';
+import {
+  SecAggClient, bytesEqual, encodeUpdate, formatPublicKey, keyFingerprint, loadOrCreateIdentity, parsePublicKey, proveJoin, verifyCoordinatorBoxKey,
+  type Identity, type QuantParams, type SharesMsg,
+} from '../shared/crypto/index.js';
 import { flatten, getStrategy, makeLayout, type Strategy } from '../shared/aggregation/index.js';
 import { parseLoraName, resizeCols, resizeRows, type LoraAdapter } from '../shared/lora/adapter.js';
 import { atomicWrite, loadSafetensors, readFloatTensor, saveSafetensors } from '../shared/model/safetensors.js';
@@ -55,6 +59,39 @@ export interface ClientOptions {
   /** Observes each encoded upload (tests inspect it; simulations count bytes). */
   onUpload?: (bytes: Uint8Array, round: number) => void;
   onRound?: (summary: ClientRoundSummary) => void;
+  /** Enrolled Ed25519 identity, or the file holding it (created on first run); default <stateDir>/client.identity. */
+  identity?: Identity | string;
+  /** Pins the coordinator key (`ed25519:…` or 32 raw bytes). Without it: trust on first use, stored in <stateDir>/coordinator.pub. */
+  coordinatorKey?: string | Uint8Array;
+  /** Accept rounds without secure aggregation (the coordinator runs --insecure-aggregation). Default false: such rounds are refused. */
+  insecureAggregation?: boolean;
+  /** Alias: `secureAggregation: false` ≡ `insecureAggregation: true`. */
+  secureAggregation?: boolean;
+  /** PEM CA certificate (contents or file) to trust for an https:// coordinator with a private CA / self-signed cert. */
+  tlsCa?: string | Uint8Array;
+}
+
+/** Debug only (tests): when set, each client also writes its plaintext contribution to <state>/debug-contribution-<round>.msgpack. */
+export const DEBUG_CONTRIBUTION_ENV = 'FEDLORA_DEBUG_SAVE_CONTRIBUTION';
+
+interface Trained {
+  /** Σ-ready contribution at weight 1 (zero-padded to maxRank, zeros where personal), flat in layout order. */
+  vector: Float32Array;
+  weight: number;
+  metrics: Update['metrics'];
+}
+
+interface SecureJob {
+  roundId: string;
+  round: number;
+  sc: SecAggClient;
+  quant: QuantParams;
+  weight: number;
+  /** Sealed bytes already sent per phase, resent when the coordinator repeats a phase message after a reconnect. */
+  sent: Map<SecAggKind, Uint8Array>;
+  shares: Promise<SharesMsg>;
+  resolveShares: (m: SharesMsg) => void;
+  rejectShares: (e: unknown) => void;
 }
 
 export interface ClientRoundSummary {
@@ -70,7 +107,7 @@ export interface ClientRoundSummary {
   accepted: boolean;
 }
 
-interface Job { roundId: string; promise: Promise<Uint8Array | null>; upload?: Uint8Array }
+interface Job { roundId: string; promise: Promise<Trained | null> }
 
 export class Client {
   readonly options: ClientOptions;
@@ -87,6 +124,10 @@ export class Client {
   #rejectRun!: (e: unknown) => void;
   #roundsTrained = 0;
   #handshaking: Promise<void> | null = null;
+  #identity?: Identity;
+  #coordinatorKey?: Uint8Array;
+  #boxKey?: Uint8Array;
+  #secure: SecureJob | null = null;
 
   constructor(o: ClientOptions) {
     if (!o.coordinatorUrl) throw new ConfigError('--coordinator URL is required');
@@ -102,6 +143,25 @@ export class Client {
   }
 
   get clientId(): string { return this.#clientId; }
+  /** This client's identity key (`ed25519:…`) for enrollment; available once run() has loaded the identity (or via loadIdentity()). */
+  get publicKey(): string | undefined { return this.#identity ? formatPublicKey(this.#identity.publicKey) : undefined; }
+
+  /** Loads (or creates) the identity; run() calls it too. Returns the formatted public key. */
+  async loadIdentity(): Promise<{ publicKey: string; created: boolean }> {
+    const o = this.options;
+    if (this.#identity) return { publicKey: formatPublicKey(this.#identity.publicKey), created: false };
+    let created = false;
+    if (o.identity && typeof o.identity === 'object') this.#identity = o.identity;
+    else {
+      await mkdir(o.stateDir, { recursive: true });
+      const file = (o.identity as string | undefined) ?? join(o.stateDir, 'client.identity');
+      const r = await loadOrCreateIdentity(file);
+      this.#identity = r.identity;
+      created = r.created;
+      if (created) log.info(`created client identity ${file}; enroll its public key ${formatPublicKey(r.identity.publicKey)}`);
+    }
+    return { publicKey: formatPublicKey(this.#identity.publicKey), created };
+  }
   get connected(): boolean { return this.#socket?.connected ?? false; }
 
   /** Participates until the coordinator declares the session done (or `stop()`). */
@@ -109,6 +169,9 @@ export class Client {
     const o = this.options;
     await mkdir(o.stateDir, { recursive: true });
     this.#clientId = o.clientId ?? (await this.#loadOrCreateId());
+    await this.loadIdentity();
+    if (o.coordinatorKey !== undefined) this.#coordinatorKey = typeof o.coordinatorKey === 'string' ? parsePublicKey(o.coordinatorKey.trim()) : o.coordinatorKey;
+    const ca = o.tlsCa === undefined ? undefined : typeof o.tlsCa !== 'string' ? Buffer.from(o.tlsCa).toString('utf8') : o.tlsCa.includes('-----BEGIN') ? o.tlsCa : await readFile(o.tlsCa, 'utf8');
     const done = new Promise<{ completedRounds: number; roundsTrained: number }>((res, rej) => { this.#resolveRun = res; this.#rejectRun = rej; });
     const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(o.coordinatorUrl, {
       auth: { protocolVersion: PROTOCOL_VERSION },
@@ -118,6 +181,7 @@ export class Client {
       reconnectionDelayMax: o.reconnectMaxMs ?? 10_000,
       randomizationFactor: 0.3,
       timeout: 10_000,
+      ...(ca ? { ca } : {}),
     });
     this.#socket = socket;
     let attempts = 0;
@@ -139,13 +203,16 @@ export class Client {
     on(EV.roundStart, (payload: unknown, ack: unknown) => this.#onRoundStart(payload, ack));
     on(EV.roundEnd, (payload: unknown) => {
       try {
-        const e = parseRoundEnd(decode(payload, 1 << 16));
+        const e = parseRoundEnd(this.#open(SIGNED_DOMAINS.roundEnd, payload));
         log.debug(`round ${e.round} ${e.status} with ${e.contributors} contributor(s)`);
+        const sj = this.#secure;
+        if (sj && sj.roundId === e.roundId) { sj.rejectShares(new ProtocolError('ROUND_OVER', `round ${e.round} ended`)); this.#secure = null; }
       } catch (err) { log.warn(`bad round:end from coordinator: ${errorMessage(err)}`); }
     });
+    for (const ev of [EV.secaggKeys, EV.secaggShares, EV.secaggSurvivors, EV.secaggUnmask]) on(ev, (payload: unknown) => this.#onSecAggNotice(ev, payload));
     on(EV.sessionDone, (payload: unknown) => {
       try {
-        const d = parseSessionDone(decode(payload, 1 << 16));
+        const d = parseSessionDone(this.#open(SIGNED_DOMAINS.sessionDone, payload));
         log.info(`${this.#clientId}: session done after ${d.completedRounds} round(s)`);
         void this.stop().then(() => this.#resolveRun({ completedRounds: d.completedRounds, roundsTrained: this.#roundsTrained }));
       } catch (err) { log.warn(`bad session:done from coordinator: ${errorMessage(err)}`); }
@@ -174,7 +241,8 @@ export class Client {
 
   #onHandshakeError(e: unknown): void {
     // integrity, data and config problems do not get better by reconnecting
-    if (e instanceof FedloraError && ['VERSION_MISMATCH', 'MODEL_FORMAT', 'DATA', 'CONFIG', 'MODEL_MISMATCH', 'BACKEND'].includes(e.code)) { this.#fail(e); return; }
+    if (e instanceof FedloraError && ['VERSION_MISMATCH', 'MODEL_FORMAT', 'DATA', 'CONFIG', 'MODEL_MISMATCH', 'BACKEND', 'CRYPTO_UNKNOWN_KEY',
+      'CRYPTO_REVOKED', 'CRYPTO_BAD_SIGNATURE', 'IDENTITY_MISMATCH', 'BAD_SIGNATURE', 'AUTH_REQUIRED'].includes(e.code)) { this.#fail(e); return; }
     log.warn(`${this.#clientId}: handshake failed (${errorMessage(e)}); reconnecting`);
     const s = this.#socket;
     s?.disconnect();
@@ -192,13 +260,44 @@ export class Client {
 
   #timeout(): number { return this.options.requestTimeoutMs ?? 30_000; }
 
+  /** Verifies a coordinator-signed envelope against the pinned key and returns its body. */
+  #open(domain: string, payload: unknown, maxBytes = 1 << 16): unknown {
+    if (!this.#coordinatorKey) throw new ProtocolError('NOT_READY', 'no coordinator key yet');
+    return openEnvelope(domain, payload, this.#coordinatorKey, maxBytes);
+  }
+
+  /** Pins the coordinator key: --coordinator-key, else the one stored on first use under the state folder. */
+  async #checkCoordinatorKey(key: Uint8Array): Promise<void> {
+    if (this.#coordinatorKey) {
+      if (!bytesEqual(this.#coordinatorKey, key)) {
+        throw new FedloraError('CRYPTO_UNKNOWN_KEY', `coordinator presents key ${keyFingerprint(key)}…, but ${keyFingerprint(this.#coordinatorKey)}… is pinned: refusing to join`);
+      }
+      return;
+    }
+    const file = join(this.options.stateDir, 'coordinator.pub');
+    const stored = (await readFile(file, 'utf8').catch(() => '')).trim();
+    if (stored) {
+      const pinned = parsePublicKey(stored);
+      this.#coordinatorKey = pinned;
+      return this.#checkCoordinatorKey(key);
+    }
+    log.warn(`${this.#clientId}: trusting coordinator key ${formatPublicKey(key)} on first use (stored in ${file}); pass --coordinator-key to pin it instead`);
+    await atomicWrite(file, `${formatPublicKey(key)}\n`);
+    this.#coordinatorKey = key;
+  }
+
   async #handshake(): Promise<void> {
     const o = this.options;
     const socket = this.#socket!;
+    // join: challenge → pin/TOFU check of the coordinator key and its certified box key → proof bound to this connection
+    const ch = parseAuthChallengeReply(await request(socket, EV.authChallenge, {}, this.#timeout()));
+    await this.#checkCoordinatorKey(ch.challenge.coordinator);
+    this.#boxKey = verifyCoordinatorBoxKey(ch.boxKey, this.#coordinatorKey!);
+    const proof = proveJoin(ch.challenge, socket.id ?? '', this.#identity!);
     const hello = parseHelloReply(await request(socket, EV.hello, {
       protocolVersion: PROTOCOL_VERSION, clientId: this.#clientId,
       capabilities: { maxRank: o.maxRank!, backend: o.backend ?? 'auto', examples: this.#trainer?.trainExamples ?? 0, gpu: false },
-      personal: o.personal ?? [],
+      personal: o.personal ?? [], proof,
     }, this.#timeout()));
     if (hello.protocolVersion !== PROTOCOL_VERSION) throw new ProtocolError('VERSION_MISMATCH', `coordinator speaks protocol ${hello.protocolVersion}, this client ${PROTOCOL_VERSION}`);
     if (this.#hello && this.#hello.modelId !== hello.modelId) throw new ProtocolError('MODEL_MISMATCH', 'the coordinator now serves a different base model; restart the client');
@@ -227,20 +326,30 @@ export class Client {
     const reply = (b: Uint8Array) => { try { (ack as (r: Uint8Array) => void)(b); } catch { /* gone */ } };
     let rs: RoundStart;
     try {
-      rs = parseRoundStart(decode(payload));
-      if (!this.#trainer || !this.#strategy) throw new ProtocolError('NOT_READY', 'client is not ready');
+      // verified before anything acts on it: round, rank, participants, secagg parameters, model and global adapter hash
+      rs = parseRoundStart(this.#open(SIGNED_DOMAINS.roundStart, payload, 1 << 30));
+      if (!this.#trainer || !this.#strategy || !this.#hello) throw new ProtocolError('NOT_READY', 'client is not ready');
+      if (rs.modelId !== this.#hello.modelId) throw new ProtocolError('MODEL_MISMATCH', 'round start names another base model');
       if (rs.strategy !== this.#strategy.name) throw new ProtocolError('BAD_MESSAGE', `round strategy ${rs.strategy} differs from the session's ${this.#strategy.name}`);
       if (rs.rank > this.options.maxRank!) throw new ProtocolError('BAD_MESSAGE', `assigned rank ${rs.rank} exceeds this client's ${this.options.maxRank}`);
+      const me = rs.participants.find((p) => p.id === this.#clientId);
+      if (!me || !bytesEqual(me.key, this.#identity!.publicKey) || me.rank !== rs.rank) throw new ProtocolError('BAD_MESSAGE', 'round start does not list this client with its key and rank');
+      const insecureOk = this.options.insecureAggregation === true || this.options.secureAggregation === false;
+      if (!rs.secure && !insecureOk) throw new ProtocolError('INSECURE_REFUSED', 'the coordinator runs without secure aggregation; this client only joins secure rounds (--insecure-aggregation to allow)');
+      if (rs.secure && this.#secure?.roundId !== rs.roundId) this.#startSecure(rs, me.weight);
     } catch (e) {
+      log.warn(`${this.#clientId}: refused round start: ${errorMessage(e)}`);
       reply(errorReply(e));
       return;
     }
     const bytesDown = payload instanceof Uint8Array ? payload.byteLength : 0;
     reply(okReply());
-    // the coordinator resends round:start after a reconnect: reuse the job for the same round
+    // the coordinator resends round:start after a reconnect: reuse the job (and secagg state) for the same round
     if (this.#job?.roundId === rs.roundId) {
       const job = this.#job;
-      void job.promise.then((bytes) => { if (bytes) return this.#upload(rs, bytes, null, bytesDown); });
+      const adv = this.#secure?.roundId === rs.roundId ? this.#secure.sent.get('advertise') : undefined;
+      if (adv) void this.#sendSecAgg(rs, 'advertise', adv);
+      void job.promise.then((t) => { if (t) return this.#deliver(rs, t, null, bytesDown); });
       return;
     }
     const startedAt = Date.now();
@@ -248,34 +357,135 @@ export class Client {
     const prev = this.#job?.promise.catch(() => null) ?? Promise.resolve(null);
     const job: Job = { roundId: rs.roundId, promise: prev.then(() => (this.#stopped ? null : this.#train(rs))) };
     this.#job = job;
-    void job.promise.then(async (bytes) => {
-      if (!bytes) return;
-      await this.#upload(rs, bytes, startedAt, bytesDown);
+    void job.promise.then(async (t) => {
+      if (!t) return;
+      await this.#deliver(rs, t, startedAt, bytesDown);
     }).catch((e: unknown) => {
       log.error(`${this.#clientId}: round ${rs.round} failed locally: ${errorMessage(e)}`);
     });
   }
 
+  // ---------- secure aggregation ----------
+
+  #startSecure(rs: RoundStart, weight: number): void {
+    const sec = rs.secure!;
+    if (sec.modelHash !== `${rs.modelId}:${rs.globalHash}`) throw new ProtocolError('BAD_MESSAGE', 'secagg model hash does not bind this round\'s model and global adapter');
+    const sc = new SecAggClient({
+      params: {
+        round: rs.round, modelHash: sec.modelHash, vectorLength: layoutLength(rs.layout), participants: rs.participants.map((p) => ({ id: p.id, key: p.key })),
+        k: sec.k, t: sec.t, nonce: sec.nonce, coordinatorKey: this.#coordinatorKey!,
+      },
+      paramsSignature: sec.paramsSignature, coordinatorKey: this.#coordinatorKey!, identity: this.#identity!, id: this.#clientId,
+    });
+    let resolveShares!: (m: SharesMsg) => void, rejectShares!: (e: unknown) => void;
+    const shares = new Promise<SharesMsg>((res, rej) => { resolveShares = res; rejectShares = rej; });
+    shares.catch(() => undefined);
+    const prev = this.#secure;
+    prev?.rejectShares(new ProtocolError('ROUND_OVER', 'a newer round started'));
+    const sj: SecureJob = { roundId: rs.roundId, round: rs.round, sc, quant: { ...sec.quant }, weight, sent: new Map(), shares, resolveShares, rejectShares };
+    this.#secure = sj;
+    // keys go out right away; training runs while the coordinator collects the other advertisements
+    this.#sendSecAgg(rs, 'advertise', this.#sealSecAgg(rs, 'advertise', sc.advertiseKeys()));
+  }
+
+  #sealSecAgg(rs: { roundId: string; round: number }, kind: SecAggKind, msg: unknown): Uint8Array {
+    const bytes = sealForCoordinator(encode(msg), { roundId: rs.roundId, round: rs.round, sender: this.#clientId, kind: `secagg/${kind}` }, this.#boxKey!);
+    this.#secure?.sent.set(kind, bytes);
+    return bytes;
+  }
+
+  async #sendSecAgg(rs: { roundId: string; round: number }, kind: SecAggKind, bytes: Uint8Array): Promise<boolean> {
+    const socket = this.#socket;
+    if (!socket?.connected || this.#stopped) return false;
+    try {
+      await requestEncoded(socket, EV.secagg, bytes, this.#timeout());
+      return true;
+    } catch (e) {
+      log.warn(`${this.#clientId}: round ${rs.round} secagg ${kind} refused: ${errorMessage(e)}`);
+      return false;
+    }
+  }
+
+  #onSecAggNotice(event: string, payload: unknown): void {
+    const sj = this.#secure;
+    try {
+      const o = decode(payload, 64 << 20) as { roundId?: unknown; msg?: unknown } | null;
+      if (!o || typeof o !== 'object' || !sj || o.roundId !== sj.roundId) return; // not for the round this client is in
+      const rs = { roundId: sj.roundId, round: sj.round };
+      const step = (kind: SecAggKind, phase: string, f: () => unknown) => {
+        if (sj.sc.phase === phase) void this.#sendSecAgg(rs, kind, this.#sealSecAgg(rs, kind, f()));
+        else { const again = sj.sent.get(kind); if (again) void this.#sendSecAgg(rs, kind, again); }
+      };
+      if (event === EV.secaggKeys) step('share', 'share', () => sj.sc.shareKeys(o.msg as never));
+      else if (event === EV.secaggShares) sj.resolveShares(o.msg as SharesMsg);
+      else if (event === EV.secaggSurvivors) step('consistency', 'consistency', () => sj.sc.consistencyCheck(o.msg as never));
+      else if (event === EV.secaggUnmask) step('unmask', 'unmask', () => sj.sc.unmask(o.msg as never));
+    } catch (e) {
+      // the SecAggClient aborts (and wipes its secrets) on anything inconsistent; the round goes on without us
+      log.warn(`${this.#clientId}: ${event}: ${errorMessage(e)}`);
+    }
+  }
+
+  // ---------- upload ----------
+
   #lastSummary: ClientRoundSummary | null = null;
 
-  async #upload(rs: RoundStart, bytes: Uint8Array, startedAt: number | null, bytesDown: number): Promise<void> {
+  /** Sends the trained contribution: masked (secure rounds) or sealed plaintext (insecure rounds). */
+  async #deliver(rs: RoundStart, t: Trained, startedAt: number | null, bytesDown: number): Promise<void> {
     const socket = this.#socket;
     if (!socket?.connected || this.#stopped) return; // the coordinator resends round:start after we reconnect
     if (this.#handshaking) await this.#handshaking;
     let accepted = false;
-    try {
-      await requestEncoded(socket, EV.update, bytes, this.#timeout());
-      accepted = true;
-    } catch (e) {
-      log.warn(`${this.#clientId}: round ${rs.round} upload refused: ${errorMessage(e)}`);
+    let bytes: Uint8Array;
+    if (rs.secure) {
+      const sj = this.#secure;
+      if (!sj || sj.roundId !== rs.roundId) return;
+      let shares: SharesMsg;
+      try { shares = await sj.shares; } catch { return; } // the round ended before key sharing completed
+      if (sj.sc.phase === 'mask') {
+        const q = encodeUpdate(t.vector, sj.weight, sj.quant);
+        await this.#debugDump(rs, t, sj.weight, sj.quant);
+        bytes = this.#sealSecAgg(rs, 'masked', { ...sj.sc.maskedInput(shares, q), metrics: t.metrics });
+      } else {
+        const again = sj.sent.get('masked');
+        if (!again) { log.warn(`${this.#clientId}: round ${rs.round}: secure aggregation is in phase ${sj.sc.phase}${sj.sc.abortReason ? ` (${sj.sc.abortReason})` : ''}; no upload`); return; }
+        bytes = again;
+      }
+      this.options.onUpload?.(bytes, rs.round);
+      accepted = await this.#sendSecAgg(rs, 'masked', bytes);
+    } else {
+      const vector = new Float32Array(t.vector.length);
+      for (let i = 0; i < vector.length; i++) vector[i] = t.vector[i]! * t.weight;
+      await this.#debugDump(rs, t, t.weight, null);
+      const update: Update = { roundId: rs.roundId, rank: rs.rank, weight: t.weight, vector, metrics: t.metrics };
+      bytes = sealForCoordinator(encode(update), { roundId: rs.roundId, round: rs.round, sender: this.#clientId, kind: 'update' }, this.#boxKey!);
+      this.options.onUpload?.(bytes, rs.round);
+      if (!socket.connected || this.#stopped) return;
+      try {
+        await requestEncoded(socket, EV.update, bytes, this.#timeout());
+        accepted = true;
+      } catch (e) {
+        log.warn(`${this.#clientId}: round ${rs.round} upload refused: ${errorMessage(e)}`);
+      }
     }
     const s = this.#lastSummary;
     if (s && s.roundId === rs.roundId) {
       s.accepted = accepted; s.bytesUp = bytes.byteLength; s.bytesDown = bytesDown;
       const ev = (m?: EvalMetrics) => (m ? `loss ${m.loss.toFixed(4)} acc ${m.accuracy.toFixed(3)}` : '–');
-      log.info(`${this.#clientId}: round ${rs.round} rank ${rs.rank}: train loss ${s.trainLoss.toFixed(4)} (${s.steps} steps${startedAt ? `, ${((Date.now() - startedAt) / 1000).toFixed(1)}s` : ''}); global ${ev(s.global)}; personalized ${ev(s.personal)}; ${bytesDown} B down, ${bytes.byteLength} B up${accepted ? '' : ' (refused)'}`);
+      log.info(`${this.#clientId}: round ${rs.round} rank ${rs.rank}: train loss ${s.trainLoss.toFixed(4)} (${s.steps} steps${startedAt ? `, ${((Date.now() - startedAt) / 1000).toFixed(1)}s` : ''}); global ${ev(s.global)}; personalized ${ev(s.personal)}; ${bytesDown} B down, ${bytes.byteLength} B up${rs.secure ? ' (masked)' : ''}${accepted ? '' : ' (refused)'}`);
       this.options.onRound?.({ ...s });
     }
+  }
+
+  /** Test-only: the plaintext this client contributed (weight·clip(x)), so an e2e test can recompute the plain aggregate. */
+  async #debugDump(rs: RoundStart, t: Trained, weight: number, q: QuantParams | null): Promise<void> {
+    if (!process.env[DEBUG_CONTRIBUTION_ENV]) return;
+    const c = q?.clip ?? Infinity;
+    const contribution = new Float32Array(t.vector.length);
+    for (let i = 0; i < contribution.length; i++) contribution[i] = Math.max(-c, Math.min(c, t.vector[i]!)) * weight;
+    await atomicWrite(join(this.options.stateDir, `debug-contribution-${rs.round}.msgpack`), encode({
+      roundId: rs.roundId, round: rs.round, rank: rs.rank, weight, contribution, quant: q, global: rs.global, layout: rs.layout,
+    }));
   }
 
   /** Strategy- or config-personal: stays on this client, persisted between rounds. */
@@ -286,7 +496,7 @@ export class Client {
     return this.#isPersonalGlob(name);
   }
 
-  async #train(rs: RoundStart): Promise<Uint8Array | null> {
+  async #train(rs: RoundStart): Promise<Trained> {
     const trainer = this.#trainer!;
     const strategy = this.#strategy!;
     const o = this.options;
@@ -317,9 +527,9 @@ export class Client {
     const personalMetrics = evaluate ? await trainer.evaluate(res.adapter) : undefined;
     await this.#savePersonal(res.adapter.tensors);
     this.#roundsTrained++;
-    // upload: the layout's tensors, contributions for shared ones, zeros where personal
+    // the layout's tensors: contributions at weight 1 for shared ones, zeros where personal; the
+    // weight is applied once, by the plain upload or by the fixed-point encoding
     const layout = makeLayout(rs.layout);
-    const weight = Math.max(1, res.examples);
     const contrib: TensorMap = new Map();
     for (const e of layout.entries) {
       const t = res.adapter.tensors.get(e.name);
@@ -327,18 +537,15 @@ export class Client {
         if (!t && !this.#isPersonal(e.name)) throw new ProtocolError('LAYOUT', `trained adapter lacks ${e.name}`);
         contrib.set(e.name, { shape: [...e.shape], data: new Float32Array(e.size) });
       } else {
-        contrib.set(e.name, strategy.contribution(e.name, t, weight, rs.maxRank));
+        contrib.set(e.name, strategy.contribution(e.name, t, 1, rs.maxRank));
       }
     }
     const vector = flatten(contrib, layout);
     const metrics: Update['metrics'] = { trainLoss: Math.min(1e6, Math.max(0, finiteOr(res.trainLoss, 0))), steps: res.steps, trainMs: trainMs };
     if (global) metrics.global = cleanEval(global);
     if (personalMetrics) metrics.personal = cleanEval(personalMetrics);
-    const update: Update = { roundId: rs.roundId, rank: rs.rank, weight, vector, metrics };
-    const bytes = encode(update);
-    this.#lastSummary = { round: rs.round, roundId: rs.roundId, rank: rs.rank, trainLoss: res.trainLoss, steps: res.steps, global, personal: personalMetrics, bytesUp: bytes.byteLength, bytesDown: 0, accepted: false };
-    o.onUpload?.(bytes, rs.round);
-    return bytes;
+    this.#lastSummary = { round: rs.round, roundId: rs.roundId, rank: rs.rank, trainLoss: res.trainLoss, steps: res.steps, global, personal: personalMetrics, bytesUp: 0, bytesDown: 0, accepted: false };
+    return { vector, weight: Math.max(1, res.examples), metrics };
   }
 
   #personalFile(): string { return join(this.options.stateDir, 'personal.safetensors'); }

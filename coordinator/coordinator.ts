@@ -12,16 +12,26 @@
  * maxRank in the layout announced with round:start (so secure aggregation can mask it later).
  */
 import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Server, type Socket } from 'socket.io';
 import { ConfigError, ProtocolError, errorMessage } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
 import { encode, tensorMapToWire } from '../shared/codec/index.js';
 import {
-  EV, LIMITS, PROTOCOL_VERSION, errorReply, globMatcher, parseChunkRequest, parseHello, parseReady, parseUpdate, requestEncoded, serveRequest,
-  type ClientToServerEvents, type Hello, type HelloReply, type RoundEnd, type RoundStart, type ServerToClientEvents, type UpdateMetrics,
+  EV, LIMITS, PROTOCOL_VERSION, SIGNED_DOMAINS, errorReply, globMatcher, openFromClient, parseChunkRequest, parseHello, parseReady, parseSealedEnvelope,
+  parseUpdate, parseUpdateMetrics, requestEncoded, serveRequest, sha256Hex, signEnvelope,
+  type ClientToServerEvents, type Hello, type HelloReply, type RoundEnd, type RoundParticipant, type RoundStart, type SecAggKind,
+  type SecureRoundInfo, type ServerToClientEvents, type UpdateMetrics,
 } from '../shared/protocol/index.js';
+import {
+  AuthorizedClients, JoinVerifier, ReplayGuard, SecAggServer, chooseQuantParams, decodeSum, defaultSecAggSizes, formatPublicKey,
+  loadOrCreateIdentity, makeCoordinatorBoxKey, parseAuthorizedClients, parsePublicKey, quantErrorBound, signSecAggParams,
+  type BoxKeyCertificate, type BoxKeyPair, type Identity, type QuantParams, type SecAggParams,
+} from '../shared/crypto/index.js';
 import {
   adapterForRank, elementSlots, getStrategy, makeLayout, refactorAdapter, seededStream, unflatten,
   type FlatLayout, type Participant, type Strategy, type StrategyName,
@@ -35,6 +45,8 @@ import { checkResumable, loadState, saveState } from './state-store.js';
 import { renderPrometheus, weightedEval, type ParticipantRecord, type RoundRecord } from './metrics.js';
 
 const log = logger('fedlora:coordinator');
+/** Default clip for secure aggregation: LoRA factor entries beyond ±8 are clipped before encoding. */
+export const DEFAULT_CLIP = 8;
 const rlog = log.child('round');
 
 export interface CoordinatorOptions {
@@ -69,6 +81,33 @@ export interface CoordinatorOptions {
   /** Disconnect a client after this many refused requests. */
   maxStrikes?: number;
   onRound?: (record: RoundRecord) => void;
+  /** Coordinator Ed25519 identity, or the file holding it (created on first start); default <stateDir>/coordinator.identity. */
+  identity?: Identity | string;
+  /** Enrolled clients: a parsed allowlist, a file in the allowlist format, or a list of `ed25519:…` keys. */
+  authorizedClients?: AuthorizedClients | string | string[];
+  /** Development: accept any client that proves possession of a key (revoked keys in `authorizedClients` stay refused). */
+  allowAnyClient?: boolean;
+  /** Plain (unmasked) aggregation; logged as a warning. Default false: secure aggregation. */
+  insecureAggregation?: boolean;
+  /** Alias kept for callers that opt in explicitly: `secureAggregation: false` ≡ `insecureAggregation: true`. */
+  secureAggregation?: boolean;
+  /** Secure-aggregation tuning: neighbours k, threshold t (defaults from defaultSecAggSizes(n)), clip c, per-phase timeout. */
+  secAgg?: { k?: number; t?: number; clip?: number; phaseTimeoutMs?: number };
+  /** Serve HTTPS/WSS with this PEM certificate and key (contents or file paths). */
+  tls?: { cert: string | Uint8Array; key: string | Uint8Array };
+}
+
+const SECURITY_OPTIONS = ['identity', 'authorizedClients', 'allowAnyClient', 'insecureAggregation', 'secureAggregation', 'secAgg', 'tls'] as const;
+type SecurityOption = (typeof SECURITY_OPTIONS)[number];
+
+/** Everything the coordinator needs to run one secure-aggregation round. */
+interface SecureRound {
+  server: SecAggServer;
+  params: SecAggParams;
+  info: SecureRoundInfo;
+  quant: QuantParams;
+  replay: ReplayGuard;
+  received: Record<SecAggKind, Set<string>>;
 }
 
 type Phase = 'starting' | 'waiting' | 'training' | 'aggregating' | 'done' | 'closed';
@@ -76,6 +115,9 @@ type Phase = 'starting' | 'waiting' | 'training' | 'aggregating' | 'done' | 'clo
 interface Conn {
   socket: Socket<ClientToServerEvents, ServerToClientEvents>;
   hello?: Hello;
+  /** Enrolled identity key proven in the join (set together with hello). */
+  key?: Uint8Array;
+  challenges: number;
   ready: boolean;
   examples: number;
   strikes: number;
@@ -87,6 +129,8 @@ interface Slot extends ParticipantRecord {
   vector?: Float32Array;
   conn: Conn;
   droppedAt?: number;
+  /** Last secagg phase notice sent (resent when the participant rejoins). */
+  lastNotice?: { event: string; bytes: Uint8Array };
 }
 
 interface OpenRound {
@@ -96,6 +140,9 @@ interface OpenRound {
   deadline: number;
   slots: Map<string, Slot>;
   startBytes: Map<number, Uint8Array>;
+  participants: RoundParticipant[];
+  globalHash: string;
+  secure?: SecureRound;
 }
 
 export interface CoordinatorStatus {
@@ -115,7 +162,7 @@ export interface CoordinatorStatus {
 }
 
 export class Coordinator {
-  readonly options: Required<Omit<CoordinatorOptions, 'exportDir' | 'targetModules' | 'onRound'>> & Pick<CoordinatorOptions, 'exportDir' | 'targetModules' | 'onRound'>;
+  readonly options: Required<Omit<CoordinatorOptions, 'exportDir' | 'targetModules' | 'onRound' | SecurityOption>> & Pick<CoordinatorOptions, 'exportDir' | 'targetModules' | 'onRound' | SecurityOption>;
   readonly sessionId = randomBytes(6).toString('hex');
   readonly strategy: Strategy;
   /** Resolves when all rounds are done (and the export is written). */
@@ -140,6 +187,13 @@ export class Coordinator {
   #errors = new Map<string, number>();
   #modelServed = 0;
   #maxMessageBytes = 1 << 20;
+  #identity?: Identity;
+  #verifier?: JoinVerifier;
+  #box?: { keyPair: BoxKeyPair; certificate: BoxKeyCertificate };
+  /** clientId ↔ identity key bindings for this coordinator run: one id per key, one key per id. */
+  #keyOfId = new Map<string, string>();
+  #idOfKey = new Map<string, string>();
+  readonly #secure: boolean;
 
   constructor(opts: CoordinatorOptions) {
     this.options = {
@@ -158,6 +212,12 @@ export class Coordinator {
     if (o.localSteps === 0 && o.localEpochs === 0) throw new ConfigError('one of --local-steps or --local-epochs must be positive');
     if (o.chunkSize < 1024 || o.chunkSize > LIMITS.maxChunkBytes) throw new ConfigError(`chunk size must be in [1024, ${LIMITS.maxChunkBytes}]`);
     this.strategy = getStrategy(o.strategy);
+    this.#secure = !(opts.insecureAggregation === true || opts.secureAggregation === false);
+    if (this.#secure && o.minClients < 2) throw new ConfigError('secure aggregation needs --min-clients ≥ 2 (a sum over one client is that client\'s update)');
+    if (opts.secAgg?.clip !== undefined && !(opts.secAgg.clip > 0)) throw new ConfigError('secAgg.clip must be positive');
+    if (!opts.authorizedClients && !opts.allowAnyClient) {
+      throw new ConfigError('no --authorized-clients given: refusing to start (pass --allow-any-client to accept any key, for development only)');
+    }
     this.done = new Promise((res, rej) => { this.#resolveDone = res; this.#rejectDone = rej; });
     this.done.catch(() => undefined);
   }
@@ -169,6 +229,30 @@ export class Coordinator {
   get modelId(): string | undefined { return this.#store?.modelId; }
   /** Largest inbound message decoded; the transport drops the connection above this plus a little framing. */
   get maxMessageBytes(): number { return this.#maxMessageBytes; }
+  /** The coordinator's identity key (`ed25519:…`), for clients to pin; available after serve(). */
+  get publicKey(): string | undefined { return this.#identity ? formatPublicKey(this.#identity.publicKey) : undefined; }
+  get secureAggregation(): boolean { return this.#secure; }
+
+  async #initSecurity(): Promise<void> {
+    const o = this.options;
+    if (o.identity && typeof o.identity === 'object') this.#identity = o.identity;
+    else {
+      const file = (o.identity as string | undefined) ?? join(o.stateDir, 'coordinator.identity');
+      const r = await loadOrCreateIdentity(file);
+      if (r.created) log.info(`created coordinator identity ${file}`);
+      this.#identity = r.identity;
+    }
+    let allow: AuthorizedClients | undefined;
+    const a = o.authorizedClients;
+    if (a instanceof AuthorizedClients) allow = a;
+    else if (Array.isArray(a)) allow = parseAuthorizedClients(a.join('\n'), 'authorizedClients');
+    else if (typeof a === 'string') allow = parseAuthorizedClients(await readFile(a, 'utf8').catch((e: unknown) => { throw new ConfigError(`cannot read --authorized-clients ${a}: ${errorMessage(e)}`); }), a);
+    if (o.allowAnyClient) log.warn('--allow-any-client: any key that proves possession may join (development only)');
+    if (!this.#secure) log.warn('--insecure-aggregation: client updates reach the coordinator in the clear');
+    this.#verifier = new JoinVerifier({ coordinator: this.#identity, ...(allow ? { authorized: allow } : {}), allowAny: o.allowAnyClient === true });
+    this.#box = makeCoordinatorBoxKey(this.#identity);
+    log.info(`coordinator key ${formatPublicKey(this.#identity.publicKey)}${allow ? `, ${allow.entries().filter((e) => !e.revoked).length} enrolled client key(s)` : ''}`);
+  }
 
   async #init(): Promise<void> {
     const o = this.options;
@@ -201,7 +285,11 @@ export class Coordinator {
   /** Starts listening; returns the URL clients connect to. Rounds begin as clients become ready. */
   async serve(port = 0): Promise<string> {
     await this.#init();
-    const http = createServer((req, res) => this.#http_(req, res));
+    await this.#initSecurity();
+    const tls = this.options.tls;
+    const pem = async (v: string | Uint8Array): Promise<string | Buffer> => (typeof v !== 'string' ? Buffer.from(v) : v.includes('-----BEGIN') ? v : readFile(v));
+    const handler = (req: IncomingMessage, res: ServerResponse) => this.#http_(req, res);
+    const http: HttpServer = tls ? createHttpsServer({ cert: await pem(tls.cert), key: await pem(tls.key) }, handler) : createServer(handler);
     this.#http = http;
     this.#io = new Server<ClientToServerEvents, ServerToClientEvents>(http, {
       maxHttpBufferSize: this.#maxMessageBytes + 4096,
@@ -224,7 +312,7 @@ export class Coordinator {
     await new Promise<void>((res, rej) => { http.once('error', rej); http.listen(port, this.options.host, () => { http.off('error', rej); res(); }); });
     const addr = http.address() as AddressInfo;
     const host = this.options.host === '0.0.0.0' || this.options.host === '::' ? '127.0.0.1' : this.options.host;
-    const url = `http://${host.includes(':') ? `[${host}]` : host}:${addr.port}`;
+    const url = `${tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${addr.port}`;
     log.info(`serving model ${this.#store!.modelId.slice(0, 12)}… on ${url} (session ${this.sessionId})`);
     void this.#loop().catch((e: unknown) => {
       log.error(`round loop failed: ${errorMessage(e)}`);
@@ -278,7 +366,7 @@ export class Coordinator {
   // ---------- connections ----------
 
   #onConnection(socket: Socket<ClientToServerEvents, ServerToClientEvents>): void {
-    const conn: Conn = { socket, ready: false, examples: 0, strikes: 0, personal: () => false, modelBytes: 0 };
+    const conn: Conn = { socket, ready: false, examples: 0, strikes: 0, personal: () => false, modelBytes: 0, challenges: 0 };
     this.#conns.add(conn);
     const opts = {
       maxBytes: this.#maxMessageBytes,
@@ -293,7 +381,9 @@ export class Coordinator {
       },
     };
     const on = socket.on.bind(socket) as (ev: string, fn: (...a: unknown[]) => void) => void;
+    on(EV.authChallenge, serveRequest(EV.authChallenge, () => this.#onChallenge(conn), opts));
     on(EV.hello, serveRequest(EV.hello, (m) => this.#onHello(conn, m), opts));
+    on(EV.secagg, serveRequest(EV.secagg, (m, n) => this.#onSecAgg(conn, m, n), opts));
     on(EV.modelChunk, serveRequest(EV.modelChunk, (m) => this.#onChunk(conn, m), opts));
     on(EV.ready, serveRequest(EV.ready, (m) => this.#onReady(conn, m), opts));
     on(EV.update, serveRequest(EV.update, (m, n) => this.#onUpdate(conn, m, n), opts));
@@ -312,6 +402,13 @@ export class Coordinator {
     return conn.hello;
   }
 
+  #onChallenge(conn: Conn): Record<string, unknown> {
+    if (conn.hello) throw new ProtocolError('ALREADY_HELLO', 'this connection already joined');
+    // a connection gets a few challenges (a client retrying after a lost ack), not an unbounded supply
+    if (++conn.challenges > 3) { setTimeout(() => conn.socket.disconnect(true), 50); throw new ProtocolError('TOO_MANY', 'too many join challenges on one connection'); }
+    return { challenge: this.#verifier!.challenge(conn.socket.id), boxKey: this.#box!.certificate };
+  }
+
   #onHello(conn: Conn, m: unknown): HelloReply & Record<string, unknown> {
     const h = parseHello(m);
     if (h.protocolVersion !== PROTOCOL_VERSION) {
@@ -319,6 +416,25 @@ export class Coordinator {
       throw new ProtocolError('VERSION_MISMATCH', `coordinator speaks protocol ${PROTOCOL_VERSION}, client ${h.protocolVersion}`);
     }
     if (conn.hello) throw new ProtocolError('ALREADY_HELLO', 'hello already received on this connection');
+    if (!h.proof) throw new ProtocolError('AUTH_REQUIRED', 'hello needs a join proof (request auth:challenge first)');
+    // refusals name only the reason; nothing about the session, model or rounds leaves before this passes
+    let who;
+    try {
+      who = this.#verifier!.verify(h.proof, conn.socket.id);
+    } catch (e) {
+      log.warn(`join refused for ${conn.socket.id} claiming ${h.clientId}: ${errorMessage(e)}`);
+      setTimeout(() => conn.socket.disconnect(true), 50);
+      throw e;
+    }
+    const boundKey = this.#keyOfId.get(h.clientId);
+    const boundId = this.#idOfKey.get(who.key);
+    if ((boundKey && boundKey !== who.key) || (boundId && boundId !== h.clientId)) {
+      setTimeout(() => conn.socket.disconnect(true), 50);
+      throw new ProtocolError('IDENTITY_MISMATCH', boundKey && boundKey !== who.key ? `client id ${h.clientId} belongs to another key` : `this key already joined as ${boundId}`);
+    }
+    this.#keyOfId.set(h.clientId, who.key);
+    this.#idOfKey.set(who.key, h.clientId);
+    conn.key = who.publicKey;
     const prev = this.#byClient.get(h.clientId);
     if (prev && prev !== conn) {
       log.info(`${h.clientId}: new connection replaces the old one`);
@@ -328,7 +444,7 @@ export class Coordinator {
     conn.hello = h;
     conn.personal = globMatcher(h.personal);
     this.#byClient.set(h.clientId, conn);
-    log.info(`${h.clientId} joined (rank ≤ ${h.capabilities.maxRank}, ${h.capabilities.backend}${h.personal.length ? `, personal ${h.personal.join(' ')}` : ''})`);
+    log.info(`${h.clientId} (${who.name ?? who.key.slice(0, 20) + '…'}) joined (rank ≤ ${h.capabilities.maxRank}, ${h.capabilities.backend}${h.personal.length ? `, personal ${h.personal.join(' ')}` : ''})`);
     const store = this.#store!;
     return {
       protocolVersion: PROTOCOL_VERSION, sessionId: this.sessionId, modelId: store.modelId, files: [...store.files], chunkSize: this.options.chunkSize,
@@ -355,24 +471,32 @@ export class Coordinator {
     // a participant that reconnected during the round it was sampled for gets the round again
     const open = this.#open;
     const slot = open?.slots.get(h.clientId);
-    if (open && slot && slot.status !== 'uploaded' && this.#phase === 'training') {
+    if (open && slot && (slot.status !== 'uploaded' || open.secure) && this.#phase === 'training') {
       slot.conn = conn;
-      slot.status = 'pending';
+      if (slot.status !== 'uploaded') slot.status = 'pending';
       delete slot.droppedAt;
-      setImmediate(() => void this.#sendStart(open, slot));
+      // a secure participant keeps its secagg state in memory: give it the round and the last phase message again
+      setImmediate(() => void this.#sendStart(open, slot).then(() => {
+        const n = slot.lastNotice;
+        if (open.secure && n && slot.conn === conn && conn.socket.connected) conn.socket.emit(n.event as 'secagg:keys', n.bytes);
+      }));
       rlog.info(`${h.clientId} rejoined round ${open.round}`);
     }
-    if (this.#phase === 'done') setImmediate(() => conn.socket.emit(EV.sessionDone, encode({ completedRounds: this.#completed })));
+    if (this.#phase === 'done') setImmediate(() => conn.socket.emit(EV.sessionDone, this.#signed(SIGNED_DOMAINS.sessionDone, { completedRounds: this.#completed })));
     this.#wake();
     return { completedRounds: this.#completed };
   }
 
   #onUpdate(conn: Conn, m: unknown, size: number): Record<string, unknown> {
     const h = this.#requireHello(conn);
+    if (this.#secure) throw new ProtocolError('SECURE_ONLY', 'this coordinator aggregates securely: plain updates are refused');
+    const env = parseSealedEnvelope(m, false);
     const open = this.#phase === 'training' ? this.#open : null;
     const slot = open?.slots.get(h.clientId);
+    if (!open || !slot || env.roundId !== open.roundId) throw new ProtocolError('STALE_ROUND', `update for round ${env.roundId} is not for the current round${open && slot ? ` ${open.roundId}` : ' (none open for you)'}`);
+    const inner = openFromClient(env, { round: open.round, sender: h.clientId, kind: 'update' }, this.#box!.keyPair.secretKey, this.#maxMessageBytes);
     const maxWeight = conn.examples > 0 ? conn.examples : LIMITS.maxExamples;
-    const u = parseUpdate(m, open && slot ? { roundId: open.roundId, rank: slot.rank, length: this.#layout!.size, maxWeight } : null);
+    const u = parseUpdate(inner, { roundId: open.roundId, rank: slot.rank, length: this.#layout!.size, maxWeight });
     if (slot!.status === 'uploaded') throw new ProtocolError('DUPLICATE', `already have your update for round ${u.roundId}`);
     // plaintext uploads can be checked for values where the layout says none may be:
     // slots beyond the assigned rank, and tensors the client declared personal
@@ -395,6 +519,41 @@ export class Coordinator {
     return {};
   }
 
+  #onSecAgg(conn: Conn, m: unknown, size: number): Record<string, unknown> {
+    const h = this.#requireHello(conn);
+    const env = parseSealedEnvelope(m, true);
+    const open = this.#phase === 'training' ? this.#open : null;
+    const sec = open?.secure;
+    const slot = open?.slots.get(h.clientId);
+    if (!open || !sec || !slot || env.roundId !== open.roundId) throw new ProtocolError('STALE_ROUND', `secagg message for round ${env.roundId} is not for a secure round open for you`);
+    const kind = env.kind!;
+    const inner = openFromClient(env, { round: open.round, sender: h.clientId, kind: `secagg/${kind}` }, this.#box!.keyPair.secretKey, this.#maxMessageBytes);
+    // after the open: only authentic messages consume a nonce, a replayed one is named as such
+    sec.replay.check(env.sealed);
+    if (!inner || typeof inner !== 'object') throw new ProtocolError('BAD_MESSAGE', `secagg ${kind}: expected an object`);
+    const msg = inner as Record<string, unknown>;
+    const id = h.clientId;
+    // the SecAggServer checks shapes, signatures, phases and duplicates of every message itself
+    switch (kind) {
+      case 'advertise': sec.server.receiveAdvertise(id, msg as never); break;
+      case 'share': sec.server.receiveShareKeys(id, msg as never); break;
+      case 'masked': {
+        const metrics = parseUpdateMetrics(msg.metrics);
+        sec.server.receiveMasked(id, { id: msg.id as string, masked: msg.masked as Uint32Array });
+        slot.status = 'uploaded';
+        applyMetrics(slot, metrics);
+        rlog.debug(`${id}: masked input for round ${open.round} (${size} bytes)`);
+        break;
+      }
+      case 'consistency': sec.server.receiveConsistency(id, msg as never); break;
+      case 'unmask': sec.server.receiveUnmask(id, msg as never); break;
+    }
+    sec.received[kind].add(id);
+    slot.bytesUp += size;
+    this.#wake();
+    return {};
+  }
+
   #onDisconnect(conn: Conn, reason: string): void {
     this.#conns.delete(conn);
     const id = conn.hello?.clientId;
@@ -402,8 +561,8 @@ export class Coordinator {
     if (this.#byClient.get(id) === conn) this.#byClient.delete(id);
     log.info(`${id} disconnected (${reason})`);
     const slot = this.#open?.slots.get(id);
-    if (slot && slot.conn === conn && slot.status === 'pending') {
-      slot.status = 'dropped';
+    if (slot && slot.conn === conn && (slot.status === 'pending' || this.#open?.secure)) {
+      if (slot.status === 'pending') slot.status = 'dropped';
       slot.droppedAt = Date.now();
       rlog.info(`${id} dropped out of round ${this.#open!.round}`);
     }
@@ -446,7 +605,8 @@ export class Coordinator {
       await savePeftAdapter(this.#global!, o.exportDir);
       log.info(`exported the global adapter to ${o.exportDir}`);
     }
-    this.#io?.emit(EV.sessionDone, encode({ completedRounds: this.#completed }));
+    // only to joined connections: a refused or unauthenticated socket learns nothing about the session
+    for (const c of this.#byClient.values()) c.socket.emit(EV.sessionDone, this.#signed(SIGNED_DOMAINS.sessionDone, { completedRounds: this.#completed }));
     log.info(`all ${o.rounds} rounds done`);
     this.#resolveDone({ completedRounds: this.#completed });
   }
@@ -482,20 +642,27 @@ export class Coordinator {
       const j = rnd() % (i + 1);
       [pool[i], pool[j]] = [pool[j]!, pool[i]!];
     }
-    const picked = pool.slice(0, o.clientsPerRound);
+    const picked = pool.slice(0, o.clientsPerRound).sort((a, b) => (a.hello!.clientId < b.hello!.clientId ? -1 : 1));
     const startedAt = Date.now();
-    const open: OpenRound = { round, roundId, startedAt, deadline: startedAt + o.roundTimeoutMs, slots: new Map(), startBytes: new Map() };
-    for (const c of picked) {
-      const h = c.hello!;
-      open.slots.set(h.clientId, { clientId: h.clientId, rank: Math.min(h.capabilities.maxRank, o.maxRank), status: 'pending', weight: 0, bytesUp: 0, bytesDown: 0, conn: c });
+    const participants: RoundParticipant[] = picked.map((c) => ({
+      id: c.hello!.clientId, key: c.key!, rank: Math.min(c.hello!.capabilities.maxRank, o.maxRank), weight: Math.max(1, c.examples),
+    }));
+    const globalHash = sha256Hex(encode(tensorMapToWire(this.#global!.tensors)));
+    const open: OpenRound = { round, roundId, startedAt, deadline: startedAt + o.roundTimeoutMs, slots: new Map(), startBytes: new Map(), participants, globalHash };
+    for (const [i, c] of picked.entries()) {
+      const p = participants[i]!;
+      // under secure aggregation the weight is public from the start; plain uploads state theirs
+      open.slots.set(p.id, { clientId: p.id, rank: p.rank, status: 'pending', weight: this.#secure ? p.weight : 0, bytesUp: 0, bytesDown: 0, conn: c });
     }
+    if (this.#secure) open.secure = this.#prepareSecure(open);
     this.#open = open;
     this.#phase = 'training';
     rlog.info(`round ${round}/${o.rounds} (${roundId}) started with ${picked.length} client(s): ${[...open.slots.values()].map((s) => `${s.clientId}@r${s.rank}`).join(', ')}`);
     // not awaited: an ack that never comes (a client that died) must not hold the round; the slot
     // turns 'dropped' on disconnect or ack timeout, whichever comes first
     for (const s of open.slots.values()) void this.#sendStart(open, s);
-    while (!this.#closed) {
+    const secureSum = open.secure ? await this.#secureCollect(open) : null;
+    while (!this.#closed && !open.secure) {
       const now = Date.now();
       const pending = [...open.slots.values()].filter((s) => s.status === 'pending');
       // a participant that just lost its connection gets a short grace to reconnect and rejoin
@@ -516,13 +683,13 @@ export class Coordinator {
     const contributors = [...open.slots.values()].filter((s) => s.status === 'uploaded');
     const record: RoundRecord = {
       round, roundId, status: 'failed', startedAt, endedAt: 0, contributors: contributors.length,
-      participants: [...open.slots.values()].map(({ vector: _v, conn: _c, droppedAt: _d, ...rec }) => rec),
+      participants: [...open.slots.values()].map(({ vector: _v, conn: _c, droppedAt: _d, lastNotice: _n, ...rec }) => rec),
       bytesUp: 0, bytesDown: 0, fullModelBytes: this.#store!.weightBytes,
     };
     for (const p of record.participants) { record.bytesUp += p.bytesUp; record.bytesDown += p.bytesDown; }
     let next: LoraAdapter | null = null;
-    if (contributors.length >= o.minClients) {
-      next = this.#aggregate(contributors);
+    if (contributors.length >= o.minClients && (!open.secure || secureSum)) {
+      next = this.#aggregate(secureSum ?? this.#plainSum(contributors), contributors);
       record.status = 'completed';
       const tw = contributors.reduce((s, c) => s + c.weight, 0);
       record.trainLoss = contributors.reduce((s, c) => s + (c.trainLoss ?? 0) * c.weight, 0) / tw;
@@ -543,10 +710,11 @@ export class Coordinator {
       this.#completed = round;
       rlog.info(`round ${round} completed: ${contributors.length}/${open.slots.size} updates, train loss ${fmt(record.trainLoss)}, global eval loss ${fmt(record.globalEval?.loss)}, personal ${fmt(record.personalEval?.loss)}, ${record.bytesUp} B up / ${record.bytesDown} B down (${(record.endedAt - startedAt) / 1000}s)`);
     } else {
-      rlog.warn(`round ${round} failed: ${contributors.length} update(s) < --min-clients ${o.minClients}; retrying`);
+      rlog.warn(`round ${round} failed: ${open.secure && !secureSum ? 'secure aggregation did not complete' : `${contributors.length} update(s) < --min-clients ${o.minClients}`}; retrying`);
     }
     const end: RoundEnd = { roundId, round, status: record.status, contributors: contributors.length };
-    for (const s of open.slots.values()) s.conn.socket.emit(EV.roundEnd, encode(end));
+    const endBytes = this.#signed(SIGNED_DOMAINS.roundEnd, end);
+    for (const s of open.slots.values()) s.conn.socket.emit(EV.roundEnd, endBytes);
     try { o.onRound?.(record); } catch (e) { log.warn(`onRound callback failed: ${errorMessage(e)}`); }
   }
 
@@ -562,8 +730,12 @@ export class Coordinator {
         layout: this.#layout!.entries.map((e) => ({ name: e.name, shape: [...e.shape] })),
         train: { steps: o.localSteps, epochs: o.localEpochs, lr: o.lr, batchSize: o.batchSize, seed: (o.seed + open.round * 7919) >>> 0 },
         deadline: open.deadline,
+        modelId: this.#store!.modelId,
+        globalHash: open.globalHash,
+        participants: open.participants,
+        ...(open.secure ? { secure: open.secure.info } : {}),
       };
-      bytes = encode(payload);
+      bytes = signEnvelope(SIGNED_DOMAINS.roundStart, payload, this.#identity!);
       open.startBytes.set(slot.rank, bytes);
     }
     slot.bytesDown += bytes.byteLength;
@@ -580,16 +752,112 @@ export class Coordinator {
     }
   }
 
-  #aggregate(contributors: Slot[]): LoraAdapter {
-    const layout = this.#layout!;
-    const prev = this.#global!;
+  #signed(domain: string, value: unknown): Uint8Array {
+    return signEnvelope(domain, value, this.#identity!);
+  }
+
+  #prepareSecure(open: OpenRound): SecureRound {
     const o = this.options;
-    const acc = new Float64Array(layout.size);
+    const cfg = o.secAgg ?? {};
+    const n = open.participants.length;
+    const def = defaultSecAggSizes(n);
+    let k = Math.min(cfg.k ?? def.k, n - 1);
+    if (k < n - 1 && k % 2 === 1) k += 1; // the SecAgg+ graph needs an even degree below n−1
+    const t = Math.min(Math.max(2, cfg.t ?? (cfg.k !== undefined ? Math.floor((k + 1) / 2) + 1 : def.t)), k + 1);
+    const totalWeight = open.participants.reduce((s, p) => s + p.weight, 0);
+    const quant = chooseQuantParams({ clip: cfg.clip ?? DEFAULT_CLIP, maxTotalWeight: totalWeight, maxClients: n });
+    const params: SecAggParams = {
+      round: open.round, modelHash: `${this.#store!.modelId}:${open.globalHash}`, vectorLength: this.#layout!.size,
+      participants: open.participants.map((p) => ({ id: p.id, key: p.key })), k, t, nonce: new Uint8Array(randomBytes(32)), coordinatorKey: this.#identity!.publicKey,
+    };
+    const paramsSignature = signSecAggParams(params, this.#identity!);
+    const info: SecureRoundInfo = { k, t, nonce: params.nonce, modelHash: params.modelHash, paramsSignature, quant: { ...quant } };
+    rlog.info(`round ${open.round}: secure aggregation over ${n} clients, k=${k}, t=${t} (tolerates ${n - t} dropouts), clip ${quant.clip}, 2^-${quant.fracBits} fixed point, error bound ${quantErrorBound(quant).toExponential(2)} on the weighted sum`);
+    return {
+      server: new SecAggServer({ params, identity: this.#identity! }), params, info, quant, replay: new ReplayGuard(),
+      received: { advertise: new Set(), share: new Set(), masked: new Set(), consistency: new Set(), unmask: new Set() },
+    };
+  }
+
+  /** Is this participant connected, or disconnected for less than the rejoin grace? */
+  #reachable(slot: Slot, now: number): boolean {
+    if (slot.droppedAt !== undefined) return now - slot.droppedAt < this.options.rejoinGraceMs;
+    return slot.conn.socket.connected;
+  }
+
+  async #awaitAll(open: OpenRound, ids: readonly string[], got: Set<string>, deadline: number): Promise<void> {
+    while (!this.#closed) {
+      const now = Date.now();
+      const waiting = ids.map((id) => open.slots.get(id)!).filter((s) => !got.has(s.clientId) && this.#reachable(s, now));
+      if (waiting.length === 0 || now >= deadline) return;
+      const grace = waiting.filter((s) => s.droppedAt !== undefined).map((s) => s.droppedAt! + this.options.rejoinGraceMs - now);
+      await this.#sleep(Math.min(deadline - now, ...grace, 60_000));
+    }
+  }
+
+  #notify(open: OpenRound, event: 'secagg:keys' | 'secagg:shares' | 'secagg:survivors' | 'secagg:unmask', perClient: Map<string, unknown>): string[] {
+    for (const [id, msg] of perClient) {
+      const slot = open.slots.get(id)!;
+      const bytes = encode({ roundId: open.roundId, msg });
+      slot.lastNotice = { event, bytes };
+      slot.bytesDown += bytes.byteLength;
+      if (slot.conn.socket.connected) slot.conn.socket.emit(event, bytes);
+    }
+    return [...perClient.keys()];
+  }
+
+  /**
+   * The secure round: advertise → share keys → masked input (clients train meanwhile) → consistency
+   * → unmask. The coordinator only ever holds masked vectors (added into the SecAggServer's running
+   * sum) and, at the end, the unmasked sum of the survivors, which it decodes from fixed point.
+   */
+  async #secureCollect(open: OpenRound): Promise<Float32Array | null> {
+    const sec = open.secure!;
+    const phaseMs = this.options.secAgg?.phaseTimeoutMs ?? 30_000;
+    const until = (ms: number) => Math.min(open.deadline, Date.now() + ms);
+    const slots = [...open.slots.values()];
+    try {
+      await this.#awaitAll(open, [...open.slots.keys()], sec.received.advertise, until(phaseMs));
+      const u1 = this.#notify(open, EV.secaggKeys, sec.server.closeAdvertise());
+      await this.#awaitAll(open, u1, sec.received.share, until(phaseMs));
+      const u2 = this.#notify(open, EV.secaggShares, sec.server.closeShareKeys());
+      await this.#awaitAll(open, u2, sec.received.masked, open.deadline);
+      for (const s of slots) {
+        if (s.status === 'pending') s.status = s.droppedAt !== undefined || !s.conn.socket.connected ? 'dropped' : 'timeout';
+      }
+      const list = sec.server.closeMaskedInput();
+      const u3 = this.#notify(open, EV.secaggSurvivors, new Map(list.survivors.map((id) => [id, list])));
+      await this.#awaitAll(open, u3, sec.received.consistency, Date.now() + phaseMs);
+      const u4 = this.#notify(open, EV.secaggUnmask, sec.server.closeConsistency());
+      await this.#awaitAll(open, u4, sec.received.unmask, Date.now() + phaseMs);
+      if (this.#closed) return null;
+      const res = sec.server.finalize();
+      rlog.info(`round ${open.round}: unmasked the sum of ${res.survivors.length} client(s)${res.droppedAfterSharing.length ? `; recovered masks of ${res.droppedAfterSharing.join(', ')}` : ''}${res.badShares.length ? `; ${res.badShares.length} bad share(s) ignored` : ''}`);
+      return decodeSum(res.sum, sec.quant);
+    } catch (e) {
+      if (this.#closed) return null;
+      rlog.warn(`round ${open.round}: secure aggregation failed: ${errorMessage(e)}`);
+      for (const s of slots) if (s.status === 'pending') s.status = 'dropped';
+      return null;
+    }
+  }
+
+  /** Insecure aggregation only: Σ of the plaintext uploads (float64 accumulation). */
+  #plainSum(contributors: Slot[]): Float32Array {
+    const acc = new Float64Array(this.#layout!.size);
     for (const c of contributors) {
       const v = c.vector!;
       for (let i = 0; i < v.length; i++) acc[i] = acc[i]! + v[i]!;
     }
-    const sum = unflatten(Float32Array.from(acc), layout);
+    return Float32Array.from(acc);
+  }
+
+  /** New global adapter from Σ contributions (secure or plain) and the contributors' public rank and weight. */
+  #aggregate(flatSum: Float32Array, contributors: Slot[]): LoraAdapter {
+    const layout = this.#layout!;
+    const prev = this.#global!;
+    const o = this.options;
+    const sum = unflatten(flatSum, layout);
     // tensors a client declared personal arrive as zeros from it; average each tensor only over
     // the clients that share it, so personal layers never drag the global one toward zero
     const groups = new Map<string, { names: string[]; parts: Slot[] }>();

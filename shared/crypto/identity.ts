@@ -1,5 +1,5 @@
 import nacl from 'tweetnacl';
-import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from 'node:crypto';
 import { dirname, basename, join } from 'node:path';
 import { logger } from '../log.js';
@@ -83,6 +83,7 @@ export function parseIdentity(text: string, file = 'identity'): Identity {
  */
 export async function saveIdentity(file: string, id: Identity): Promise<void> {
   const tmp = join(dirname(file), `.${basename(file)}.tmp-${process.pid}-${toBase64Url(nacl.randomBytes(6))}`);
+  await mkdir(dirname(file), { recursive: true, mode: 0o700 });
   const fh = await open(tmp, 'wx', 0o600);
   try {
     await fh.writeFile(serializeIdentity(id));

@@ -5,13 +5,14 @@
  */
 
 /** Bumped on any incompatible change to events or payloads. Checked in the socket.io handshake and in `hello`. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 export type Ack = (reply: Uint8Array) => void;
 export type Request = (payload: Uint8Array, ack: Ack) => void;
 export type Notice = (payload: Uint8Array) => void;
 
 export const EV = {
+  authChallenge: 'auth:challenge',
   hello: 'hello',
   modelChunk: 'model:chunk',
   ready: 'ready',
@@ -19,17 +20,26 @@ export const EV = {
   roundStart: 'round:start',
   roundEnd: 'round:end',
   sessionDone: 'session:done',
+  secagg: 'secagg:msg',
+  secaggKeys: 'secagg:keys',
+  secaggShares: 'secagg:shares',
+  secaggSurvivors: 'secagg:survivors',
+  secaggUnmask: 'secagg:unmask',
 } as const;
 
 export interface ClientToServerEvents {
-  /** Hello → HelloReply. Must be the first request on a connection. */
+  /** {} → AuthChallengeReply: a single-use join challenge bound to this connection + the certified box key. */
+  'auth:challenge': Request;
+  /** Hello (with a join proof) → HelloReply. Nothing about the session is sent before it succeeds. */
   'hello': Request;
   /** ChunkRequest → ChunkReply: one byte range of one base-model file. */
   'model:chunk': Request;
   /** Ready → {ok}: the client holds the verified base model and can be sampled. */
   'ready': Request;
-  /** Update → {ok}: the client's flat contribution for a round. */
+  /** SealedUpdate → {ok}: the client's flat contribution for a round (insecure aggregation only). */
   'round:update': Request;
+  /** SealedSecAgg → {ok}: one secure-aggregation message (advertise, share, masked, consistency, unmask). */
+  'secagg:msg': Request;
 }
 
 export interface ServerToClientEvents {
@@ -37,8 +47,13 @@ export interface ServerToClientEvents {
   'round:start': Request;
   /** RoundEnd notice (no ack): the round finished or was abandoned. */
   'round:end': Notice;
-  /** SessionDone notice (no ack): all rounds are done; the client may exit. */
+  /** Signed SessionDone notice (no ack): all rounds are done; the client may exit. */
   'session:done': Notice;
+  /** SecAgg phase notices {roundId, msg}; the msgs carry their own coordinator signatures / pairwise seals. */
+  'secagg:keys': Notice;
+  'secagg:shares': Notice;
+  'secagg:survivors': Notice;
+  'secagg:unmask': Notice;
 }
 
 /** socket.io handshake `auth` object. */

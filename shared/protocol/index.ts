@@ -4,3 +4,4 @@ export * from './rpc.js';
 export * from './glob.js';
 export * as guard from './guard.js';
 export * from './manifest.js';
+export * from './secure.js';

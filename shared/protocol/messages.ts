@@ -33,6 +33,8 @@ export interface Hello {
   capabilities: Capabilities;
   /** Globs over PEFT names of tensors this client keeps (they are public, their values never leave). */
   personal: string[];
+  /** Join proof over the challenge from `auth:challenge`, bound to this connection. Required. */
+  proof?: { nonce: Uint8Array; clientKey: Uint8Array; signature: Uint8Array };
 }
 
 export interface ModelFile { name: string; size: number; sha256: string }
@@ -74,6 +76,27 @@ export interface RoundStart {
   train: TrainConfig;
   /** Milliseconds since the epoch after which the coordinator stops collecting. */
   deadline: number;
+  /** Base model the round trains (signed with the round start). */
+  modelId: string;
+  /** SHA-256 (hex) of the global adapter at maxRank this round starts from. */
+  globalHash: string;
+  /** Everyone sampled for the round, with the public rank and weight the coordinator divides by. */
+  participants: RoundParticipant[];
+  /** Present when the round uses secure aggregation. */
+  secure?: SecureRoundInfo;
+}
+
+export interface RoundParticipant { id: string; key: Uint8Array; rank: number; weight: number }
+
+export interface SecureRoundInfo {
+  /** SecAgg neighbourhood size, threshold, nonce and model hash (the rest of SecAggParams is derived). */
+  k: number;
+  t: number;
+  nonce: Uint8Array;
+  modelHash: string;
+  paramsSignature: Uint8Array;
+  /** Public fixed-point parameters: every client encodes weight·clip(x) with them. */
+  quant: { clip: number; fracBits: number; maxTotalWeight: number; maxClients: number };
 }
 
 export interface EvalReport { loss: number; accuracy: number; f1?: number; examples: number }
@@ -117,7 +140,13 @@ export function parseHello(v: unknown): Hello {
       ...(c.memoryMb !== undefined ? { memoryMb: int(c.memoryMb, 'hello.capabilities.memoryMb', 0, 1e9) } : {}),
     },
     personal,
+    ...(o.proof !== undefined && o.proof !== null ? { proof: parseProof(o.proof) } : {}),
   };
+}
+
+function parseProof(v: unknown): NonNullable<Hello['proof']> {
+  const p = obj(v, 'hello.proof');
+  return { nonce: bytes(p.nonce, 'proof.nonce', 32), clientKey: bytes(p.clientKey, 'proof.clientKey', 32), signature: bytes(p.signature, 'proof.signature', 64) };
 }
 
 export function parseHelloReply(v: unknown): HelloReply {
@@ -222,6 +251,44 @@ export function parseRoundStart(v: unknown): RoundStart {
       seed: int(t.seed, 'train.seed', 0, 2 ** 32),
     },
     deadline: num(o.deadline, 'roundStart.deadline', 0, 1e15),
+    modelId: str(o.modelId, 'roundStart.modelId', { re: HEX64 }),
+    globalHash: str(o.globalHash, 'roundStart.globalHash', { re: HEX64 }),
+    participants: parseParticipants(o.participants),
+    ...(o.secure !== undefined && o.secure !== null ? { secure: parseSecureInfo(o.secure) } : {}),
+  };
+}
+
+function bytes(v: unknown, path: string, len?: number): Uint8Array {
+  if (!(v instanceof Uint8Array) || (len !== undefined && v.length !== len)) bad(path, `expected ${len ?? ''} bytes, got ${describe(v)}`);
+  return v;
+}
+
+function parseParticipants(v: unknown): RoundParticipant[] {
+  const ids = new Set<string>();
+  return arr(v, 'roundStart.participants', 100_000).map((p, i) => {
+    const x = obj(p, `participants[${i}]`);
+    const id = str(x.id, `participants[${i}].id`, { re: ID_RE });
+    if (ids.has(id)) bad('roundStart.participants', `duplicate participant ${id}`);
+    ids.add(id);
+    return { id, key: bytes(x.key, `participants[${i}].key`, 32), rank: int(x.rank, `participants[${i}].rank`, 1, LIMITS.maxRank), weight: num(x.weight, `participants[${i}].weight`, 0, LIMITS.maxExamples) };
+  });
+}
+
+function parseSecureInfo(v: unknown): SecureRoundInfo {
+  const o = obj(v, 'roundStart.secure');
+  const q = obj(o.quant, 'secure.quant');
+  return {
+    k: int(o.k, 'secure.k', 1, 100_000),
+    t: int(o.t, 'secure.t', 2, 255),
+    nonce: bytes(o.nonce, 'secure.nonce', 32),
+    modelHash: str(o.modelHash, 'secure.modelHash', { min: 1, max: 256 }),
+    paramsSignature: bytes(o.paramsSignature, 'secure.paramsSignature', 64),
+    quant: {
+      clip: num(q.clip, 'quant.clip', 0, 1e9),
+      fracBits: int(q.fracBits, 'quant.fracBits', 0, 40),
+      maxTotalWeight: num(q.maxTotalWeight, 'quant.maxTotalWeight', 0, 1e15),
+      maxClients: int(q.maxClients, 'quant.maxClients', 1, 1e6),
+    },
   };
 }
 
@@ -250,7 +317,11 @@ export function parseUpdate(v: unknown, expect: UpdateExpectation | null): Updat
   if (!(vector instanceof Float32Array)) bad('update.vector', `expected a Float32Array, got ${describe(vector)}`);
   if (vector.length !== expect.length) bad('update.vector', `length ${vector.length} does not match the round layout (${expect.length})`, 'BAD_SHAPE');
   assertFinite(vector, 'update.vector');
-  const m = obj(o.metrics, 'update.metrics');
+  return { roundId, rank, weight, vector, metrics: parseUpdateMetrics(o.metrics) };
+}
+
+export function parseUpdateMetrics(v: unknown): UpdateMetrics {
+  const m = obj(v, 'update.metrics');
   const metrics: UpdateMetrics = {
     trainLoss: num(m.trainLoss, 'metrics.trainLoss', 0, 1e6),
     steps: int(m.steps, 'metrics.steps', 0, 1e9),
@@ -258,7 +329,7 @@ export function parseUpdate(v: unknown, expect: UpdateExpectation | null): Updat
   };
   if (m.global !== undefined && m.global !== null) metrics.global = parseEval(m.global, 'metrics.global');
   if (m.personal !== undefined && m.personal !== null) metrics.personal = parseEval(m.personal, 'metrics.personal');
-  return { roundId, rank, weight, vector, metrics };
+  return metrics;
 }
 
 export function parseRoundEnd(v: unknown): RoundEnd {

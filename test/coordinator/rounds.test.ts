@@ -18,7 +18,7 @@ describe('coordinator + clients over real sockets (stand-in trainer)', function 
 
   it('runs rank-heterogeneous rounds, keeps personal tensors home, checkpoints, serves /status and /metrics, resumes', async () => {
     const state = join(dir, 'coord');
-    const coord = new Coordinator({ modelDir: FIXTURE, stateDir: state, rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 200, roundTimeoutMs: 10_000, exportDir: join(dir, 'export') });
+    const coord = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 200, roundTimeoutMs: 10_000, exportDir: join(dir, 'export') });
     const url = await coord.serve(0);
     const uploads: { client: string; bytes: Uint8Array }[] = [];
     const trainers = await Promise.all([0.1, 0.2, 0.3].map((t) => pullTrainer(t)));
@@ -49,9 +49,12 @@ describe('coordinator + clients over real sockets (stand-in trainer)', function 
         const raw = Buffer.from(trainers[0]!.trained[r]!.get(n)!.data.buffer);
         expect(Buffer.from(u.bytes).includes(raw.subarray(0, 64)), `${n} bytes in upload`).to.equal(false);
       }
-      const msg = decode(u.bytes) as { vector: Float32Array; rank: number };
-      expect(msg.rank).to.equal(2);
+      // secure aggregation is the default: what leaves the client is a sealed masked input
+      const msg = decode(u.bytes) as { kind: string; sealed: { box: Uint8Array } };
+      expect(msg.kind).to.equal('masked');
+      expect(msg.sealed.box.byteLength).to.be.greaterThan(4 * 100);
     }
+    expect(coord.history[0]!.participants.find((p) => p.clientId === 'c0')!.rank).to.equal(2);
     // ...while the client kept them on disk
     expect((await stat(join(dir, 'c0', 'personal.safetensors'))).size).to.be.greaterThan(0);
 
@@ -80,7 +83,7 @@ describe('coordinator + clients over real sockets (stand-in trainer)', function 
     await coord.close();
 
     // restart with the same state and more rounds: resumes at round 3
-    const coord2 = new Coordinator({ modelDir: FIXTURE, stateDir: state, rounds: 3, clientsPerRound: 2, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 100 });
+    const coord2 = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 3, clientsPerRound: 2, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 100 });
     const url2 = await coord2.serve(0);
     expect(coord2.completedRounds).to.equal(2);
     const again = [1, 2].map((i) => new Client({ coordinatorUrl: url2, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => trainers[i]! }));

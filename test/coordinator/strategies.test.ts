@@ -1,9 +1,10 @@
 import { expect } from 'chai';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Coordinator } from '../../coordinator/index.js';
 import { Client } from '../../client/index.js';
+import { DEBUG_CONTRIBUTION_ENV } from '../../client/index.js';
 import { decode } from '../../shared/codec/index.js';
 import { loadSafetensors } from '../../shared/model/safetensors.js';
 import { parseLoraName } from '../../shared/lora/adapter.js';
@@ -13,13 +14,15 @@ import { FIXTURE, pullTrainer } from './helpers.js';
 describe('every strategy over the wire', function () {
   this.timeout(30_000);
   let dir: string;
-  before(() => setLogLevel('error'));
+  // the debug dump lets the test see each client's plaintext contribution although the wire only carries masked inputs
+  before(() => { setLogLevel('error'); process.env[DEBUG_CONTRIBUTION_ENV] = '1'; });
+  after(() => { delete process.env[DEBUG_CONTRIBUTION_ENV]; });
   beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-strat-')); });
   afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
 
   for (const strategy of ['fedit', 'ffa', 'rank-aware', 'fedsa'] as const) {
     it(`${strategy}: uploads carry exactly the shared factors; the global changes only where it should`, async () => {
-      const coord = new Coordinator({ modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 1, clientsPerRound: 2, minClients: 2, maxRank: 4, strategy, localSteps: 1, joinWaitMs: 50 });
+      const coord = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 1, clientsPerRound: 2, minClients: 2, maxRank: 4, strategy, localSteps: 1, joinWaitMs: 50 });
       const url = await coord.serve(0);
       const init = coord.globalAdapter!;
       const uploads: Uint8Array[] = [];
@@ -28,7 +31,12 @@ describe('every strategy over the wire', function () {
       await Promise.all([coord.done, ...clients.map((c) => c.run())]);
       const shared = [...init.tensors.keys()].filter((k) => coord.strategy.isShared(k));
       const numel = shared.reduce((s, k) => s + init.tensors.get(k)!.data.length, 0);
-      for (const u of uploads) expect((decode(u) as { vector: Float32Array }).vector.length).to.equal(numel);
+      expect(uploads).to.have.length(2);
+      for (const u of uploads) expect((decode(u) as { kind: string }).kind).to.equal('masked');
+      for (let i = 0; i < 2; i++) {
+        const dump = decode(await readFile(join(dir, `c${i}`, 'debug-contribution-1.msgpack'))) as { contribution: Float32Array };
+        expect(dump.contribution.length).to.equal(numel);
+      }
       const g = coord.globalAdapter!;
       for (const [k, t] of g.tensors) {
         const changed = t.data.some((x, i) => x !== init.tensors.get(k)!.data[i]);

@@ -48,10 +48,17 @@ describe('protocol guards', () => {
       global: [{ name: 'base_model.model.q.lora_A.weight', shape: [2, 3], data: new Float32Array(6) }],
       layout: [{ name: 'base_model.model.q.lora_A.weight', shape: [4, 3] }],
       train: { steps: 5, epochs: 0, lr: 0.001, batchSize: 2, seed: 1 },
+      modelId: id, globalHash: id, participants: [{ id: 'c0', key: new Uint8Array(32), rank: 2, weight: 10 }],
     };
     expect(parseRoundStart(wire(rs)).global[0]!.shape).to.deep.equal([2, 3]);
     expect(code(() => parseRoundStart(wire({ ...rs, rank: 8 })))).to.equal('BAD_MESSAGE');
     expect(code(() => parseRoundStart(wire({ ...rs, strategy: 'evil' })))).to.equal('BAD_MESSAGE');
+    expect(code(() => parseRoundStart(wire({ ...rs, participants: [rs.participants[0], rs.participants[0]] })))).to.equal('BAD_MESSAGE');
+    expect(code(() => parseRoundStart(wire({ ...rs, participants: [{ ...rs.participants[0], key: new Uint8Array(31) }] })))).to.equal('BAD_MESSAGE');
+    const secure = { k: 2, t: 2, nonce: new Uint8Array(32), modelHash: `${id}:${id}`, paramsSignature: new Uint8Array(64), quant: { clip: 8, fracBits: 20, maxTotalWeight: 30, maxClients: 3 } };
+    expect(parseRoundStart(wire({ ...rs, secure })).secure!.quant.fracBits).to.equal(20);
+    expect(code(() => parseRoundStart(wire({ ...rs, secure: { ...secure, t: 1 } })))).to.equal('BAD_MESSAGE');
+    expect(code(() => parseRoundStart(wire({ ...rs, secure: { ...secure, nonce: new Uint8Array(8) } })))).to.equal('BAD_MESSAGE');
   });
 
   it('replies: ok and error replies round-trip; internal errors are not leaked', () => {
