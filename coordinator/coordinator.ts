@@ -107,6 +107,7 @@ interface SecureRound {
   info: SecureRoundInfo;
   quant: QuantParams;
   replay: ReplayGuard;
+  outcome?: { droppedAfterSharing: string[]; badShares: number };
   received: Record<SecAggKind, Set<string>>;
 }
 
@@ -687,6 +688,10 @@ export class Coordinator {
       bytesUp: 0, bytesDown: 0, fullModelBytes: this.#store!.weightBytes,
     };
     for (const p of record.participants) { record.bytesUp += p.bytesUp; record.bytesDown += p.bytesDown; }
+    if (open.secure) {
+      const { info, quant, outcome } = open.secure;
+      record.secure = { k: info.k, t: info.t, clip: quant.clip, fracBits: quant.fracBits, droppedAfterSharing: outcome?.droppedAfterSharing ?? [], badShares: outcome?.badShares ?? 0 };
+    }
     let next: LoraAdapter | null = null;
     if (contributors.length >= o.minClients && (!open.secure || secureSum)) {
       next = this.#aggregate(secureSum ?? this.#plainSum(contributors), contributors);
@@ -833,6 +838,7 @@ export class Coordinator {
       if (this.#closed) return null;
       const res = sec.server.finalize();
       rlog.info(`round ${open.round}: unmasked the sum of ${res.survivors.length} client(s)${res.droppedAfterSharing.length ? `; recovered masks of ${res.droppedAfterSharing.join(', ')}` : ''}${res.badShares.length ? `; ${res.badShares.length} bad share(s) ignored` : ''}`);
+      sec.outcome = { droppedAfterSharing: res.droppedAfterSharing, badShares: res.badShares.length };
       return decodeSum(res.sum, sec.quant);
     } catch (e) {
       if (this.#closed) return null;

@@ -29,6 +29,8 @@ export interface RoundRecord {
   bytesDown: number;
   /** Bytes a full-model exchange would have cost per client per direction. */
   fullModelBytes: number;
+  /** Secure aggregation of this round: neighbourhood k, threshold t, and whose masks were recovered from shares. */
+  secure?: { k: number; t: number; clip: number; fracBits: number; droppedAfterSharing: string[]; badShares: number };
 }
 
 export function weightedEval(ps: ParticipantRecord[], key: 'global' | 'personal'): { loss: number; accuracy: number } | undefined {

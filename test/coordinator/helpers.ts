@@ -38,3 +38,25 @@ export async function pullTrainer(target: number, examples = 10): Promise<LocalT
     dispose() { /* nothing held */ },
   };
 }
+
+import type { Socket } from 'socket.io-client';
+import { decode, encode } from '../../shared/codec/index.js';
+import { parseAuthChallengeReply, type AuthChallengeReply } from '../../shared/protocol/index.js';
+import { proveJoin, verifyCoordinatorBoxKey, type Identity } from '../../shared/crypto/index.js';
+
+export type Reply = { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
+
+export async function ask(s: Socket, ev: string, ...args: unknown[]): Promise<Reply> {
+  const raw = await s.timeout(5000).emitWithAck(ev, ...args);
+  return decode(raw) as Reply;
+}
+
+/** A raw socket.io client's join: challenge → proof bound to this socket → hello. Returns the replies and the box key. */
+export async function rawJoin(s: Socket, identity: Identity, clientId: string, examples = 5, maxRank = 2): Promise<{ hello: Reply; challenge: AuthChallengeReply; boxKey: Uint8Array }> {
+  const c = await ask(s, 'auth:challenge', encode({}));
+  const challenge = parseAuthChallengeReply(c);
+  const boxKey = verifyCoordinatorBoxKey(challenge.boxKey, challenge.challenge.coordinator);
+  const proof = proveJoin(challenge.challenge, s.id!, identity);
+  const hello = await ask(s, 'hello', encode({ protocolVersion: 2, clientId, capabilities: { maxRank, backend: 'cpu', examples }, personal: [], proof }));
+  return { hello, challenge, boxKey };
+}

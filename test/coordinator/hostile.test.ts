@@ -6,17 +6,11 @@ import { io, type Socket } from 'socket.io-client';
 import { Coordinator } from '../../coordinator/index.js';
 import { Client } from '../../client/index.js';
 import { decode, encode } from '../../shared/codec/index.js';
-import { PROTOCOL_VERSION, parseRoundStart, type RoundStart } from '../../shared/protocol/index.js';
+import { PROTOCOL_VERSION, SIGNED_DOMAINS, openEnvelope, parseRoundStart, sealForCoordinator, type RoundStart } from '../../shared/protocol/index.js';
+import { generateIdentity } from '../../shared/crypto/index.js';
 import { setLogLevel } from '../../shared/log.js';
 import { elementSlots, makeLayout } from '../../shared/aggregation/index.js';
-import { FIXTURE, pullTrainer } from './helpers.js';
-
-type Reply = { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
-
-async function ask(s: Socket, ev: string, ...args: unknown[]): Promise<Reply> {
-  const raw = await s.timeout(5000).emitWithAck(ev, ...args);
-  return decode(raw) as Reply;
-}
+import { FIXTURE, ask, pullTrainer, rawJoin } from './helpers.js';
 
 describe('hostile client', function () {
   this.timeout(30_000);
@@ -26,7 +20,7 @@ describe('hostile client', function () {
   afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
 
   it('gets an error ack for every malformed, oversized, wrong-shape, NaN, stale and duplicate message while honest clients finish', async () => {
-    const coord = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 4, localSteps: 1, joinWaitMs: 60_000, roundTimeoutMs: 2500 });
+    const coord = new Coordinator({ allowAnyClient: true, insecureAggregation: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 4, localSteps: 1, joinWaitMs: 60_000, roundTimeoutMs: 2500 });
     const url = await coord.serve(0);
 
     // wrong protocol version: refused in the handshake with a clear reason
@@ -38,7 +32,8 @@ describe('hostile client', function () {
     const evil = io(url, { auth: { protocolVersion: PROTOCOL_VERSION }, transports: ['websocket'], reconnection: false });
     await new Promise<void>((res) => evil.on('connect', () => res()));
     const starts: RoundStart[] = [];
-    evil.on('round:start', (p: unknown, ack: (r: Uint8Array) => void) => { starts.push(parseRoundStart(decode(p))); ack(encode({ ok: true })); });
+    let coordKey = new Uint8Array(32);
+    evil.on('round:start', (p: unknown, ack: (r: Uint8Array) => void) => { starts.push(parseRoundStart(openEnvelope(SIGNED_DOMAINS.roundStart, p, coordKey))); ack(encode({ ok: true })); });
 
     const codes: string[] = [];
     const expectCode = async (code: string, ev: string, ...args: unknown[]) => {
@@ -56,8 +51,12 @@ describe('hostile client', function () {
     await expectCode('BAD_MESSAGE', 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId: 'evil', capabilities: { maxRank: NaN, backend: 'x', examples: 1 } }));
     await expectCode('BAD_MESSAGE', 'hello', encode('x'), encode('y'));
     await expectCode('UNKNOWN_EVENT', 'admin:shutdown', encode({}));
-    const hello = await ask(evil, 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId: 'evil', capabilities: { maxRank: 2, backend: 'cpu', examples: 5 }, personal: [] }));
-    expect(hello.ok).to.equal(true);
+    await expectCode('AUTH_REQUIRED', 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId: 'evil', capabilities: { maxRank: 2, backend: 'cpu', examples: 5 }, personal: [] }));
+    const joined = await rawJoin(evil, generateIdentity(), 'evil');
+    const hello = joined.hello;
+    expect(hello.ok, JSON.stringify(hello)).to.equal(true);
+    coordKey = joined.challenge.challenge.coordinator;
+    const boxKey = joined.boxKey;
     const modelId = hello.modelId as string;
     await expectCode('ALREADY_HELLO', 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId: 'evil', capabilities: { maxRank: 4, backend: 'cpu', examples: 5 }, personal: [] }));
     await expectCode('BAD_MESSAGE', 'model:chunk', encode({ modelId, file: '../state.json', offset: 0, length: 10 }));
@@ -65,7 +64,7 @@ describe('hostile client', function () {
     await expectCode('MODEL_MISMATCH', 'model:chunk', encode({ modelId: 'b'.repeat(64), file: 'config.json', offset: 0, length: 10 }));
     await expectCode('TOO_LARGE', 'model:chunk', encode({ modelId, file: 'config.json', offset: 0, length: 4 << 20 }));
     await expectCode('BAD_RANGE', 'model:chunk', encode({ modelId, file: 'config.json', offset: 1 << 30, length: 10 }));
-    await expectCode('STALE_ROUND', 'round:update', encode({ roundId: 'x:1:1', rank: 4, weight: 1, vector: new Float32Array(4), metrics: { trainLoss: 1, steps: 1, trainMs: 1 } }));
+    await expectCode('STALE_ROUND', 'round:update', sealForCoordinator(encode({ roundId: 'x:1:1', rank: 4, weight: 1, vector: new Float32Array(4), metrics: { trainLoss: 1, steps: 1, trainMs: 1 } }), { roundId: 'x:1:1', round: 1, sender: 'evil', kind: 'update' }, boxKey));
     const ready = await ask(evil, 'ready', encode({ modelId, examples: 5 }));
     expect(ready.ok).to.equal(true);
 
@@ -73,12 +72,22 @@ describe('hostile client', function () {
     const trainers = await Promise.all([0.1, 0.3].map((t) => pullTrainer(t)));
     // honest training takes a moment, so the round is still open while the hostile client misbehaves
     const slow = trainers.map((t) => ({ ...t, train: async (...a: Parameters<typeof t.train>) => { await new Promise((r) => setTimeout(r, 600)); return t.train(...a); } }));
-    const honest = [0, 1].map((i) => new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => slow[i]! }));
+    const honest = [0, 1].map((i) => new Client({ insecureAggregation: true, coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => slow[i]! }));
     const runs = honest.map((c) => c.run());
     while (starts.length === 0) await new Promise((r) => setTimeout(r, 20));
     const rs = starts[0]!;
     const n = rs.layout.reduce((s, e) => s + e.shape.reduce((a, b) => a * b, 1), 0);
-    const up = (o: Record<string, unknown>) => encode({ roundId: rs.roundId, rank: rs.rank, weight: 5, vector: new Float32Array(n), metrics: { trainLoss: 1, steps: 1, trainMs: 1 }, ...o });
+    const up = (o: Record<string, unknown>) => {
+      const body = { roundId: rs.roundId, rank: rs.rank, weight: 5, vector: new Float32Array(n), metrics: { trainLoss: 1, steps: 1, trainMs: 1 }, ...o };
+      return sealForCoordinator(encode(body), { roundId: body.roundId as string, round: rs.round, sender: 'evil', kind: 'update' }, boxKey);
+    };
+    // sealed payloads: a flipped byte, a plaintext update, one sealed for another sender or kind
+    const flipped = decode(up({})) as { roundId: string; sealed: { nonce: Uint8Array; box: Uint8Array; ephemeral: Uint8Array } };
+    flipped.sealed.box[40] ^= 1;
+    await expectCode('CRYPTO_SEAL_TAMPERED', 'round:update', encode(flipped));
+    await expectCode('BAD_MESSAGE', 'round:update', encode({ roundId: rs.roundId, rank: rs.rank, weight: 5, vector: new Float32Array(n), metrics: { trainLoss: 1, steps: 1, trainMs: 1 } }));
+    await expectCode('CRYPTO_SEAL_CONTEXT', 'round:update', sealForCoordinator(encode({}), { roundId: rs.roundId, round: rs.round, sender: 'c0', kind: 'update' }, boxKey));
+    await expectCode('CRYPTO_SEAL_CONTEXT', 'round:update', sealForCoordinator(encode({}), { roundId: rs.roundId, round: rs.round, sender: 'evil', kind: 'secagg/masked' }, boxKey));
     await expectCode('BAD_SHAPE', 'round:update', up({ vector: new Float32Array(n - 1) }));
     await expectCode('BAD_SHAPE', 'round:update', up({ rank: 1 }));
     const nan = new Float32Array(n); nan[7] = NaN;
@@ -101,6 +110,10 @@ describe('hostile client', function () {
     // round 2: the hostile client accepts the round but never uploads; the deadline moves on without it
     while (starts.length < 2) await new Promise((r) => setTimeout(r, 20));
     await expectCode('STALE_ROUND', 'round:update', up({}));
+    // round 1's accepted sealed upload replayed into round 2 under the new round id: its context names round 1
+    const replay = decode(up({})) as Record<string, unknown>;
+    const rs2 = starts[1]!;
+    await expectCode('CRYPTO_SEAL_CONTEXT', 'round:update', encode({ ...replay, roundId: rs2.roundId }));
     await coord.done;
     const results = await Promise.all(runs);
     expect(results.map((r) => r.completedRounds)).to.deep.equal([2, 2]);
@@ -109,6 +122,7 @@ describe('hostile client', function () {
     expect(h[1]!.participants.find((p) => p.clientId === 'evil')!.status).to.equal('timeout');
     const metrics = await (await fetch(`${url}/metrics`)).text();
     expect(metrics).to.match(/fedlora_protocol_errors_total\{code="NON_FINITE"\} 3/);
+    expect(metrics).to.match(/fedlora_protocol_errors_total\{code="CRYPTO_SEAL_CONTEXT"\} 3/);
     expect(codes.length).to.be.greaterThan(20);
     evil.close();
     await coord.close();

@@ -1,0 +1,101 @@
+/**
+ * Secure aggregation over real sockets with the stand-in trainer: the coordinator's result equals
+ * plain aggregation of the survivors' contributions (recomputed here from the clients' debug dumps)
+ * within the documented fixed-point bound, also when one client drops after its masked upload and
+ * one before it.
+ */
+import { expect } from 'chai';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Coordinator } from '../../coordinator/index.js';
+import { Client, DEBUG_CONTRIBUTION_ENV } from '../../client/index.js';
+import { decode } from '../../shared/codec/index.js';
+import { getStrategy, makeLayout, unflatten } from '../../shared/aggregation/index.js';
+import { quantErrorBound, type QuantParams } from '../../shared/crypto/index.js';
+import type { LoraAdapter } from '../../shared/lora/adapter.js';
+import { setLogLevel } from '../../shared/log.js';
+import { FIXTURE, pullTrainer } from './helpers.js';
+
+interface Dump { round: number; rank: number; weight: number; contribution: Float32Array; quant: QuantParams | null; layout: { name: string; shape: number[] }[] }
+
+/** The plain aggregate of these contributions through the same strategy, and the bound to compare within. */
+export function plainAggregate(dumps: Dump[], previous: LoraAdapter, strategyName: 'rank-aware' | 'fedit', maxRank: number): { adapter: LoraAdapter; tolerance: number } {
+  const layout = makeLayout(dumps[0]!.layout);
+  const acc = new Float64Array(layout.size);
+  for (const d of dumps) for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + d.contribution[i]!;
+  const adapter = getStrategy(strategyName).finalize(unflatten(Float32Array.from(acc), layout), dumps.map((d) => ({ rank: d.rank, weight: d.weight })), previous, maxRank);
+  // error of the decoded weighted sum, divided by the smallest weight a slot is averaged over
+  const q = dumps[0]!.quant!;
+  const minWeight = Math.min(...dumps.map((d) => d.weight));
+  return { adapter, tolerance: quantErrorBound(q, dumps.length) / minWeight + 1e-6 };
+}
+
+export function maxDiff(a: LoraAdapter, b: LoraAdapter): number {
+  let m = 0;
+  for (const [k, t] of a.tensors) { const u = b.tensors.get(k)!; for (let i = 0; i < t.data.length; i++) m = Math.max(m, Math.abs(t.data[i]! - u.data[i]!)); }
+  return m;
+}
+
+describe('secure aggregation over the wire', function () {
+  this.timeout(30_000);
+  let dir: string;
+  before(() => { setLogLevel('error'); process.env[DEBUG_CONTRIBUTION_ENV] = '1'; });
+  after(() => { delete process.env[DEBUG_CONTRIBUTION_ENV]; });
+  beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-secure-')); });
+  afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+
+  const dumpOf = async (i: number) => decode(await readFile(join(dir, `c${i}`, 'debug-contribution-1.msgpack'))) as Dump;
+
+  it('ranks 2/4/8: the unmasked result equals plain aggregation within the quantization bound', async () => {
+    const coord = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 1, clientsPerRound: 3, minClients: 3, maxRank: 8, localSteps: 1, joinWaitMs: 50, refactor: false });
+    await coord.serve(0).then(async (url) => {
+      const init = coord.globalAdapter!;
+      const trainers = await Promise.all([0.1, 0.2, 0.3].map((t, i) => pullTrainer(t, 10 + i * 7)));
+      const clients = [2, 4, 8].map((rank, i) => new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`, trainerFactory: async () => trainers[i]! }));
+      await Promise.all([coord.done, ...clients.map((c) => c.run())]);
+      const dumps = await Promise.all([0, 1, 2].map(dumpOf));
+      expect(dumps.map((d) => d.weight)).to.deep.equal([10, 17, 24]);
+      const { adapter, tolerance } = plainAggregate(dumps, init, 'rank-aware', 8);
+      const got = coord.globalAdapter!;
+      expect(maxDiff(got, init)).to.be.greaterThan(1e-3); // it did move
+      const d = maxDiff(got, adapter);
+      expect(d, `max |secure − plain| = ${d}, bound ${tolerance}`).to.be.at.most(tolerance);
+      expect(tolerance).to.be.lessThan(1e-4);
+      await coord.close();
+    });
+  });
+
+  it('5 clients, one drops after its masked upload and one before it: the round completes over the 4 that uploaded', async () => {
+    const coord = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 1, clientsPerRound: 5, minClients: 3, maxRank: 4, localSteps: 1, joinWaitMs: 50, refactor: false, rejoinGraceMs: 100, strategy: 'fedit' });
+    const url = await coord.serve(0);
+    const init = coord.globalAdapter!;
+    const trainers = await Promise.all([0.1, 0.2, 0.3, 0.4, 0.5].map((t) => pullTrainer(t, 8)));
+    const clients: Client[] = [];
+    // c4 vanishes while training (after key sharing, before its masked upload)
+    const vanishing = { ...trainers[4]!, train: async (...a: Parameters<typeof trainers[4]['train']>) => { await new Promise((r) => setTimeout(r, 300)); void clients[4]!.stop(); return trainers[4]!.train(...a); } };
+    // c3 leaves right after its masked upload was accepted (before consistency check and unmasking)
+    for (let i = 0; i < 5; i++) {
+      clients.push(new Client({
+        coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => (i === 4 ? vanishing : trainers[i]!),
+        ...(i === 3 ? { onRound: () => { void clients[3]!.stop(); } } : {}),
+      }));
+    }
+    const runs = clients.map((c, i) => (i < 3 ? c.run() : void c.run().catch(() => undefined)));
+    await coord.done;
+    await Promise.all(runs.slice(0, 3));
+    const rec = coord.history[0]!;
+    expect(rec.status).to.equal('completed');
+    expect(rec.contributors).to.equal(4);
+    expect(Object.fromEntries(rec.participants.map((p) => [p.clientId, p.status]))).to.deep.equal({ c0: 'uploaded', c1: 'uploaded', c2: 'uploaded', c3: 'uploaded', c4: 'dropped' });
+    expect(rec.secure).to.deep.include({ k: 4, t: 3, droppedAfterSharing: ['c4'], badShares: 0 }); // c4's pairwise masks were recovered from shares
+    const dumps = await Promise.all([0, 1, 2, 3].map(dumpOf));
+    const { adapter, tolerance } = plainAggregate(dumps, init, 'fedit', 4);
+    const d = maxDiff(coord.globalAdapter!, adapter);
+    expect(d, `max |secure − plain| = ${d}, bound ${tolerance}`).to.be.at.most(tolerance);
+    // the survivors' mean is not what all five would have given
+    const withC4 = trainers[4]!.trained.length;
+    expect(withC4).to.equal(1);
+    await coord.close();
+  });
+});
