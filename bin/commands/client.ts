@@ -16,6 +16,10 @@ export const clientCommand: Command = {
     model: { type: 'string', help: 'folder already holding the base model (verified against the coordinator\'s hash; skips download)' },
     id: { type: 'string', help: 'client id (default: generated once, kept in the state folder)' },
     seed: { type: 'string', help: 'local seed (data split, batch order)', default: '0' },
+    identity: { type: 'string', help: 'client identity file (created on first run; its public key is printed for enrollment); default: <state>/client.identity' },
+    'coordinator-key': { type: 'string', help: 'pin the coordinator key (ed25519:…); without it the first key seen is trusted and stored under --state' },
+    'insecure-aggregation': { type: 'boolean', help: 'also take part in rounds without secure aggregation (the update then reaches the coordinator in the clear)' },
+    'tls-ca': { type: 'string', help: 'PEM CA certificate to trust for an https:// coordinator' },
   },
   async run(v) {
     const client = new Client({
@@ -23,7 +27,11 @@ export const clientCommand: Command = {
       maxRank: intFlag(v['max-rank'], 'max-rank', 1), backend: str(v.backend, 'backend'), personal: listFlag(v.personal),
       evalFraction: numFlag(v['eval-fraction'], 'eval-fraction'), modelDir: str(v.model, 'model'), clientId: str(v.id, 'id'),
       seed: intFlag(v.seed, 'seed', 0), progress: process.stderr.isTTY === true,
+      identity: str(v.identity, 'identity'), coordinatorKey: str(v['coordinator-key'], 'coordinator-key'), insecureAggregation: v['insecure-aggregation'] === true,
+      tlsCa: str(v['tls-ca'], 'tls-ca'),
     });
+    const me = await client.loadIdentity();
+    process.stdout.write(`client public key ${me.publicKey}${me.created ? ' (new identity: enroll it on the coordinator)' : ''}\n`);
     const stop = () => { void client.stop().then(() => process.exit(130)); };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);

@@ -31,10 +31,21 @@ export const coordinatorCommand: Command = {
     export: { type: 'string', help: 'write the final global adapter here in PEFT format when all rounds are done' },
     'no-refactor': { type: 'boolean', help: 'do not re-factor (QR+SVD) the global adapter after aggregation' },
     linger: { type: 'boolean', help: 'keep serving /status and /metrics after the last round instead of exiting' },
+    identity: { type: 'string', help: 'coordinator identity file (created on first start); default: <state>/coordinator.identity' },
+    'authorized-clients': { type: 'string', help: 'enrolled client keys, one `ed25519:… [name]` per line, `revoked ed25519:…` to revoke; required unless --allow-any-client' },
+    'allow-any-client': { type: 'boolean', help: 'development: accept any client key that proves possession (logged as a warning)' },
+    'insecure-aggregation': { type: 'boolean', help: 'aggregate plaintext updates instead of secure aggregation (logged as a warning; clients must opt in too)' },
+    'secagg-k': { type: 'string', help: 'secure aggregation: neighbours per client (default n−1 up to 16 clients, else even ≥ 3·log2 n)' },
+    'secagg-t': { type: 'string', help: 'secure aggregation: Shamir threshold (default ⌊(k+1)/2⌋+1: tolerates just under half of a neighbourhood dropping)' },
+    'secagg-clip': { type: 'string', help: 'secure aggregation: LoRA entries are clipped to ±this before fixed-point encoding', default: '8' },
+    'tls-cert': { type: 'string', help: 'PEM certificate file: serve HTTPS/WSS (with --tls-key)' },
+    'tls-key': { type: 'string', help: 'PEM private key file for --tls-cert' },
   },
   async run(v) {
     const strategy = str(v.strategy, 'strategy') as string;
     if (!(STRATEGY_NAMES as readonly string[]).includes(strategy)) throw new ConfigError(`--strategy must be one of ${STRATEGY_NAMES.join(', ')}, got ${JSON.stringify(strategy)}`);
+    const tlsCert = str(v['tls-cert'], 'tls-cert'), tlsKey = str(v['tls-key'], 'tls-key');
+    if (!!tlsCert !== !!tlsKey) throw new ConfigError('--tls-cert and --tls-key go together');
     const coord = new Coordinator({
       modelDir: str(v.model, 'model', true)!, stateDir: str(v.state, 'state', true)!, host: str(v.host, 'host'),
       rounds: intFlag(v.rounds, 'rounds', 1), clientsPerRound: intFlag(v['clients-per-round'], 'clients-per-round', 1), minClients: intFlag(v['min-clients'], 'min-clients', 1),
@@ -43,8 +54,13 @@ export const coordinatorCommand: Command = {
       loraAlpha: numFlag(v['lora-alpha'], 'lora-alpha'), localSteps: intFlag(v['local-steps'], 'local-steps', 0), localEpochs: numFlag(v['local-epochs'], 'local-epochs'),
       lr: numFlag(v.lr, 'lr'), batchSize: intFlag(v['batch-size'], 'batch-size', 1), seed: intFlag(v.seed, 'seed', 0), exportDir: str(v.export, 'export'),
       refactor: v['no-refactor'] !== true,
+      identity: str(v.identity, 'identity'), authorizedClients: str(v['authorized-clients'], 'authorized-clients'), allowAnyClient: v['allow-any-client'] === true,
+      insecureAggregation: v['insecure-aggregation'] === true,
+      secAgg: { k: intFlag(v['secagg-k'], 'secagg-k', 1), t: intFlag(v['secagg-t'], 'secagg-t', 2), clip: numFlag(v['secagg-clip'], 'secagg-clip') },
+      ...(tlsCert || tlsKey ? { tls: { cert: tlsCert!, key: tlsKey! } } : {}),
     });
     const url = await coord.serve(intFlag(v.port, 'port', 0));
+    process.stdout.write(`coordinator key ${coord.publicKey} (clients pin it with --coordinator-key)\n`);
     process.stdout.write(`coordinator listening on ${url} (status: ${url}/status, metrics: ${url}/metrics)\n`);
     const stop = () => { void coord.close().then(() => process.exit(130)); };
     process.once('SIGINT', stop);

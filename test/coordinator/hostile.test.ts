@@ -32,7 +32,7 @@ describe('hostile client', function () {
     const evil = io(url, { auth: { protocolVersion: PROTOCOL_VERSION }, transports: ['websocket'], reconnection: false });
     await new Promise<void>((res) => evil.on('connect', () => res()));
     const starts: RoundStart[] = [];
-    let coordKey = new Uint8Array(32);
+    let coordKey: Uint8Array = new Uint8Array(32);
     evil.on('round:start', (p: unknown, ack: (r: Uint8Array) => void) => { starts.push(parseRoundStart(openEnvelope(SIGNED_DOMAINS.roundStart, p, coordKey))); ack(encode({ ok: true })); });
 
     const codes: string[] = [];
@@ -83,7 +83,7 @@ describe('hostile client', function () {
     };
     // sealed payloads: a flipped byte, a plaintext update, one sealed for another sender or kind
     const flipped = decode(up({})) as { roundId: string; sealed: { nonce: Uint8Array; box: Uint8Array; ephemeral: Uint8Array } };
-    flipped.sealed.box[40] ^= 1;
+    flipped.sealed.box[40]! ^= 1;
     await expectCode('CRYPTO_SEAL_TAMPERED', 'round:update', encode(flipped));
     await expectCode('BAD_MESSAGE', 'round:update', encode({ roundId: rs.roundId, rank: rs.rank, weight: 5, vector: new Float32Array(n), metrics: { trainLoss: 1, steps: 1, trainMs: 1 } }));
     await expectCode('CRYPTO_SEAL_CONTEXT', 'round:update', sealForCoordinator(encode({}), { roundId: rs.roundId, round: rs.round, sender: 'c0', kind: 'update' }, boxKey));
