@@ -122,10 +122,14 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
   let finished = false;
   let ticker: NodeJS.Timeout | undefined;
   try {
-    for (let i = 0; i < nWorkers + (victim ? 1 : 0); i++) workers.push(new SimWorker(i, o.workerLogLevel ?? process.env.FEDLORA_LOG_WORKERS ?? 'warn'));
+    // baselines get processes of their own: a long local training loop would starve the sockets
+    // of clients hosted in the same process
+    const nBaseline = (s.baselines.localOnly ? 1 : 0) + (s.baselines.centralized ? 1 : 0);
+    for (let i = 0; i < nWorkers + (victim ? 1 : 0) + nBaseline; i++) workers.push(new SimWorker(i, o.workerLogLevel ?? process.env.FEDLORA_LOG_WORKERS ?? 'warn'));
     await Promise.all(workers.map((w) => w.start(init)));
     const pool = workers.slice(0, nWorkers);
     const victimWorker = victim ? workers[nWorkers]! : null;
+    const baselineWorkers = workers.slice(nWorkers + (victim ? 1 : 0));
     const hostOf = (c: SimClient) => pool[c.index % pool.length]!;
     say(`${workers.length} worker process(es) on ${workers[0]!.backend}, base model ${workers[0]!.parameters.toLocaleString('en-US')} parameters`);
 
@@ -139,47 +143,6 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
     const drops = dropoutSchedule(s, clients, new Set(victim ? [victim.id] : []));
     const runsDir = join(o.outDir, 'runs');
     await rm(runsDir, { recursive: true, force: true });
-
-    // ---- federated runs, all at once
-    const doneRuns: Promise<void>[] = [];
-    for (const strategy of strategies) {
-      const runId = strategy;
-      const dir = join(runsDir, strategy);
-      const isMain = strategy === s.strategy;
-      const st: RunState = {
-        strategy, runId, coordinator: undefined as unknown as Coordinator, msgs: new Map(), straggles: new Map(), drops: new Map(),
-        killed: null, startedAt: Date.now(), endedAt: 0,
-      };
-      const coordOpts: CoordinatorOptions = {
-        ...(o.coordinatorExtra ?? {}),
-        ...(s.secureAggregation ? {} : { insecureAggregation: true }),
-        authorizedClients: [...identities.values()].map((id) => formatPublicKey(id.publicKey)),
-        rejoinGraceMs: s.rejoinGraceMs,
-        modelDir: s.model, stateDir: join(dir, 'coordinator'), exportDir: join(dir, 'adapter'), rounds: s.rounds, clientsPerRound: s.clientsPerRound,
-        minClients: s.minClients, roundTimeoutMs: s.roundTimeoutMs, strategy, maxRank, loraAlpha: s.loraAlpha, localSteps: s.train.localSteps,
-        lr: s.train.lr, batchSize: s.train.batchSize, seed: s.seed, joinWaitMs: s.joinWaitMs,
-        onRound: (rec) => onRound(st, rec),
-      } as CoordinatorOptions;
-      st.coordinator = new Coordinator(coordOpts);
-      runs.push(st);
-      const url = await st.coordinator.serve(0);
-      const specFor = (c: SimClient): FedClientSpec => ({
-        id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, stateDir: join(dir, 'clients', c.id), identityFile: join(c.dir, 'client.identity'), maxRank: c.rank, dropRounds: drops.get(c.id) ?? [],
-        ...(isMain && victim?.id === c.id ? { reportTrainStart: true } : {}),
-      });
-      const extra = o.clientExtra ?? {};
-      const coordinatorKey = st.coordinator.publicKey!;
-      for (const w of pool) {
-        const mine = clients.filter((c) => hostOf(c) === w && !(isMain && victim?.id === c.id));
-        if (mine.length) w.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, clients: mine.map(specFor), clientExtra: extra });
-      }
-      if (victim) {
-        // the client that gets killed lives alone in its own process (main run); elsewhere it is ordinary
-        const host = isMain ? victimWorker! : hostOf(victim);
-        host.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, clients: [specFor(victim)], clientExtra: extra });
-      }
-      doneRuns.push(st.coordinator.done.then(() => { st.endedAt = Date.now(); for (const w of workers) w.post({ type: 'fedEnd', runId }); }));
-    }
 
     function onRound(st: RunState, rec: CoordRound): void {
       for (const w of workers) w.post({ type: 'roundEnd', runId: st.runId, round: rec.round });
@@ -203,21 +166,61 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
         setTimeout(() => { say(`killing ${m.clientId} (pid ${victimWorker!.proc.pid}) with SIGKILL during round ${round}`); victimWorker!.kill('SIGKILL'); }, s.faults.kill.afterMs);
       }
     };
-    for (const st of runs) for (const w of workers) w.on(listenFor(st));
+
+    // ---- one federated run per strategy, one after the other (secure-aggregation phases are
+    // interactive: clients that share a core with three other federations answer too late)
+    const startRun = async (strategy: ScenarioStrategy): Promise<{ st: RunState; done: Promise<void> }> => {
+      const runId = strategy;
+      const dir = join(runsDir, strategy);
+      const isMain = strategy === s.strategy;
+      const st: RunState = {
+        strategy, runId, coordinator: undefined as unknown as Coordinator, msgs: new Map(), straggles: new Map(), drops: new Map(),
+        killed: null, startedAt: Date.now(), endedAt: 0,
+      };
+      const coordOpts: CoordinatorOptions = {
+        ...(o.coordinatorExtra ?? {}),
+        ...(s.secureAggregation ? {} : { insecureAggregation: true }),
+        authorizedClients: [...identities.values()].map((id) => formatPublicKey(id.publicKey)),
+        rejoinGraceMs: s.rejoinGraceMs,
+        modelDir: s.model, stateDir: join(dir, 'coordinator'), exportDir: join(dir, 'adapter'), rounds: s.rounds, clientsPerRound: s.clientsPerRound,
+        minClients: s.minClients, roundTimeoutMs: s.roundTimeoutMs, strategy, maxRank, loraAlpha: s.loraAlpha, localSteps: s.train.localSteps,
+        lr: s.train.lr, batchSize: s.train.batchSize, seed: s.seed, joinWaitMs: s.joinWaitMs,
+        onRound: (rec) => onRound(st, rec),
+      } as CoordinatorOptions;
+      st.coordinator = new Coordinator(coordOpts);
+      runs.push(st);
+      for (const w of workers) w.on(listenFor(st));
+      const url = await st.coordinator.serve(0);
+      const specFor = (c: SimClient): FedClientSpec => ({
+        id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, stateDir: join(dir, 'clients', c.id), identityFile: join(c.dir, 'client.identity'), maxRank: c.rank, dropRounds: drops.get(c.id) ?? [],
+        ...(isMain && victim?.id === c.id ? { reportTrainStart: true } : {}),
+      });
+      const extra = o.clientExtra ?? {};
+      const coordinatorKey = st.coordinator.publicKey!;
+      for (const w of pool) {
+        const mine = clients.filter((c) => hostOf(c) === w && !(isMain && victim?.id === c.id));
+        if (mine.length) w.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, clients: mine.map(specFor), clientExtra: extra });
+      }
+      if (victim) {
+        // the client that gets killed lives alone in its own process (main run); elsewhere it is ordinary
+        const host = isMain ? victimWorker! : hostOf(victim);
+        host.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, clients: [specFor(victim)], clientExtra: extra });
+      }
+      st.startedAt = Date.now();
+      return { st, done: st.coordinator.done.then(() => { st.endedAt = Date.now(); for (const w of workers) w.post({ type: 'fedEnd', runId }); }) };
+    };
+
 
     // ---- baselines, concurrently with the federated runs
     const budgetPerClient = s.rounds;
     const localJob: Promise<LocalResult[]> | null = s.baselines.localOnly
-      ? Promise.all(pool.map((w) => {
-        const mine = clients.filter((c) => hostOf(c) === w);
-        return w.job<LocalResult>({
-          type: 'local', clients: mine.map((c) => ({ id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, rank: c.rank })),
-          rounds: budgetPerClient, steps: s.train.localSteps, lr: s.train.lr, batchSize: s.train.batchSize,
-        });
-      }))
+      ? baselineWorkers[0]!.job<LocalResult>({
+        type: 'local', clients: clients.map((c) => ({ id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, rank: c.rank })),
+        rounds: budgetPerClient, steps: s.train.localSteps, lr: s.train.lr, batchSize: s.train.batchSize,
+      }).then((r) => [r])
       : null;
     const centralJob: Promise<CentralResult> | null = s.baselines.centralized
-      ? pool[pool.length - 1]!.job<CentralResult>({
+      ? baselineWorkers[s.baselines.localOnly ? 1 : 0]!.job<CentralResult>({
         type: 'central', trainFiles: clients.map((c) => c.trainFile), evalClients: clients.map((c) => ({ id: c.id, evalFile: c.evalFile })),
         // the same total number of local steps as one federated run (every sampled client, every round)
         rounds: s.rounds, stepsPerRound: s.train.localSteps * s.clientsPerRound, lr: s.train.lr, batchSize: s.train.batchSize,
@@ -227,26 +230,28 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
     centralJob?.catch(() => undefined);
 
     ticker = setInterval(() => {
-      const main = runs[0]!;
+      const main = runs.at(-1);
+      if (!main) return;
       const st = main.coordinator.status();
       emit({
         type: 'progress', progress: {
           run: main.runId, phase: st.phase, round: st.round, rounds: st.rounds, participants: st.participating.length,
           uploaded: st.participating.filter((p) => p.status === 'uploaded').length, dropped: st.participating.filter((p) => p.status === 'dropped' || p.status === 'timeout').length,
-          elapsedMs: Date.now() - t0, runsDone: runs.filter((r) => r.endedAt > 0).length, runsTotal: runs.length,
+          elapsedMs: Date.now() - t0, runsDone: runs.filter((r) => r.endedAt > 0).length, runsTotal: strategies.length,
         },
       });
     }, 500);
 
-    const deadline = o.deadlineMs ?? s.rounds * (s.roundTimeoutMs + s.joinWaitMs + 60_000) + 300_000;
+    const deadline = o.deadlineMs ?? strategies.length * s.rounds * (s.roundTimeoutMs + s.joinWaitMs + 60_000) + 300_000;
     let timer: NodeJS.Timeout | undefined;
     let local: LocalResult['clients'] | null = null;
     let central: CentralResult | null = null;
     const timeout = new Promise<never>((_, rej) => { timer = setTimeout(() => rej(new FedloraError('SIMULATION', `simulation did not finish within ${Math.round(deadline / 1000)} s`)), deadline); });
     try {
-      await Promise.race([Promise.all(doneRuns), timeout]);
-      // final evaluation of every run's exported adapter, spread over the pool
-      for (const st of runs) {
+      for (const strategy of strategies) {
+        const { st, done } = await startRun(strategy);
+        await Promise.race([done, timeout]);
+        // final evaluation of the run's exported adapter, spread over the pool
         const dir = join(runsDir, st.strategy);
         const parts = await Promise.race([Promise.all(pool.map((w) => {
           const mine = clients.filter((c) => hostOf(c) === w);
@@ -256,6 +261,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
           });
         })), timeout]);
         st.final = { clients: parts.flatMap((p) => p.clients) };
+        await st.coordinator.close();
       }
       local = localJob ? (await Promise.race([localJob, timeout])).flatMap((r) => r.clients) : null;
       central = centralJob ? await Promise.race([centralJob, timeout]) : null;
