@@ -417,7 +417,11 @@ export class Client {
         else { const again = sj.sent.get(kind); if (again) void this.#sendSecAgg(rs, kind, again); }
       };
       if (event === EV.secaggKeys) step('share', 'share', () => sj.sc.shareKeys(o.msg as never));
-      else if (event === EV.secaggShares) sj.resolveShares(o.msg as SharesMsg);
+      else if (event === EV.secaggShares) {
+        const m = o.msg as SharesMsg;
+        log.info(`${this.#clientId}: round ${sj.round}: received key shares from ${Array.isArray(m?.envelopes) ? m.envelopes.length : 0} neighbour(s)`);
+        sj.resolveShares(m);
+      }
       else if (event === EV.secaggSurvivors) step('consistency', 'consistency', () => sj.sc.consistencyCheck(o.msg as never));
       else if (event === EV.secaggUnmask) step('unmask', 'unmask', () => sj.sc.unmask(o.msg as never));
     } catch (e) {

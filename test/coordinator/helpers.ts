@@ -60,3 +60,28 @@ export async function rawJoin(s: Socket, identity: Identity, clientId: string, e
   const hello = await ask(s, 'hello', encode({ protocolVersion: 2, clientId, capabilities: { maxRank, backend: 'cpu', examples }, personal: [], proof }));
   return { hello, challenge, boxKey };
 }
+
+import { getStrategy, makeLayout, unflatten } from '../../shared/aggregation/index.js';
+import { quantErrorBound, type QuantParams } from '../../shared/crypto/index.js';
+
+/** What a client writes with FEDLORA_DEBUG_SAVE_CONTRIBUTION set (client/client.ts #debugDump). */
+export interface Dump { round: number; global: { name: string; shape: number[]; data: Float32Array }[]; rank: number; weight: number; contribution: Float32Array; quant: QuantParams | null; layout: { name: string; shape: number[] }[] }
+
+/** The plain aggregate of these contributions through the same strategy, and the bound to compare within. */
+export function plainAggregate(dumps: Dump[], previous: LoraAdapter, strategyName: 'rank-aware' | 'fedit', maxRank: number): { adapter: LoraAdapter; tolerance: number } {
+  const layout = makeLayout(dumps[0]!.layout);
+  const acc = new Float64Array(layout.size);
+  for (const d of dumps) for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + d.contribution[i]!;
+  const adapter = getStrategy(strategyName).finalize(unflatten(Float32Array.from(acc), layout), dumps.map((d) => ({ rank: d.rank, weight: d.weight })), previous, maxRank);
+  // error of the decoded weighted sum, divided by the smallest weight a slot is averaged over
+  const q = dumps[0]!.quant!;
+  const minWeight = Math.min(...dumps.map((d) => d.weight));
+  return { adapter, tolerance: quantErrorBound(q, dumps.length) / minWeight + 1e-6 };
+}
+
+export function maxDiff(a: LoraAdapter, b: LoraAdapter): number {
+  let m = 0;
+  for (const [k, t] of a.tensors) { const u = b.tensors.get(k)!; for (let i = 0; i < t.data.length; i++) m = Math.max(m, Math.abs(t.data[i]! - u.data[i]!)); }
+  return m;
+}
+
