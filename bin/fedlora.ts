@@ -7,10 +7,11 @@ import { FedloraError, errorMessage } from '../shared/errors.js';
 import { coordinatorCommand } from './commands/coordinator.js';
 import { clientCommand } from './commands/client.js';
 import { keygenCommand } from './commands/keygen.js';
+import { exportCommand } from './commands/export.js';
 import { simulateCommand } from './commands/simulate.js';
 import { helpText, parseFlags, type Command } from './commands/flags.js';
 
-export const COMMANDS: Command[] = [coordinatorCommand, clientCommand, simulateCommand, keygenCommand];
+export const COMMANDS: Command[] = [coordinatorCommand, clientCommand, simulateCommand, keygenCommand, exportCommand];
 
 function usage(): string {
   return `fedlora — federated LoRA fine-tuning\n\nUsage: fedlora <command> [options]\n\nCommands:\n${COMMANDS.map((c) => `  ${c.name.padEnd(14)}${c.summary}`).join('\n')}\n\nRun \`fedlora <command> --help\` for the options of a command.\n`;

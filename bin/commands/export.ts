@@ -1,0 +1,35 @@
+import { join } from 'node:path';
+import { ConfigError } from '../../shared/errors.js';
+import { loadState } from '../../coordinator/state-store.js';
+import { savePeftAdapter } from '../../shared/lora/peft.js';
+import { mergeAdapterIntoModel } from '../../shared/lora/merge.js';
+import { str, type Command } from './flags.js';
+
+export const exportCommand: Command = {
+  name: 'export',
+  summary: 'Write the global adapter of a coordinator --state as a PEFT adapter, and optionally a merged model.',
+  usage: 'fedlora export --state DIR --out DIR [--merged-model DIR --model DIR]',
+  flags: {
+    state: { type: 'string', help: 'coordinator state folder (its latest completed round is exported); required' },
+    out: { type: 'string', help: 'folder for adapter_config.json + adapter_model.safetensors (PEFT format); required' },
+    model: { type: 'string', help: 'base model folder (needed for --merged-model)' },
+    'merged-model': { type: 'string', help: 'also write base + adapter merged into a standalone Hugging Face model folder here' },
+    backend: { type: 'string', default: 'auto', help: 'tfjs backend for merging: auto | tensorflow | webgpu | wasm | cpu' },
+  },
+  async run(v) {
+    const stateDir = str(v.state, 'state', true)!;
+    const out = str(v.out, 'out', true)!;
+    const mergedDir = str(v['merged-model'], 'merged-model');
+    const model = str(v.model, 'model');
+    if (mergedDir && !model) throw new ConfigError('--merged-model needs --model (the base model folder)');
+    const loaded = await loadState(stateDir);
+    if (!loaded) throw new ConfigError(`${join(stateDir, 'state.json')} not found: no completed round to export`);
+    await savePeftAdapter(loaded.adapter, out);
+    process.stderr.write(`wrote the global adapter after round ${loaded.state.completedRounds} (${loaded.state.strategy}, r=${loaded.adapter.config.r}) to ${out}\n`);
+    if (mergedDir) {
+      const { merged } = await mergeAdapterIntoModel(model!, loaded.adapter, mergedDir, { backend: str(v.backend, 'backend') ?? 'auto' });
+      process.stderr.write(`wrote a merged model (${merged} linear layers updated) to ${mergedDir}\n`);
+    }
+    return 0;
+  },
+};
