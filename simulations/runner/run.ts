@@ -122,14 +122,10 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
   let finished = false;
   let ticker: NodeJS.Timeout | undefined;
   try {
-    // baselines get processes of their own: a long local training loop would starve the sockets
-    // of clients hosted in the same process
-    const nBaseline = (s.baselines.localOnly ? 1 : 0) + (s.baselines.centralized ? 1 : 0);
-    for (let i = 0; i < nWorkers + (victim ? 1 : 0) + nBaseline; i++) workers.push(new SimWorker(i, o.workerLogLevel ?? process.env.FEDLORA_LOG_WORKERS ?? 'warn'));
+    for (let i = 0; i < nWorkers + (victim ? 1 : 0); i++) workers.push(new SimWorker(i, o.workerLogLevel ?? process.env.FEDLORA_LOG_WORKERS ?? 'warn'));
     await Promise.all(workers.map((w) => w.start(init)));
     const pool = workers.slice(0, nWorkers);
     const victimWorker = victim ? workers[nWorkers]! : null;
-    const baselineWorkers = workers.slice(nWorkers + (victim ? 1 : 0));
     const hostOf = (c: SimClient) => pool[c.index % pool.length]!;
     say(`${workers.length} worker process(es) on ${workers[0]!.backend}, base model ${workers[0]!.parameters.toLocaleString('en-US')} parameters`);
 
@@ -211,23 +207,6 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
     };
 
 
-    // ---- baselines, concurrently with the federated runs
-    const budgetPerClient = s.rounds;
-    const localJob: Promise<LocalResult[]> | null = s.baselines.localOnly
-      ? baselineWorkers[0]!.job<LocalResult>({
-        type: 'local', clients: clients.map((c) => ({ id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, rank: c.rank })),
-        rounds: budgetPerClient, steps: s.train.localSteps, lr: s.train.lr, batchSize: s.train.batchSize,
-      }).then((r) => [r])
-      : null;
-    const centralJob: Promise<CentralResult> | null = s.baselines.centralized
-      ? baselineWorkers[s.baselines.localOnly ? 1 : 0]!.job<CentralResult>({
-        type: 'central', trainFiles: clients.map((c) => c.trainFile), evalClients: clients.map((c) => ({ id: c.id, evalFile: c.evalFile })),
-        // the same total number of local steps as one federated run (every sampled client, every round)
-        rounds: s.rounds, stepsPerRound: s.train.localSteps * s.clientsPerRound, lr: s.train.lr, batchSize: s.train.batchSize,
-      })
-      : null;
-    localJob?.catch(() => undefined);
-    centralJob?.catch(() => undefined);
 
     ticker = setInterval(() => {
       const main = runs.at(-1);
@@ -263,6 +242,24 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
         st.final = { clients: parts.flatMap((p) => p.clients) };
         await st.coordinator.close();
       }
+      // ---- baselines after the federated runs, on the same workers: running them alongside would
+      // starve the interactive secure-aggregation phases of CPU (2-core budget). Centralized on one
+      // worker, the local-only clients on the others (or all on one when there is a single worker).
+      const budgetPerClient = s.rounds;
+      const localWorkers = pool.length > 1 && s.baselines.centralized ? pool.slice(1) : pool;
+      const localJob: Promise<LocalResult[]> | null = s.baselines.localOnly
+        ? Promise.all(localWorkers.map((w, wi) => w.job<LocalResult>({
+          type: 'local', clients: clients.filter((_, ci) => ci % localWorkers.length === wi).map((c) => ({ id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, rank: c.rank })),
+          rounds: budgetPerClient, steps: s.train.localSteps, lr: s.train.lr, batchSize: s.train.batchSize,
+        })))
+        : null;
+      const centralJob: Promise<CentralResult> | null = s.baselines.centralized
+        ? pool[0]!.job<CentralResult>({
+          type: 'central', trainFiles: clients.map((c) => c.trainFile), evalClients: clients.map((c) => ({ id: c.id, evalFile: c.evalFile })),
+      // the same total number of local steps as one federated run (every sampled client, every round)
+          rounds: s.rounds, stepsPerRound: s.train.localSteps * s.clientsPerRound, lr: s.train.lr, batchSize: s.train.batchSize,
+        })
+        : null;
       local = localJob ? (await Promise.race([localJob, timeout])).flatMap((r) => r.clients) : null;
       central = centralJob ? await Promise.race([centralJob, timeout]) : null;
     } finally {
