@@ -39,7 +39,10 @@ async function pooledItems(s: Scenario): Promise<Item[]> {
   if (s.dataset === 'spam') {
     // the pretraining slice is held back: client data is disjoint from what the base model saw
     const { federated } = splitSpamCorpus(loadSpamCorpus(), { pretrainFraction: 0.2, seed: CORPUS_SPLIT_SEED });
-    return federated.map((e) => ({ ex: toSpamExample(e), label: e.label, group: e.group }));
+    // the head of the mail (subject, first lines) must fit the model's window: byte-level tokens, so
+    // cap the characters a little under maxSeqLen (tail-truncation would keep only footers)
+    const maxChars = Math.max(32, s.train.maxSeqLen - 16);
+    return federated.map((e) => ({ ex: toSpamExample(e, { maxChars }), label: e.label, group: e.group }));
   }
   const examples = await loadJsonlDataset(s.dataset);
   return examples.map((ex) => ({ ex, label: labelOf(ex), group: labelOf(ex) }));

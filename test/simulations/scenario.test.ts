@@ -1,0 +1,88 @@
+import { expect } from 'chai';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { assignRanks, loadScenario, maxRankOf, parseScenario, presetNames } from '../../simulations/scenario.js';
+import { prepareClients } from '../../simulations/runner/data.js';
+import { dropoutSchedule } from '../../simulations/runner/run.js';
+import { ConfigError } from '../../shared/errors.js';
+
+function refuses(raw: unknown, field: string): void {
+  let err: unknown;
+  try { parseScenario(raw); } catch (e) { err = e; }
+  expect(err, `expected a ConfigError for ${field}`).to.be.instanceOf(ConfigError);
+  expect((err as Error).message).to.include(`"${field}"`);
+}
+
+describe('simulation scenarios', () => {
+  it('every preset parses, and the default is the documented one', async () => {
+    const names = await presetNames();
+    expect(names).to.include.members(['default', 'dropout30', 'stragglers', 'killed-client', 'tiny-ci']);
+    for (const n of names) expect((await loadScenario(n)).name).to.equal(n);
+    const d = await loadScenario('default');
+    expect(d.dataset).to.equal('spam');
+    expect(d.secureAggregation).to.equal(true);
+    expect(d.faults.dropoutsPerRound).to.equal(1);
+    expect(d.personal.length).to.be.greaterThan(0);
+    expect(Object.keys(d.rankMix).length).to.be.greaterThan(1);
+    expect(d.compare).to.have.members(['fedit', 'ffa', 'fedsa']);
+    const t = await loadScenario('tiny-ci');
+    expect([t.rounds, t.clients]).to.deep.equal([2, 3]);
+  });
+
+  it('refuses bad scenarios with a ConfigError naming the field', async () => {
+    refuses({ clients: 0 }, 'clients');
+    refuses({ clients: 3, clientsPerRound: 4 }, 'clientsPerRound');
+    refuses({ partition: { kind: 'dirichlet', alpha: -1 } }, 'partition.alpha');
+    refuses({ partition: { kind: 'zipf' } }, 'partition.kind');
+    refuses({ strategy: 'fedprox' }, 'strategy');
+    refuses({ compare: ['fedit', 'nope'] }, 'compare[1]');
+    refuses({ rankMix: { 4: 0.5, 8: 0.4 } }, 'rankMix');
+    refuses({ rankMix: { x: 1 } }, 'rankMix.x');
+    refuses({ train: { lr: 0 } }, 'train.lr');
+    refuses({ train: { epochs: 3 } }, 'train.epochs');
+    refuses({ faults: { dropoutProbability: 1.5 } }, 'faults.dropoutProbability');
+    refuses({ rounds: 2, faults: { kill: { client: 0, round: 3 } } }, 'faults.kill.round');
+    refuses({ clients: 3, clientsPerRound: 3, minClients: 3, faults: { dropoutsPerRound: 1 } }, 'minClients');
+    refuses({ minClients: 1, clients: 2, clientsPerRound: 2 }, 'minClients');
+    refuses({ backend: 'tpu' }, 'backend');
+    refuses({ colour: 'blue' }, 'colour');
+    await loadScenario('no-such-preset').then(() => expect.fail('loaded'), (e: unknown) => expect(e).to.be.instanceOf(ConfigError));
+  });
+
+  it('assigns ranks deterministically in the mix proportions', () => {
+    const a = assignRanks({ 4: 0.5, 8: 0.3, 16: 0.2 }, 10, 42);
+    expect(a).to.deep.equal(assignRanks({ 4: 0.5, 8: 0.3, 16: 0.2 }, 10, 42));
+    expect([...a].sort((x, y) => x - y)).to.deep.equal([4, 4, 4, 4, 4, 8, 8, 8, 16, 16]);
+    expect(assignRanks({ 4: 0.5, 8: 0.3, 16: 0.2 }, 7, 1)).to.have.length(7);
+    expect(maxRankOf({ rankMix: { 4: 0.5, 16: 0.5 } })).to.equal(16);
+  });
+
+  it('same seed → same client files; another seed → another partition; dropouts follow the schedule', async function () {
+    this.timeout(20_000);
+    const s = parseScenario({ ...(await loadScenario('tiny-ci')), faults: { dropoutsPerRound: 1 } });
+    const dirs = await Promise.all([0, 1, 2].map(() => mkdtemp(join(tmpdir(), 'fedlora-scn-'))));
+    try {
+      const a = await prepareClients(s, dirs[0]!);
+      const b = await prepareClients(s, dirs[1]!);
+      const c = await prepareClients({ ...s, seed: s.seed + 1 }, dirs[2]!);
+      for (let i = 0; i < a.length; i++) {
+        expect(await readFile(a[i]!.trainFile, 'utf8')).to.equal(await readFile(b[i]!.trainFile, 'utf8'));
+        expect(await readFile(a[i]!.evalFile, 'utf8')).to.equal(await readFile(b[i]!.evalFile, 'utf8'));
+      }
+      expect(JSON.stringify(a.map((x) => x.train))).to.not.equal(JSON.stringify(c.map((x) => x.train)));
+      // every client has both a train and an eval split, and no email sits in two clients
+      const seen = new Set<string>();
+      for (const x of a) {
+        expect(x.train.length).to.be.greaterThan(0);
+        expect(x.eval.length).to.be.greaterThan(0);
+        for (const e of [...x.train, ...x.eval]) { const k = JSON.stringify(e); expect(seen.has(k)).to.equal(false); seen.add(k); }
+      }
+      const sched = dropoutSchedule(s, a, new Set());
+      for (let r = 1; r <= s.rounds; r++) expect([...sched.values()].filter((rs) => rs.includes(r))).to.have.length(1);
+      expect([...dropoutSchedule(s, a, new Set()).entries()]).to.deep.equal([...sched.entries()]);
+    } finally {
+      await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+    }
+  });
+});
