@@ -15,6 +15,10 @@ import type { LoraAdapter } from '../shared/lora/adapter.js';
 
 export type { EvalMetrics };
 
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 export interface TrainOptions {
   steps: number;
   lr: number;
@@ -128,6 +132,8 @@ class Trainer implements LocalTrainer {
         if (!Number.isFinite(loss)) throw new Error(`training diverged: loss ${loss} at step ${s + 1}`);
         losses.push(loss);
         o.onProgress?.(s + 1, o.steps, loss);
+        // a macrotask turn per step: the process keeps answering its sockets while it trains
+        await yieldToEventLoop();
       }
       const tail = losses.slice(-Math.max(1, Math.ceil(losses.length / 4)));
       return { adapter: await trainer.adapter(), trainLoss: tail.reduce((a, b) => a + b, 0) / tail.length, steps: o.steps, examples: this.#train.length };

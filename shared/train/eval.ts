@@ -34,6 +34,7 @@ export async function rowLogProbs(lm: CausalLM, encoded: readonly EncodedExample
     const d = await out.data();
     for (let r = 0; r < chunk.length; r++) { logp[s + r] = d[r]!; count[s + r] = d[chunk.length + r]!; }
     out.dispose(); ids.dispose(); am.dispose(); lmask.dispose();
+    await new Promise((resolve) => setImmediate(resolve)); // let socket I/O through between batches
   }
   return { logp, count };
 }
