@@ -7,7 +7,7 @@ import { loadCausalLM, CausalLM } from '../shared/model/causal-lm.js';
 import { ByteTokenizer, loadTokenizer, type TextTokenizer } from '../shared/model/tokenizer.js';
 import { encodeExamples, loadJsonlDataset, padBatch, splitEval, type Example, type EncodedExample } from '../shared/data/jsonl.js';
 import { Rng } from '../shared/data/random.js';
-import { LoraTrainer, type Batch } from '../shared/train/trainer.js';
+import { LoraTrainer, type Batch, type OptimizerState } from '../shared/train/trainer.js';
 import { evaluate, type EvalMetrics } from '../shared/train/eval.js';
 import { disposeRuntime } from '../shared/model/causal-lm.js';
 import { DataError, ModelFormatError } from '../shared/errors.js';
@@ -29,6 +29,10 @@ export interface TrainOptions {
   gradAccum?: number;
   weightDecay?: number;
   warmupSteps?: number;
+  /** Learning-rate schedule within one train() call (default constant). */
+  schedule?: 'constant' | 'cosine' | 'linear';
+  /** Carry AdamW moments over from the previous train() call (default true). */
+  keepOptimizerState?: boolean;
 }
 
 export interface TrainResult { adapter: LoraAdapter; trainLoss: number; steps: number; examples: number }
@@ -100,6 +104,8 @@ class Trainer implements LocalTrainer {
   readonly #eval: Example[];
   readonly #maxSeqLen: number;
   #round = 0;
+  /** AdamW moments carried from one round to the next (private client state, in memory). */
+  #optState: OptimizerState | null = null;
 
   constructor(lm: CausalLM, owns: boolean, tok: TextTokenizer, train: EncodedExample[], evalSet: Example[], maxSeqLen: number) {
     this.#lm = lm; this.#owns = owns; this.#tok = tok; this.#train = train; this.#eval = evalSet; this.#maxSeqLen = maxSeqLen;
@@ -119,10 +125,16 @@ class Trainer implements LocalTrainer {
       if (!order.length) order = rng.shuffle(this.#train.map((_, i) => i));
       return this.#train[order.pop()!]!;
     };
+    const carry = this.#optState && o.keepOptimizerState !== false;
+    // Federated local training: constant learning rate (the rounds are the outer loop), with a
+    // short warmup only while the optimizer has no history.
     const trainer = new LoraTrainer(this.#lm, start, {
-      lr: o.lr, totalSteps: o.steps, warmupSteps: o.warmupSteps ?? Math.min(10, Math.floor(o.steps / 10)),
-      schedule: 'cosine', weightDecay: o.weightDecay ?? 0, maxGradNorm: 1.0, minLrRatio: 0.1,
+      lr: o.lr, totalSteps: o.steps, warmupSteps: o.warmupSteps ?? (carry ? 0 : Math.min(10, Math.floor(o.steps / 4))),
+      schedule: o.schedule ?? 'constant', weightDecay: o.weightDecay ?? 0, maxGradNorm: 1.0, minLrRatio: 0.1,
     }, o.trainable);
+    // Restarting Adam every round makes its first steps sign-like (≈ lr per entry in every direction),
+    // which swamps the few steps a round has; carrying the moments keeps local steps well-scaled.
+    if (carry) trainer.importOptimizerState(this.#optState!);
     try {
       const losses: number[] = [];
       for (let s = 0; s < o.steps; s++) {
@@ -135,6 +147,7 @@ class Trainer implements LocalTrainer {
         // a macrotask turn per step: the process keeps answering its sockets while it trains
         await yieldToEventLoop();
       }
+      this.#optState = await trainer.exportOptimizerState();
       const tail = losses.slice(-Math.max(1, Math.ceil(losses.length / 4)));
       return { adapter: await trainer.adapter(), trainLoss: tail.reduce((a, b) => a + b, 0) / tail.length, steps: o.steps, examples: this.#train.length };
     } finally {

@@ -48,6 +48,8 @@ export function lrAt(cfg: OptimConfig, step: number): number {
  * AdamW over named variables with gradient accumulation and global-norm clipping. Shared by LoRA
  * fine-tuning and full-parameter pretraining.
  */
+export interface OptimizerState { step: number; m: Map<string, Float32Array>; v: Map<string, Float32Array> }
+
 export class AdamW {
   readonly #vars: Map<string, tf.Variable>;
   readonly #m = new Map<string, tf.Variable>();
@@ -56,6 +58,7 @@ export class AdamW {
   #accum = new Map<string, tf.Tensor>();
   #count = 0;
   #step = 0;
+  #local = 0;
 
   constructor(vars: Map<string, tf.Variable>, cfg: OptimConfig) {
     if (!(cfg.lr > 0) || !Number.isFinite(cfg.lr)) throw new RangeError(`learning rate must be positive, got ${cfg.lr}`);
@@ -68,6 +71,28 @@ export class AdamW {
   }
 
   get step(): number { return this.#step; }
+
+  /** Moment estimates and step count, to carry optimizer state across federated rounds. */
+  async exportState(): Promise<OptimizerState> {
+    const m = new Map<string, Float32Array>(), v = new Map<string, Float32Array>();
+    for (const [n, t] of this.#m) m.set(n, (await t.data()) as Float32Array);
+    for (const [n, t] of this.#v) v.set(n, (await t.data()) as Float32Array);
+    return { step: this.#step, m, v };
+  }
+
+  /** Restores moments for the variables whose sizes match; returns how many were restored. */
+  importState(st: OptimizerState): number {
+    let n = 0;
+    for (const [name, mv] of this.#m) {
+      const a = st.m.get(name), b = st.v.get(name);
+      if (!a || !b || a.length !== mv.size || b.length !== mv.size) continue;
+      mv.assign(tf.tensor(a, mv.shape));
+      this.#v.get(name)!.assign(tf.tensor(b, mv.shape));
+      n++;
+    }
+    if (n) this.#step = st.step;
+    return n;
+  }
 
   /** Forward + backward of `loss` (a scalar-returning closure); adds the gradients to the accumulator. */
   async accumulate(loss: () => tf.Scalar): Promise<number> {
@@ -88,7 +113,7 @@ export class AdamW {
   async apply(): Promise<{ gradNorm: number; lr: number }> {
     if (!this.#count) throw new Error('AdamW.apply called with no accumulated gradients');
     const o = this.#cfg;
-    const lr = lrAt(o, this.#step);
+    const lr = lrAt(o, this.#local++); // the schedule spans this optimizer's life; bias correction its whole history
     const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999, eps = o.eps ?? 1e-8, wd = o.weightDecay ?? 0;
     const count = this.#count;
     const names = [...this.#accum.keys()];
@@ -174,6 +199,9 @@ export class LoraTrainer {
       t.ids.dispose(); t.lm.dispose(); t.am.dispose();
     }
   }
+
+  exportOptimizerState(): Promise<OptimizerState> { return this.#opt.exportState(); }
+  importOptimizerState(st: OptimizerState): number { return this.#opt.importState(st); }
 
   /** Applies the accumulated gradients (mean over micro-batches) with AdamW. */
   async applyUpdate(): Promise<{ gradNorm: number; lr: number }> {
