@@ -10,14 +10,14 @@ Scenario files (JSON; docs/SCENARIOS.md has every field and its default):
   {
     "name": "my-run", "model": "simulations/models/spam-llama",
     "dataset": "spam" | "path/to/data.jsonl",      {"prompt","completion"} or {"text"} lines
-    "maxExamples": 480,                              pooled examples dealt to clients (0 = all)
+    "maxExamples": 900,                              pooled examples dealt to clients (0 = all)
     "partition": {"kind": "dirichlet", "alpha": 0.5} | "iid",
-    "clients": 6, "clientsPerRound": 6, "minClients": 3, "rounds": 4,
+    "clients": 6, "clientsPerRound": 6, "minClients": 3, "rounds": 3,
     "strategy": "rank-aware", "compare": "all" | ["fedit", "ffa", "fedsa"],
     "baselines": {"localOnly": true, "centralized": true},
     "rankMix": {"4": 0.5, "8": 0.3, "16": 0.2},      rank → fraction of clients
     "personal": ["*.layers.1.*"],                    PEFT-name globs kept on each client
-    "train": {"localSteps": 6, "lr": 0.003, "batchSize": 8, "maxSeqLen": 128},
+    "train": {"localSteps": 8, "lr": 0.005, "batchSize": 8, "maxSeqLen": 128},
     "faults": {"dropoutProbability": 0.3, "dropoutsPerRound": 1,
                "stragglers": {"fraction": 0.2, "minDelayMs": 1000, "maxDelayMs": 8000},
                "kill": {"client": 0, "round": 2, "afterMs": 300}},
