@@ -93,27 +93,11 @@ function checkShares(shares: readonly Share[]): number {
 
 /** Lagrange interpolation at x=0 of all given shares. With fewer than t shares the result is unrelated to the secret. */
 export function combineShares(shares: readonly Share[]): Uint8Array {
-  const L = checkShares(shares);
-  const out = new Uint8Array(L);
-  for (let i = 0; i < shares.length; i++) {
-    let li = 1;
-    const xi = shares[i]!.x;
-    for (let j = 0; j < shares.length; j++) {
-      if (j === i) continue;
-      const xj = shares[j]!.x;
-      li = mul(li, div(xj, xj ^ xi));
-    }
-    const y = shares[i]!.y;
-    if (li === 0) continue;
-    const ll = LOG[li]!;
-    for (let b = 0; b < L; b++) { const v = y[b]!; if (v) out[b]! ^= EXP[LOG[v]! + ll]!; }
-  }
-  return out;
+  return interpolateAt(shares, 0);
 }
 
-/** Value at `x` of the polynomial through the given shares (used to extend / check consistency). */
+/** Value at `x` of the polynomial through the given shares (x = 0: the secret; else to extend / check consistency). */
 export function interpolateAt(shares: readonly Share[], x: number): Uint8Array {
-  if (x === 0) return combineShares(shares);
   const L = checkShares(shares);
   const out = new Uint8Array(L);
   for (let i = 0; i < shares.length; i++) {
@@ -124,8 +108,11 @@ export function interpolateAt(shares: readonly Share[], x: number): Uint8Array {
       const xj = shares[j]!.x;
       li = mul(li, div(x ^ xj, xi ^ xj));
     }
+    if (li === 0) continue;
+    // multiply the share's bytes by the basis value via log tables (zero bytes contribute nothing)
+    const ll = LOG[li]!;
     const y = shares[i]!.y;
-    for (let b = 0; b < L; b++) out[b]! ^= mul(y[b]!, li);
+    for (let b = 0; b < L; b++) { const v = y[b]!; if (v) out[b]! ^= EXP[LOG[v]! + ll]!; }
   }
   return out;
 }
