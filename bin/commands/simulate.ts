@@ -3,6 +3,7 @@ import { formatSummaryTable } from '../../simulations/report/index.js';
 import { loadScenario, parseScenario, presetNames } from '../../simulations/scenario.js';
 import { runSimulation, type SimEvent } from '../../simulations/runner/run.js';
 import { ConfigError } from '../../shared/errors.js';
+import { setLogLevel } from '../../shared/log.js';
 import { intFlag, str, type Command } from './flags.js';
 
 const SCENARIO_HELP = `
@@ -82,6 +83,8 @@ export const simulateCommand: Command = {
       }
     };
     process.stderr.write(`fedlora simulate: scenario ${scenario.name}: ${scenario.clients} clients, ${scenario.rounds} rounds, ${[scenario.strategy, ...scenario.compare].join(' + ')}${scenario.secureAggregation ? ', secure aggregation' : ''} → ${outDir}\n`);
+    // the runner reports progress itself; library info lines (every join, every phase) would bury it
+    if (!process.env.FEDLORA_LOG) setLogLevel('warn');
     const res = await runSimulation(scenario, { outDir, onEvent });
     if (live) clear();
     process.stdout.write(`${formatSummaryTable(res.report)}\n`);
