@@ -47,6 +47,17 @@ describe('simulation runner (real coordinator, clients in worker processes, loop
     expect(report.rounds[1]!.clients.every((c) => typeof c.global?.accuracy === 'number')).to.equal(true);
   });
 
+  it('is reproducible: the same seed gives the same partition and the same metrics', async () => {
+    const s = await tiny({ compare: [], baselines: { localOnly: true, centralized: false } });
+    const a = (await runSimulation(s, { outDir: join(dir, 'a') })).report;
+    const b = (await runSimulation(s, { outDir: join(dir, 'b') })).report;
+    expect(b.clients).to.deep.equal(a.clients);
+    const figs = (r: typeof a) => [r.final.global, r.final.personalized, r.baselines.localOnly!.final].map((m) => [m.loss, m.accuracy]);
+    const fa = figs(a).flat(), fb = figs(b).flat();
+    fa.forEach((x, i) => expect(fb[i]!, `figure ${i}`).to.be.closeTo(x!, 1e-4));
+    for (let i = 0; i < a.rounds.length; i++) expect(b.rounds[i]!.trainLoss!).to.be.closeTo(a.rounds[i]!.trainLoss!, 1e-4);
+  });
+
   it('completes every round with one injected dropout per round (secure aggregation recovers the sum)', async () => {
     const s = await tiny({ compare: [], baselines: { localOnly: false, centralized: false }, faults: { dropoutsPerRound: 1 } });
     const { report } = await runSimulation(s, { outDir: dir });
