@@ -24,6 +24,7 @@ export interface BackendSelection {
 }
 
 let current: BackendSelection | null = null;
+let lastAuto: BackendSelection | null = null;
 
 async function tryTensorflow(): Promise<void> {
   // Optional dependency: absent where its install could not download libtensorflow.
@@ -71,13 +72,16 @@ export async function selectBackend(choice: BackendChoice | string = 'auto'): Pr
   if (!(BACKEND_CHOICES as readonly string[]).includes(choice)) {
     throw new BackendError(`unknown backend "${choice}"; choose one of ${BACKEND_CHOICES.join(', ')}`);
   }
-  if (current && (choice === 'auto' || choice === current.name) && tf.getBackend() === current.name) return current;
+  // idempotent per choice: an earlier `auto` result (or the same explicit backend) is reused while active
+  const prior = choice === 'auto' ? lastAuto : current;
+  if (prior && (choice === 'auto' || choice === prior.name) && tf.getBackend() === prior.name) return prior;
   const candidates = choice === 'auto' ? ORDER : [choice as BackendName];
   const skipped: BackendSelection['skipped'] = [];
   for (const name of candidates) {
     try {
       await activate(name);
       current = { name, skipped };
+      if (choice === 'auto') lastAuto = current;
       for (const s of skipped) log.info(`backend ${s.name} skipped: ${s.reason}`);
       log.info(`using tfjs backend "${name}"`);
       return current;
