@@ -89,6 +89,8 @@ interface SecureJob {
   weight: number;
   /** Sealed bytes already sent per phase, resent when the coordinator repeats a phase message after a reconnect. */
   sent: Map<SecAggKind, Uint8Array>;
+  /** The sealed masked upload, built once: a reconnect may deliver concurrently with the first attempt. */
+  masked?: Promise<Uint8Array | null>;
   shares: Promise<SharesMsg>;
   resolveShares: (m: SharesMsg) => void;
   rejectShares: (e: unknown) => void;
@@ -349,7 +351,8 @@ export class Client {
       const job = this.#job;
       const adv = this.#secure?.roundId === rs.roundId ? this.#secure.sent.get('advertise') : undefined;
       if (adv) void this.#sendSecAgg(rs, 'advertise', adv);
-      void job.promise.then((t) => { if (t) return this.#deliver(rs, t, null, bytesDown); });
+      void job.promise.then((t) => { if (t) return this.#deliver(rs, t, null, bytesDown); })
+        .catch((e: unknown) => log.error(`${this.#clientId}: round ${rs.round} redelivery failed: ${errorMessage(e)}`));
       return;
     }
     const startedAt = Date.now();
@@ -446,15 +449,15 @@ export class Client {
       if (!sj || sj.roundId !== rs.roundId) return;
       let shares: SharesMsg;
       try { shares = await sj.shares; } catch { return; } // the round ended before key sharing completed
-      if (sj.sc.phase === 'mask') {
+      sj.masked ??= (async () => {
+        if (sj.sc.phase !== 'mask') return sj.sent.get('masked') ?? null;
         const q = encodeUpdate(t.vector, sj.weight, sj.quant);
         await this.#debugDump(rs, t, sj.weight, sj.quant);
-        bytes = this.#sealSecAgg(rs, 'masked', { ...sj.sc.maskedInput(shares, q), metrics: t.metrics });
-      } else {
-        const again = sj.sent.get('masked');
-        if (!again) { log.warn(`${this.#clientId}: round ${rs.round}: secure aggregation is in phase ${sj.sc.phase}${sj.sc.abortReason ? ` (${sj.sc.abortReason})` : ''}; no upload`); return; }
-        bytes = again;
-      }
+        return this.#sealSecAgg(rs, 'masked', { ...sj.sc.maskedInput(shares, q), metrics: t.metrics });
+      })();
+      const built = await sj.masked;
+      if (!built) { log.warn(`${this.#clientId}: round ${rs.round}: secure aggregation is in phase ${sj.sc.phase}${sj.sc.abortReason ? ` (${sj.sc.abortReason})` : ''}; no upload`); return; }
+      bytes = built;
       this.options.onUpload?.(bytes, rs.round);
       accepted = await this.#sendSecAgg(rs, 'masked', bytes);
     } else {
