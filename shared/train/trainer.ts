@@ -48,6 +48,13 @@ export function lrAt(cfg: OptimConfig, step: number): number {
  * AdamW over named variables with gradient accumulation and global-norm clipping. Shared by LoRA
  * fine-tuning and full-parameter pretraining.
  */
+/** A variable initialised from `init`, which is then released (the variable keeps its own reference). */
+export function ownVariable(init: tf.Tensor, trainable: boolean): tf.Variable {
+  const v = tf.variable(init, trainable, undefined, 'float32');
+  init.dispose();
+  return v;
+}
+
 export interface OptimizerState { step: number; m: Map<string, Float32Array>; v: Map<string, Float32Array> }
 
 export class AdamW {
@@ -65,8 +72,8 @@ export class AdamW {
     this.#vars = vars;
     this.#cfg = cfg;
     for (const [n, v] of vars) {
-      this.#m.set(n, tf.variable(tf.zeros(v.shape), false));
-      this.#v.set(n, tf.variable(tf.zeros(v.shape), false));
+      this.#m.set(n, ownVariable(tf.zeros(v.shape), false));
+      this.#v.set(n, ownVariable(tf.zeros(v.shape), false));
     }
   }
 
@@ -86,8 +93,7 @@ export class AdamW {
     for (const [name, mv] of this.#m) {
       const a = st.m.get(name), b = st.v.get(name);
       if (!a || !b || a.length !== mv.size || b.length !== mv.size) continue;
-      mv.assign(tf.tensor(a, mv.shape));
-      this.#v.get(name)!.assign(tf.tensor(b, mv.shape));
+      tf.tidy(() => { mv.assign(tf.tensor(a, mv.shape)); this.#v.get(name)!.assign(tf.tensor(b, mv.shape)); });
       n++;
     }
     if (n) this.#step = st.step;
@@ -166,7 +172,7 @@ export class LoraTrainer {
       this.#scales.set(m, moduleScale(start.config, m, start.tensors.get(loraAName(m))!.shape[0]));
       for (const name of [loraAName(m), loraBName(m)]) {
         const t = start.tensors.get(name)!;
-        const v = tf.variable(tf.tensor(t.data, t.shape), trainable(name), undefined, 'float32');
+        const v = ownVariable(tf.tensor(t.data, t.shape), trainable(name));
         this.#vars.set(name, v);
         if (trainable(name)) train.set(name, v);
       }

@@ -110,6 +110,24 @@ describe('LoRA training', function () {
     }
   });
 
+  it('a client trainer does not leak tensors across federated rounds (train + evaluate, optimizer state carried)', async () => {
+    const { createTrainer } = await import('../../client/trainer.js');
+    const examples = realText(12).map((t, i) => ({ prompt: t.slice(0, 60), completion: i % 2 ? ' spam' : ' ham' }));
+    const t = await createTrainer({ modelDir: BASE, examples, lm, tokenizer: new ByteTokenizer(), evalFraction: 0.25, seed: 1, maxSeqLen: 80 });
+    const shapes = new Map([...lm.linearShapes].filter(([m]) => /(q_proj|v_proj)$/.test(m)));
+    let a = getStrategy('rank-aware').init(shapes, 4, 8, 2, { targetModules: ['q_proj', 'v_proj'], fanInFanOut: false, useRslora: false, taskType: 'CAUSAL_LM' });
+    const counts: number[] = [];
+    for (let r = 0; r < 3; r++) {
+      a = (await t.train(a, { steps: 2, lr: 5e-3, batchSize: 4, seed: r, trainable: () => true })).adapter;
+      const m = await t.evaluate(a);
+      expect(m.accuracy).to.be.within(0, 1);
+      expect(m.f1).to.be.a('number');
+      counts.push(tf.memory().numTensors);
+    }
+    expect(counts[2]).to.equal(counts[0]);
+    t.dispose();
+  });
+
   it('schedules: warmup then cosine / linear decay', () => {
     const c = { lr: 1, totalSteps: 110, warmupSteps: 10 };
     expect(lrAt(c, 0)).to.be.closeTo(0.1, 1e-12);
