@@ -1,6 +1,7 @@
 import nacl from 'tweetnacl';
 import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
-import { createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from 'node:crypto';
+import { sign as nodeSign, verify as nodeVerify } from 'node:crypto';
+import { rawKeyObjects } from './node-keys.js';
 import { dirname, basename, join } from 'node:path';
 import { logger } from '../log.js';
 import { fail, cryptoError } from './errors.js';
@@ -202,34 +203,14 @@ function signedBytes(domain: string, obj: Canonical): Uint8Array {
 // Ed25519 is deterministic (RFC 8032), so OpenSSL (node:crypto) and tweetnacl produce and accept
 // the same signatures; OpenSSL verifies ~35× faster, which matters when a coordinator checks
 // thousands of signatures per round. tweetnacl remains the fallback and the reference in tests.
-const SPKI_ED25519 = new Uint8Array([0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00]);
-const PKCS8_ED25519 = new Uint8Array([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]);
-const pubCache = new Map<string, KeyObject>();
-const privCache = new WeakMap<Uint8Array, { key: KeyObject; tag: string }>();
+const edKeys = rawKeyObjects([0x06, 0x03, 0x2b, 0x65, 0x70], 4096);
 let nodeEd25519 = true;
-
-function nodePublicKey(pk: Uint8Array): KeyObject {
-  const k = toBase64Url(pk);
-  let o = pubCache.get(k);
-  if (!o) {
-    o = createPublicKey({ key: Buffer.from(concatBytes(SPKI_ED25519, pk)), format: 'der', type: 'spki' });
-    if (pubCache.size >= 4096) pubCache.clear();
-    pubCache.set(k, o);
-  }
-  return o;
-}
 
 /** Raw Ed25519 detached signature (tweetnacl 64-byte secret key form). */
 export function ed25519Sign(data: Uint8Array, secretKey: Uint8Array): Uint8Array {
   if (nodeEd25519) {
     try {
-      const tag = String(secretKey.subarray(0, 12));
-      let key = privCache.get(secretKey)?.key;
-      if (!key || privCache.get(secretKey)!.tag !== tag) {
-        key = createPrivateKey({ key: Buffer.from(concatBytes(PKCS8_ED25519, secretKey.subarray(0, 32))), format: 'der', type: 'pkcs8' });
-        privCache.set(secretKey, { key, tag });
-      }
-      return new Uint8Array(nodeSign(null, data, key));
+      return new Uint8Array(nodeSign(null, data, edKeys.privateKey(secretKey)));
     } catch { nodeEd25519 = false; }
   }
   return nacl.sign.detached(data, secretKey);
@@ -238,7 +219,7 @@ export function ed25519Sign(data: Uint8Array, secretKey: Uint8Array): Uint8Array
 export function ed25519Verify(data: Uint8Array, signature: Uint8Array, publicKey: Uint8Array): boolean {
   if (!isBytes(signature, 64) || !isBytes(publicKey, 32)) return false;
   if (nodeEd25519) {
-    try { return nodeVerify(null, data, nodePublicKey(publicKey), signature); } catch { /* invalid key encoding → reject below */ }
+    try { return nodeVerify(null, data, edKeys.publicKey(publicKey), signature); } catch { /* invalid key encoding → reject below */ }
   }
   try { return nacl.sign.detached.verify(data, signature, publicKey); } catch { return false; }
 }

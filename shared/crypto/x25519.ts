@@ -1,44 +1,20 @@
-import { createPrivateKey, createPublicKey, diffieHellman, type KeyObject } from 'node:crypto';
+import { createPublicKey, diffieHellman } from 'node:crypto';
 import nacl from 'tweetnacl';
-import { concatBytes } from './encoding.js';
+import { rawKeyObjects } from './node-keys.js';
 
 /**
  * X25519 with OpenSSL (node:crypto) when available, tweetnacl otherwise. RFC 7748 is fully
  * specified (clamping included), so both give identical bytes; OpenSSL is ~10× faster, which is
  * what a coordinator recovering many dropped clients' pair masks needs.
  */
-const SPKI = new Uint8Array([0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00]);
-const PKCS8 = new Uint8Array([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20]);
 let useNode = true;
-
-// KeyObject creation dominates small DH calls; cache per key. Private keys are cached by array
-// identity and re-checked against a prefix of the bytes, so a wiped (zeroed) array is not reused.
-const privCache = new WeakMap<Uint8Array, { k: KeyObject; tag: string }>();
-const pubCache = new Map<string, KeyObject>();
-function priv(sk: Uint8Array): KeyObject {
-  const tag = String(sk.subarray(0, 12));
-  const c = privCache.get(sk);
-  if (c && c.tag === tag) return c.k;
-  const k = createPrivateKey({ key: Buffer.from(concatBytes(PKCS8, sk)), format: 'der', type: 'pkcs8' });
-  privCache.set(sk, { k, tag });
-  return k;
-}
-function pub(pk: Uint8Array): KeyObject {
-  const id = Buffer.from(pk).toString('base64');
-  let k = pubCache.get(id);
-  if (!k) {
-    k = createPublicKey({ key: Buffer.from(concatBytes(SPKI, pk)), format: 'der', type: 'spki' });
-    if (pubCache.size >= 8192) pubCache.clear();
-    pubCache.set(id, k);
-  }
-  return k;
-}
+const keys = rawKeyObjects([0x06, 0x03, 0x2b, 0x65, 0x6e], 8192);
 
 /** Raw X25519(sk, pk). Returns all zeros for low-order points (callers reject that). */
 export function x25519(sk: Uint8Array, pk: Uint8Array): Uint8Array {
   if (useNode) {
     try {
-      return new Uint8Array(diffieHellman({ privateKey: priv(sk), publicKey: pub(pk) }));
+      return new Uint8Array(diffieHellman({ privateKey: keys.privateKey(sk), publicKey: keys.publicKey(pk) }));
     } catch (e) {
       // OpenSSL refuses low-order points (all-zero result); anything else means no usable X25519 here
       if (!/zero|invalid|failed/i.test(String((e as Error).message))) useNode = false;
@@ -51,7 +27,7 @@ export function x25519(sk: Uint8Array, pk: Uint8Array): Uint8Array {
 export function x25519Base(sk: Uint8Array): Uint8Array {
   if (useNode) {
     try {
-      const der = createPublicKey(priv(sk)).export({ format: 'der', type: 'spki' });
+      const der = createPublicKey(keys.privateKey(sk)).export({ format: 'der', type: 'spki' });
       return new Uint8Array(der.subarray(der.length - 32));
     } catch { useNode = false; }
   }
