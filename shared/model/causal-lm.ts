@@ -6,10 +6,10 @@
 import { readFile, stat } from 'node:fs/promises';
 import { tf, selectBackend, type BackendChoice } from '../backend/index.js';
 import { ModelFormatError } from '../errors.js';
-import { loadConfig, linearModules, layerPrefix, type ModelConfig } from './config.js';
+import { loadConfig, linearModules, linearHasBias, layerPrefix, type ModelConfig } from './config.js';
 import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
 import { mm, frozenMatMul, t2 } from './ops.js';
-import { adapterModules, loraAName, loraBName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
+import { adapterModules, matchesTarget, loraAName, loraBName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
 
 /** LoRA factors of one module as live tensors: A [r, in], B [out, r]. */
 export interface LoraFactors { A: tf.Tensor2D; B: tf.Tensor2D; scale: number }
@@ -104,17 +104,15 @@ export class CausalLM {
     for (const [path, s] of this.linearShapes) {
       // GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in].
       const w = this.#get(`${path}.weight`, gpt2 ? [s.in, s.out] : [s.out, s.in]) as tf.Tensor2D;
+      const b = linearHasBias(c, path) ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
       if (this.#trainable) {
         // gradients must reach the variable itself: no pre-transposed copies
-        const b0 = (gpt2 || (/\.(q|k|v)_proj$/.test(path) && c.attentionBias) || (/o_proj$/.test(path) && c.oBias) || (/mlp\./.test(path) && c.mlpBias)) ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
-        this.#lin.set(path, gpt2 ? { wIo: w, wOi: null, b: b0, in: s.in, out: s.out } : { wIo: w, wOi: w, b: b0, in: s.in, out: s.out });
+        this.#lin.set(path, gpt2 ? { wIo: w, wOi: null, b, in: s.in, out: s.out } : { wIo: w, wOi: w, b, in: s.in, out: s.out });
         continue;
       }
       const t = tf.transpose(w) as tf.Tensor2D;
       const wIo = gpt2 ? w : t;
       const wOi = gpt2 ? (this.#dual ? t : (t.dispose(), null)) : this.#dual ? w : null;
-      const wantBias = gpt2 || (/\.(q|k|v)_proj$/.test(path) && c.attentionBias) || (/o_proj$/.test(path) && c.oBias) || (/mlp\./.test(path) && c.mlpBias);
-      const b = wantBias ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
       this.#lin.set(path, { wIo, wOi, b, in: s.in, out: s.out });
       // keep only the layouts in use: the [out, in] original of a Linear goes unless it serves backward
       if (!gpt2 && !this.#dual) { this.#w.delete(`${path}.weight`); w.dispose(); this.#w.set(`${path}.weight.io`, wIo); }
@@ -133,13 +131,7 @@ export class CausalLM {
 
   /** Module paths matched by PEFT `target_modules` (suffix match). */
   targetModules(targets: string[] | string): string[] {
-    const all = [...this.linearShapes.keys()];
-    if (typeof targets === 'string') {
-      if (targets === 'all-linear') return all;
-      const re = new RegExp(`^(?:${targets})$`);
-      return all.filter((m) => re.test(m));
-    }
-    return all.filter((m) => targets.some((t) => m === t || m.endsWith(`.${t}`)));
+    return [...this.linearShapes.keys()].filter((m) => matchesTarget(m, targets));
   }
 
   /** Checks an adapter against this model: every module exists, shapes agree. */

@@ -151,6 +151,14 @@ export function layerPrefix(cfg: ModelConfig, i: number): string {
   return cfg.family === 'gpt2' ? `transformer.h.${i}` : `model.layers.${i}`;
 }
 
+/** Whether the checkpoint holds a bias for this linear module (GPT-2: all; Llama family per config). */
+export function linearHasBias(cfg: ModelConfig, path: string): boolean {
+  if (cfg.family === 'gpt2') return true;
+  if (/\.(q|k|v)_proj$/.test(path)) return cfg.attentionBias;
+  if (/\.o_proj$/.test(path)) return cfg.oBias;
+  return /\.mlp\./.test(path) && cfg.mlpBias;
+}
+
 /** Every linear module path (HF names) with its [in, out] size. */
 export function linearModules(cfg: ModelConfig): Map<string, { in: number; out: number }> {
   const out = new Map<string, { in: number; out: number }>();

@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { atomicWrite, encodeSafetensors } from './safetensors.js';
-import { normalizeConfig, linearModules, layerPrefix, type ModelConfig } from './config.js';
+import { normalizeConfig, linearModules, linearHasBias, layerPrefix, type ModelConfig } from './config.js';
 import { mulberry32 } from '../data/random.js';
 import type { TensorMap } from '../tensor.js';
 
@@ -33,8 +33,7 @@ export function randomWeights(cfg: ModelConfig, seed: number, std = 0.02): Tenso
   if (!cfg.tieWordEmbeddings) put('lm_head.weight', [cfg.vocabSize, d], normal(rng, cfg.vocabSize * d, std));
   for (const [path, s] of linearModules(cfg)) {
     put(`${path}.weight`, gpt2 ? [s.in, s.out] : [s.out, s.in], normal(rng, s.in * s.out, std));
-    const bias = gpt2 || (/\.(q|k|v)_proj$/.test(path) && cfg.attentionBias) || (/o_proj$/.test(path) && cfg.oBias) || (/mlp\./.test(path) && cfg.mlpBias);
-    if (bias) put(`${path}.bias`, [s.out], new Float32Array(s.out));
+    if (linearHasBias(cfg, path)) put(`${path}.bias`, [s.out], new Float32Array(s.out));
   }
   for (let i = 0; i < cfg.numLayers; i++) {
     const p = layerPrefix(cfg, i);
