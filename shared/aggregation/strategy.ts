@@ -35,6 +35,10 @@ export interface Strategy {
   readonly description: string;
   /** true if this PEFT tensor travels to the coordinator (fedsa: A only, B personal; ffa: B only, A frozen). */
   isShared(name: string): boolean;
+  /** true if the strategy itself keeps this tensor on the client, trained and never uploaded (fedsa: B). */
+  isPersonal(name: string): boolean;
+  /** true if clients train this tensor (ffa: A is the frozen shared projection). */
+  isTrainable(name: string): boolean;
   /** Client side: the tensor the client adds into the (secure) sum: zero-padded to maxRank, times weight. */
   contribution(name: string, t: Tensor32, weight: number, maxRank: number): Tensor32;
   /** Server side: new global tensors at maxRank from Σ contributions and the public participant list.
@@ -51,6 +55,11 @@ interface StrategySpec {
   description: string;
   shareA: boolean;
   shareB: boolean;
+  /** kept on each client, trained locally, never uploaded */
+  personalA: boolean;
+  personalB: boolean;
+  /** false: A is frozen (never trained by clients) */
+  trainA: boolean;
   /** 'total': divide by Σ w_i over all participants; 'slot': divide slot j by Σ_{i: r_i>j} w_i. */
   divisor: 'total' | 'slot';
   refactorable: boolean;
@@ -130,6 +139,18 @@ class LinearStrategy implements Strategy {
     return p.factor === 'A' ? this.#spec.shareA : this.#spec.shareB;
   }
 
+  isPersonal(name: string): boolean {
+    const p = parseLoraName(name);
+    if (!p) return false;
+    return p.factor === 'A' ? this.#spec.personalA : this.#spec.personalB;
+  }
+
+  isTrainable(name: string): boolean {
+    const p = parseLoraName(name);
+    if (!p) return false;
+    return p.factor === 'A' ? this.#spec.trainA : true;
+  }
+
   contribution(name: string, t: Tensor32, weight: number, maxRank: number): Tensor32 {
     checkMaxRank(maxRank);
     checkWeight(weight);
@@ -187,22 +208,22 @@ export const STRATEGIES: ReadonlyMap<StrategyName, Strategy> = new Map<StrategyN
   ['fedit', new LinearStrategy({
     name: 'fedit',
     description: 'FedIT: per-tensor weighted average of zero-padded A and B (weights = example counts); a rank slot a client lacks counts as zero',
-    shareA: true, shareB: true, divisor: 'total', refactorable: true,
+    shareA: true, shareB: true, personalA: false, personalB: false, trainA: true, divisor: 'total', refactorable: true,
   })],
   ['ffa', new LinearStrategy({
     name: 'ffa',
     description: 'FFA-LoRA: A frozen from the shared seed, only B trained and averaged, so the global product is exactly the weighted mean of client products; half the upload',
-    shareA: false, shareB: true, divisor: 'total', refactorable: false,
+    shareA: false, shareB: true, personalA: false, personalB: false, trainA: false, divisor: 'total', refactorable: false,
   })],
   ['rank-aware', new LinearStrategy({
     name: 'rank-aware',
     description: 'rank-aware: rank slot j (row j of A, column j of B) averaged only over clients whose rank exceeds j',
-    shareA: true, shareB: true, divisor: 'slot', refactorable: true,
+    shareA: true, shareB: true, personalA: false, personalB: false, trainA: true, divisor: 'slot', refactorable: true,
   })],
   ['fedsa', new LinearStrategy({
     name: 'fedsa',
     description: 'FedSA-LoRA: A shared and averaged rank-aware, B personal to each client and never uploaded',
-    shareA: true, shareB: false, divisor: 'slot', refactorable: false,
+    shareA: true, shareB: false, personalA: false, personalB: true, trainA: true, divisor: 'slot', refactorable: false,
   })],
 ]);
 
