@@ -20,6 +20,21 @@ export class ModelFormatError extends FedloraError {
   }
 }
 
+/**
+ * A persisted coordinator state (state.json, its checkpoint folder) is malformed or inconsistent.
+ * Carries the file and the offending field so an operator can fix or discard the --state folder
+ * instead of hitting a TypeError deep inside the coordinator.
+ */
+export class StateError extends FedloraError {
+  readonly file: string;
+  readonly field: string | undefined;
+  constructor(message: string, file: string, field?: string, options?: { cause?: unknown }) {
+    super('STATE_INVALID', `${file}: ${field ? `${field}: ` : ''}${message}`, options);
+    this.file = file;
+    this.field = field;
+  }
+}
+
 /** A config value or CLI flag is invalid. */
 export class ConfigError extends FedloraError {
   constructor(message: string, options?: { cause?: unknown }) {
