@@ -19,6 +19,8 @@ export const LIMITS = {
   maxRank: 1024,
   maxExamples: 1e9,
   maxPersonalGlobs: 64,
+  /** Per glob; the matcher is O(name · glob), so this caps the coordinator's per-tensor cost. */
+  maxPersonalGlobLength: 256,
   maxChunkBytes: 4 * 1024 * 1024,
   maxFiles: 64,
   maxTensors: 4096,
@@ -128,7 +130,7 @@ export function parseHello(v: unknown): Hello {
   const o = obj(v, 'hello');
   const protocolVersion = int(o.protocolVersion, 'hello.protocolVersion', 0, 1e6);
   const c = obj(o.capabilities, 'hello.capabilities');
-  const personal = arr(o.personal ?? [], 'hello.personal', LIMITS.maxPersonalGlobs).map((g, i) => str(g, `hello.personal[${i}]`, { min: 1, max: 256 }));
+  const personal = arr(o.personal ?? [], 'hello.personal', LIMITS.maxPersonalGlobs).map((g, i) => str(g, `hello.personal[${i}]`, { min: 1, max: LIMITS.maxPersonalGlobLength }));
   return {
     protocolVersion,
     clientId: str(o.clientId, 'hello.clientId', { re: ID_RE }),
