@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadCausalLM } from '../shared/model/causal-lm.js';
+import { familyOf } from '../shared/model/families/index.js';
 import { writeRandomModel, gpt2SmallConfig, tinyLlamaConfig } from '../shared/model/random-init.js';
 import { LoraTrainer, type Batch } from '../shared/train/trainer.js';
 import { getStrategy } from '../shared/aggregation/index.js';
@@ -39,7 +40,7 @@ for (const c of cases) {
   peakRss = 0;
   const lm = await loadCausalLM(dir, { backend: values.backend! });
   const shapes = lm.linearShapes;
-  const adapter = getStrategy('fedit').init(shapes, c.rank, 2 * c.rank, 1, { targetModules: [...new Set([...shapes.keys()].map((m) => m.split('.').slice(-1)[0]!))], fanInFanOut: lm.config.family === 'gpt2', useRslora: false, taskType: 'CAUSAL_LM' });
+  const adapter = getStrategy('fedit').init(shapes, c.rank, 2 * c.rank, 1, { targetModules: [...new Set([...shapes.keys()].map((m) => m.split('.').slice(-1)[0]!))], fanInFanOut: familyOf(lm.config).fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM' });
   const trainer = new LoraTrainer(lm, adapter, { lr: 1e-4, totalSteps: 100 });
   const V = lm.config.vocabSize;
   const ids = new Int32Array(c.batch * c.seq).map((_, i) => (i * 7919) % V);

@@ -5,7 +5,8 @@
 import { copyFile, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf, selectBackend } from '../backend/index.js';
-import { loadConfig, linearModules } from '../model/config.js';
+import { loadConfig, linearModules, checkpointNames } from '../model/config.js';
+import { familyOf } from '../model/families/index.js';
 import { checkpointFiles } from '../model/causal-lm.js';
 import { loadSafetensors, readFloatTensor, encodeSafetensors, atomicWrite } from '../model/safetensors.js';
 import { ModelFormatError } from '../errors.js';
@@ -16,7 +17,7 @@ export async function mergeAdapterIntoModel(modelDir: string, adapter: LoraAdapt
   await selectBackend(opts.backend ?? 'auto');
   const cfg = await loadConfig(modelDir);
   const shapes = linearModules(cfg);
-  const gpt2 = cfg.family === 'gpt2';
+  const fanInFanOut = familyOf(cfg).fanInFanOut;
   const weights: TensorMap = new Map();
   for (const f of await checkpointFiles(modelDir)) {
     const st = await loadSafetensors(f);
@@ -26,7 +27,7 @@ export async function mergeAdapterIntoModel(modelDir: string, adapter: LoraAdapt
   for (const m of adapterModules(adapter)) {
     const s = shapes.get(m);
     if (!s) throw new ModelFormatError(`LoRA module "${m}" is not a linear layer of this ${cfg.modelType} model`, modelDir);
-    const name = weights.has(`${m}.weight`) ? `${m}.weight` : gpt2 && weights.has(`${m.replace(/^transformer\./, '')}.weight`) ? `${m.replace(/^transformer\./, '')}.weight` : null;
+    const name = checkpointNames(cfg, `${m}.weight`).find((n) => weights.has(n));
     if (!name) throw new ModelFormatError(`checkpoint has no weight for module "${m}"`, modelDir);
     const W = weights.get(name)!;
     const A = adapter.tensors.get(loraAName(m))!, B = adapter.tensors.get(loraBName(m))!;
@@ -35,8 +36,8 @@ export async function mergeAdapterIntoModel(modelDir: string, adapter: LoraAdapt
     const scale = moduleScale(adapter.config, m, r);
     const out = tf.tidy(() => {
       const a = tf.tensor2d(A.data, [r, s.in]), b = tf.tensor2d(B.data, [s.out, r]);
-      // B·A is [out, in] (nn.Linear layout); GPT-2's Conv1D stores [in, out]
-      const delta = gpt2 ? tf.matMul(tf.transpose(a), tf.transpose(b)) : tf.matMul(b, a);
+      // B·A is [out, in] (nn.Linear layout); Conv1D-style checkpoints store [in, out]
+      const delta = fanInFanOut ? tf.matMul(tf.transpose(a), tf.transpose(b)) : tf.matMul(b, a);
       return tf.add(tf.tensor2d(W.data, W.shape as [number, number]), tf.mul(delta, scale));
     });
     weights.set(name, { shape: W.shape, data: (await out.data()) as Float32Array });

@@ -1,12 +1,14 @@
 /**
- * Decoder-only causal LM (GPT-2 and Llama/Qwen2/Mistral blocks) in TensorFlow.js, with LoRA applied
- * on the fly: y = x W + b + scale · (x Aᵀ) Bᵀ. Base weights are loaded once, frozen, and shared by
- * every adapter; an adapter is a set of small A/B tensors passed to each call.
+ * Decoder-only causal LM in TensorFlow.js, with LoRA applied on the fly:
+ * y = x W + b + scale · (x Aᵀ) Bᵀ. Base weights are loaded once, frozen, and shared by every
+ * adapter; an adapter is a set of small A/B tensors passed to each call. Tensor names, weight
+ * layout and the block forward come from the config's family descriptor (families/).
  */
 import { readFile, stat } from 'node:fs/promises';
 import { tf, selectBackend, type BackendChoice } from '../backend/index.js';
 import { ModelFormatError } from '../errors.js';
-import { loadConfig, linearModules, linearHasBias, layerPrefix, type ModelConfig } from './config.js';
+import { loadConfig, linearModules, linearHasBias, linearWeightShape, type ModelConfig } from './config.js';
+import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
 import { mm, frozenMatMul, t2 } from './ops.js';
 import { adapterModules, matchesTarget, loraAName, loraBName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
@@ -32,6 +34,7 @@ export class CausalLM {
   readonly dir: string;
   /** HF module path → {in, out} of every linear layer LoRA may target. */
   readonly linearShapes: Map<string, { in: number; out: number }>;
+  readonly #family: FamilyDescriptor;
   #w = new Map<string, tf.Tensor>();
   #lin = new Map<string, Linear>();
   #rope = new Map<number, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
@@ -47,6 +50,7 @@ export class CausalLM {
   private constructor(dir: string, config: ModelConfig) {
     this.dir = dir;
     this.config = config;
+    this.#family = familyOf(config);
     this.linearShapes = linearModules(config);
   }
 
@@ -71,11 +75,13 @@ export class CausalLM {
   }
 
   #ingest(st: SafetensorsFile): void {
+    const fam = this.#family;
     for (const name of st.entries.keys()) {
-      // GPT-2 checkpoints carry attention-mask buffers; HF drops them too.
-      if (/\.attn\.(bias|masked_bias)$/.test(name) && this.config.family === 'gpt2') continue;
+      if (fam.isBuffer?.(name)) continue;
+      // older checkpoints save RoPE's inverse frequencies; they are recomputed from rope_theta
       if (name.endsWith('rotary_emb.inv_freq')) continue;
-      const key = name.startsWith('model.') || name.startsWith('transformer.') || name === 'lm_head.weight' ? name : this.config.family === 'gpt2' ? `transformer.${name}` : name;
+      const pre = fam.optionalPrefix;
+      const key = !pre || name.startsWith(pre) || name === fam.tensors.lmHead ? name : `${pre}${name}`;
       const t = readFloatTensor(st, name);
       this.#params += t.data.length;
       this.#hfNames.push(key);
@@ -95,36 +101,37 @@ export class CausalLM {
   }
 
   #finish(): void {
-    const c = this.config;
+    const c = this.config, fam = this.#family, names = fam.tensors;
     const d = c.hiddenSize;
-    const gpt2 = c.family === 'gpt2';
-    this.#get(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight', [c.vocabSize, d]);
-    if (gpt2) this.#get('transformer.wpe.weight', [c.maxPositions, d]);
-    if (!c.tieWordEmbeddings) this.#get('lm_head.weight', [c.vocabSize, d]);
+    this.#get(names.embeddings, [c.vocabSize, d]);
+    if (names.positions) this.#get(names.positions, [c.maxPositions, d]);
+    if (!c.tieWordEmbeddings) this.#get(names.lmHead, [c.vocabSize, d]);
+    // Conv1D-style families store [in, out] (the layout the forward multiplies by); nn.Linear [out, in]
+    const io = fam.fanInFanOut;
     for (const [path, s] of this.linearShapes) {
-      // GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in].
-      const w = this.#get(`${path}.weight`, gpt2 ? [s.in, s.out] : [s.out, s.in]) as tf.Tensor2D;
+      const w = this.#get(`${path}.weight`, linearWeightShape(c, s)) as tf.Tensor2D;
       const b = linearHasBias(c, path) ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
       if (this.#trainable) {
         // gradients must reach the variable itself: no pre-transposed copies
-        this.#lin.set(path, gpt2 ? { wIo: w, wOi: null, b, in: s.in, out: s.out } : { wIo: w, wOi: w, b, in: s.in, out: s.out });
+        this.#lin.set(path, io ? { wIo: w, wOi: null, b, in: s.in, out: s.out } : { wIo: w, wOi: w, b, in: s.in, out: s.out });
         continue;
       }
       const t = tf.transpose(w) as tf.Tensor2D;
-      const wIo = gpt2 ? w : t;
-      const wOi = gpt2 ? (this.#dual ? t : (t.dispose(), null)) : this.#dual ? w : null;
+      const wIo = io ? w : t;
+      const wOi = io ? (this.#dual ? t : (t.dispose(), null)) : this.#dual ? w : null;
       this.#lin.set(path, { wIo, wOi, b, in: s.in, out: s.out });
       // keep only the layouts in use: the [out, in] original of a Linear goes unless it serves backward
-      if (!gpt2 && !this.#dual) { this.#w.delete(`${path}.weight`); w.dispose(); this.#w.set(`${path}.weight.io`, wIo); }
-      if (!gpt2 && this.#dual) this.#w.set(`${path}.weight.io`, wIo);
-      if (gpt2 && this.#dual) this.#w.set(`${path}.weight.oi`, t);
+      if (!io && !this.#dual) { this.#w.delete(`${path}.weight`); w.dispose(); this.#w.set(`${path}.weight.io`, wIo); }
+      if (!io && this.#dual) this.#w.set(`${path}.weight.io`, wIo);
+      if (io && this.#dual) this.#w.set(`${path}.weight.oi`, t);
     }
+    const normParams = fam.norm.bias ? ['weight', 'bias'] : ['weight'];
     for (let i = 0; i < c.numLayers; i++) {
-      const p = layerPrefix(c, i);
-      for (const n of gpt2 ? ['ln_1.weight', 'ln_1.bias', 'ln_2.weight', 'ln_2.bias'] : ['input_layernorm.weight', 'post_attention_layernorm.weight']) this.#get(`${p}.${n}`, [d]);
+      const p = fam.layerPrefix(i);
+      for (const n of fam.layerNorms) for (const k of normParams) this.#get(`${p}.${n}.${k}`, [d]);
     }
-    this.#get(gpt2 ? 'transformer.ln_f.weight' : 'model.norm.weight', [d]);
-    const head = this.#w.get(c.tieWordEmbeddings ? (gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight') : 'lm_head.weight')! as tf.Tensor2D;
+    for (const k of normParams) this.#get(`${names.finalNorm}.${k}`, [d]);
+    const head = this.#w.get(c.tieWordEmbeddings ? names.embeddings : names.lmHead)! as tf.Tensor2D;
     this.#headT = this.#trainable ? head : (tf.transpose(head) as tf.Tensor2D); // [d, V] for a plain forward product
     this.#head = head;
   }
@@ -208,16 +215,10 @@ export class CausalLM {
   }
 
   #norm(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
-    const eps = this.config.normEps;
-    const w = this.#w.get(`${prefix}.weight`)!;
-    if (this.config.family === 'gpt2') {
-      const mean = tf.mean(x, -1, true);
-      const xc = tf.sub(x, mean);
-      const v = tf.mean(tf.square(xc), -1, true);
-      return tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(v, eps))), w), this.#w.get(`${prefix}.bias`)!) as tf.Tensor2D;
-    }
-    const ms = tf.mean(tf.square(x), -1, true);
-    return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), w) as tf.Tensor2D;
+    const spec = this.#family.norm;
+    const w = this.#w.get(`${prefix}.weight`) as tf.Tensor1D;
+    const b = spec.bias ? (this.#w.get(`${prefix}.bias`) as tf.Tensor1D) : null;
+    return spec.apply(tf, x, w, b, this.config.normEps);
   }
 
   /**
@@ -225,17 +226,17 @@ export class CausalLM {
    * Must run inside tf.tidy (or a gradient scope): intermediate tensors are not disposed here.
    */
   forward(ids: tf.Tensor2D, mask: tf.Tensor2D | null, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor3D {
-    const c = this.config;
+    const c = this.config, fam = this.#family;
     const [Bsz, T] = ids.shape;
-    if (c.family === 'gpt2' && T > c.maxPositions) throw new RangeError(`sequence length ${T} exceeds n_positions ${c.maxPositions}`);
+    // a learned position table has exactly maxPositions rows; rotary positions extrapolate
+    if (fam.tensors.positions && T > c.maxPositions) throw new RangeError(`sequence length ${T} exceeds n_positions ${c.maxPositions}`);
     const d = c.hiddenSize, H = c.numHeads, Hkv = c.numKvHeads, hd = c.headDim, N = Bsz * T;
-    const gpt2 = c.family === 'gpt2';
     const flatIds = tf.reshape(ids, [N]);
-    const emb = this.#w.get(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight')!;
+    const emb = this.#w.get(fam.tensors.embeddings)!;
     // trainable embeddings: one-hot product (the wasm backend lacks gather's gradient kernel)
     let x = (this.#trainable ? mm(tf.oneHot(flatIds, c.vocabSize), emb) : tf.gather(emb, flatIds)) as tf.Tensor2D;
-    if (gpt2) {
-      const wpe = tf.slice(this.#w.get('transformer.wpe.weight')!, [0, 0], [T, d]);
+    if (fam.tensors.positions) {
+      const wpe = tf.slice(this.#w.get(fam.tensors.positions)!, [0, 0], [T, d]);
       x = tf.reshape(tf.add(tf.reshape(x, [Bsz, T, d]), wpe), [N, d]) as tf.Tensor2D;
     }
     // additive attention bias [B, 1, T, T]: causal + padded keys
@@ -243,45 +244,30 @@ export class CausalLM {
     let allowed: tf.Tensor = tf.reshape(causal, [1, 1, T, T]);
     if (mask) allowed = tf.mul(allowed, tf.reshape(tf.cast(mask, 'float32'), [Bsz, 1, 1, T]));
     const bias = tf.mul(tf.sub(1, allowed), -1e9);
-    const rope = gpt2 ? null : this.#ropeTables(T);
-    const heads = (t: tf.Tensor2D, h: number) => tf.transpose(tf.reshape(t, [Bsz, T, h, hd]), [0, 2, 1, 3]);
-    const rotate = (t: tf.Tensor) => {
-      const [a, b] = tf.split(t, 2, -1) as [tf.Tensor, tf.Tensor];
-      return tf.add(tf.mul(t, rope!.cos), tf.mul(tf.concat([tf.neg(b), a], -1), rope!.sin));
+    const kit: BlockKit = {
+      tf, config: c,
+      linear: (t, path) => this.#linear(t, path, lora, merged),
+      norm: (t, prefix) => this.#norm(t, prefix),
+      act: (t) => this.#act(t),
+      heads: (t, h) => tf.transpose(tf.reshape(t, [Bsz, T, h, hd]), [0, 2, 1, 3]) as tf.Tensor4D,
+      rope: (t) => {
+        const rope = this.#ropeTables(T);
+        const [a, b] = tf.split(t, 2, -1) as [tf.Tensor, tf.Tensor];
+        return tf.add(tf.mul(t, rope.cos), tf.mul(tf.concat([tf.neg(b), a], -1), rope.sin));
+      },
+      attend: (q, k, v) => {
+        // Grouped-query attention without materialising repeated K/V: query heads h = kv·g + j share
+        // kv head `kv`, so [B, H, T, hd] viewed as [B, Hkv, g·T, hd] multiplies K/V of [B, Hkv, T, hd].
+        const g = H / Hkv;
+        const qg = tf.reshape(q, [Bsz, Hkv, g * T, hd]) as tf.Tensor4D;
+        const sc = tf.reshape(mm(qg, t2(k)), [Bsz, H, T, T]);
+        const probs = tf.softmax(tf.add(tf.mul(sc, 1 / Math.sqrt(hd)), bias));
+        const att = tf.reshape(mm(tf.reshape(probs, [Bsz, Hkv, g * T, T]), v), [Bsz, H, T, hd]);
+        return tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
+      },
     };
-    for (let i = 0; i < c.numLayers; i++) {
-      const p = layerPrefix(c, i);
-      const h = this.#norm(x, gpt2 ? `${p}.ln_1` : `${p}.input_layernorm`);
-      let q: tf.Tensor, k: tf.Tensor, v: tf.Tensor;
-      if (gpt2) {
-        const qkv = this.#linear(h, `${p}.attn.c_attn`, lora, merged);
-        const [q2, k2, v2] = tf.split(qkv, 3, -1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-        q = heads(q2, H); k = heads(k2, H); v = heads(v2, H);
-      } else {
-        q = rotate(heads(this.#linear(h, `${p}.self_attn.q_proj`, lora, merged), H));
-        k = rotate(heads(this.#linear(h, `${p}.self_attn.k_proj`, lora, merged), Hkv));
-        v = heads(this.#linear(h, `${p}.self_attn.v_proj`, lora, merged), Hkv);
-      }
-      // Grouped-query attention without materialising repeated K/V: query heads h = kv·g + j share
-      // kv head `kv`, so [B, H, T, hd] viewed as [B, Hkv, g·T, hd] multiplies K/V of [B, Hkv, T, hd].
-      const g = H / Hkv;
-      const qg = tf.reshape(q, [Bsz, Hkv, g * T, hd]) as tf.Tensor4D;
-      const sc = tf.reshape(mm(qg, t2(k)), [Bsz, H, T, T]);
-      const probs = tf.softmax(tf.add(tf.mul(sc, 1 / Math.sqrt(hd)), bias));
-      const att = tf.reshape(mm(tf.reshape(probs, [Bsz, Hkv, g * T, T]), v), [Bsz, H, T, hd]);
-      const merged2 = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
-      x = tf.add(x, this.#linear(merged2, gpt2 ? `${p}.attn.c_proj` : `${p}.self_attn.o_proj`, lora, merged));
-      const h2 = this.#norm(x, gpt2 ? `${p}.ln_2` : `${p}.post_attention_layernorm`);
-      let mlp: tf.Tensor2D;
-      if (gpt2) {
-        mlp = this.#linear(this.#act(this.#linear(h2, `${p}.mlp.c_fc`, lora, merged)) as tf.Tensor2D, `${p}.mlp.c_proj`, lora, merged);
-      } else {
-        const gate = this.#act(this.#linear(h2, `${p}.mlp.gate_proj`, lora, merged));
-        mlp = this.#linear(tf.mul(gate, this.#linear(h2, `${p}.mlp.up_proj`, lora, merged)) as tf.Tensor2D, `${p}.mlp.down_proj`, lora, merged);
-      }
-      x = tf.add(x, mlp);
-    }
-    x = this.#norm(x, gpt2 ? 'transformer.ln_f' : 'model.norm');
+    for (let i = 0; i < c.numLayers; i++) x = fam.forwardBlock(kit, x, fam.layerPrefix(i));
+    x = this.#norm(x, fam.tensors.finalNorm);
     const logits = this.#trainable ? mm(x, t2(this.#head)) : frozenMatMul(x, this.#headT, this.#head);
     return tf.reshape(logits, [Bsz, T, c.vocabSize]);
   }

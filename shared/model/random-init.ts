@@ -5,7 +5,8 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { atomicWrite, encodeSafetensors } from './safetensors.js';
-import { normalizeConfig, linearModules, linearHasBias, layerPrefix, type ModelConfig } from './config.js';
+import { normalizeConfig, linearModules, linearHasBias, linearWeightShape, type ModelConfig } from './config.js';
+import { familyOf } from './families/index.js';
 import { mulberry32 } from '../data/random.js';
 import type { TensorMap } from '../tensor.js';
 
@@ -27,24 +28,21 @@ export function randomWeights(cfg: ModelConfig, seed: number, std = 0.02): Tenso
   const d = cfg.hiddenSize;
   const put = (name: string, shape: number[], data: Float32Array) => t.set(name, { shape, data });
   const ones = (n: number) => new Float32Array(n).fill(1);
-  const gpt2 = cfg.family === 'gpt2';
-  put(gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight', [cfg.vocabSize, d], normal(rng, cfg.vocabSize * d, std));
-  if (gpt2) put('transformer.wpe.weight', [cfg.maxPositions, d], normal(rng, cfg.maxPositions * d, std / 2));
-  if (!cfg.tieWordEmbeddings) put('lm_head.weight', [cfg.vocabSize, d], normal(rng, cfg.vocabSize * d, std));
+  const fam = familyOf(cfg), names = fam.tensors;
+  // draw order fixes the weights a seed produces: embeddings, positions, head, then block linears
+  put(names.embeddings, [cfg.vocabSize, d], normal(rng, cfg.vocabSize * d, std));
+  if (names.positions) put(names.positions, [cfg.maxPositions, d], normal(rng, cfg.maxPositions * d, std / 2));
+  if (!cfg.tieWordEmbeddings) put(names.lmHead, [cfg.vocabSize, d], normal(rng, cfg.vocabSize * d, std));
   for (const [path, s] of linearModules(cfg)) {
-    put(`${path}.weight`, gpt2 ? [s.in, s.out] : [s.out, s.in], normal(rng, s.in * s.out, std));
+    put(`${path}.weight`, linearWeightShape(cfg, s), normal(rng, s.in * s.out, std));
     if (linearHasBias(cfg, path)) put(`${path}.bias`, [s.out], new Float32Array(s.out));
   }
-  for (let i = 0; i < cfg.numLayers; i++) {
-    const p = layerPrefix(cfg, i);
-    if (gpt2) {
-      for (const n of ['ln_1', 'ln_2']) { put(`${p}.${n}.weight`, [d], ones(d)); put(`${p}.${n}.bias`, [d], new Float32Array(d)); }
-    } else {
-      put(`${p}.input_layernorm.weight`, [d], ones(d));
-      put(`${p}.post_attention_layernorm.weight`, [d], ones(d));
-    }
-  }
-  if (gpt2) { put('transformer.ln_f.weight', [d], ones(d)); put('transformer.ln_f.bias', [d], new Float32Array(d)); } else put('model.norm.weight', [d], ones(d));
+  const norm = (prefix: string) => {
+    put(`${prefix}.weight`, [d], ones(d));
+    if (fam.norm.bias) put(`${prefix}.bias`, [d], new Float32Array(d));
+  };
+  for (let i = 0; i < cfg.numLayers; i++) for (const n of fam.layerNorms) norm(`${fam.layerPrefix(i)}.${n}`);
+  norm(names.finalNorm);
   return t;
 }
 

@@ -14,7 +14,7 @@ import { logger } from '../../shared/log.js';
 import { Rng } from '../../shared/data/random.js';
 import { generateIdentity, saveIdentity, formatPublicKey, type Identity } from '../../shared/crypto/identity.js';
 import { PROTOCOL_VERSION } from '../../shared/protocol/index.js';
-import { readModelInfo, targetShapes, defaultTargetModules } from '../../coordinator/model-info.js';
+import { readModelInfo, targetShapes, defaultTargetModules } from '../../shared/model/model-info.js';
 import { REPORT_SCHEMA_VERSION, writeReport, type Report, type RoundRecord, type ClientRound, type EvalMetrics, type CurvePoint, type StrategyResult } from '../report/index.js';
 import { maxRankOf, type Scenario, type ScenarioStrategy } from '../scenario.js';
 import { prepareClients, type SimClient } from './data.js';

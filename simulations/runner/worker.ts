@@ -22,7 +22,7 @@ import { globMatcher } from '../../shared/protocol/index.js';
 import { loadSafetensors, readFloatTensor } from '../../shared/model/safetensors.js';
 import { parseLoraName, type LoraAdapter } from '../../shared/lora/adapter.js';
 import type { TextTokenizer } from '../../shared/model/tokenizer.js';
-import { readModelInfo, targetShapes, defaultTargetModules } from '../../coordinator/model-info.js';
+import { readModelInfo, targetShapes, defaultTargetModules } from '../../shared/model/model-info.js';
 import type { CentralJob, CentralResult, EvalFigures, EvalJob, EvalResult, FedJoin, FromWorker, LocalJob, LocalResult, ToWorker, WorkerInit } from './messages.js';
 
 let init: WorkerInit | null = null;

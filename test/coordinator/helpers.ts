@@ -6,7 +6,7 @@
 import type { LocalTrainer, EvalMetrics } from '../../client/trainer.js';
 import type { LoraAdapter } from '../../shared/lora/adapter.js';
 import type { TensorMap } from '../../shared/tensor.js';
-import { readModelInfo } from '../../coordinator/model-info.js';
+import { readModelInfo } from '../../shared/model/model-info.js';
 
 export const FIXTURE = 'test/fixtures/hf/llama-tiny/base';
 
