@@ -1,7 +1,11 @@
 export {
-  STRATEGIES, getStrategy, aggregatePlain, sharedLayout, slotWeightSums, validateParticipants, validateGlobal,
-  type Strategy, type StrategyName, type Participant, type ClientUpdate,
+  aggregatePlain, linearStrategy, sharedLayout, slotWeightSums, validateParticipants, validateGlobal, checkServerOptions,
+  type Strategy, type StrategyName, type StrategyServer, type LinearStrategySpec, type Participant, type ClientUpdate,
+  type JsonValue, type SavedServerState, type ServerOptions, type TrainedSlots,
 } from './strategy.js';
+export { registerStrategy, unregisterStrategy, getStrategy, hasStrategy, strategyNames } from './registry.js';
+export { fedAvgMStrategy, FEDAVGM_DEFAULTS, type FedAvgMOptions } from './fedavgm.js';
+export { aggregateRound, type RoundContributor, type RoundInput } from './round.js';
 export { refactorAdapter, refactorModule, adapterForRank, type RefactoredModule } from './refactor.js';
 export { initLoraA, initLoraAdapter, seededStream } from './init.js';
 export { makeLayout, flatten, unflatten, slotOf, elementSlots, MAX_LAYOUT_ELEMENTS, type FlatLayout, type LayoutEntry } from './layout.js';

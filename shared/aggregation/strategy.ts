@@ -15,6 +15,10 @@
  * Slots nobody trained this round (no participant with positive weight has r_i > j) keep their
  * previous global values under every strategy: nobody saw them, so nobody may overwrite them.
  * Tensors that are not LoRA A/B weights are never shared; finalize carries them over unchanged.
+ *
+ * Anything a strategy needs beyond the linear average (server momentum, adaptive server optimisers)
+ * lives in its `StrategyServer`, which runs on the coordinator after `finalize` and can therefore be
+ * non-linear without breaking secure aggregation. Strategies are looked up by name in registry.ts.
  */
 import { ConfigError, FedloraError, ProtocolError } from '../errors.js';
 import { logger } from '../log.js';
@@ -25,10 +29,51 @@ import { makeLayout, type FlatLayout } from './layout.js';
 
 const log = logger('fedlora:aggregation');
 
-export type StrategyName = 'fedit' | 'ffa' | 'rank-aware' | 'fedsa';
+/** Any registered strategy's name (see registry.ts); kept as an alias so call sites read as intent. */
+export type StrategyName = string;
 
 /** Public facts about one participant of a round. `weight` is its example count (any finite value ≥ 0). */
 export interface Participant { rank: number; weight: number }
+
+/** A value that survives JSON.stringify → JSON.parse unchanged. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/**
+ * A strategy server's state as it goes into a checkpoint: `meta` for the JSON state file, `tensors`
+ * for a safetensors file. Float32 tensors and JSON numbers both round-trip exactly, so a restored
+ * server continues bit for bit.
+ */
+export interface SavedServerState {
+  meta: JsonValue;
+  tensors: TensorMap;
+}
+
+export interface ServerOptions {
+  maxRank: number;
+  /** Run seed, for strategies whose server update is randomised. */
+  seed: number;
+}
+
+/**
+ * Per shared tensor: which rank slots somebody trained this round (a contributor sharing the tensor
+ * with positive weight and rank above the slot). A tensor that is absent had no such contributor.
+ */
+export type TrainedSlots = ReadonlyMap<string, readonly boolean[]>;
+
+/** Server-side state of one federated run under one strategy. */
+export interface StrategyServer {
+  readonly strategy: Strategy;
+  /**
+   * The global adapter for the next round from the previous one and this round's linear average
+   * (the output of finalize, possibly refactored). Identity for the linear strategies. Without
+   * `trained`, a slot counts as trained when any of its values differs from `previous` (finalize keeps
+   * untrained slots bit-exactly, so this only differs when a trained average lands exactly on the old value).
+   */
+  step(previous: LoraAdapter, averaged: LoraAdapter, trained?: TrainedSlots): LoraAdapter;
+  serialize(): SavedServerState;
+  /** Replaces this server's state with a saved one; refuses state saved under another configuration. */
+  restore(saved: SavedServerState): void;
+}
 
 export interface Strategy {
   readonly name: StrategyName;
@@ -48,9 +93,12 @@ export interface Strategy {
   readonly refactorable: boolean;
   /** Fresh global adapter at maxRank: A from the seeded PEFT init, B zero. */
   init(moduleShapes: Map<string, { in: number; out: number }>, maxRank: number, alpha: number, seed: number, base: Omit<LoraConfig, 'r' | 'loraAlpha'>): LoraAdapter;
+  /** Fresh server-side state for one run. */
+  createServer(options: ServerOptions): StrategyServer;
 }
 
-interface StrategySpec {
+/** The declarative description of a strategy that is linear in what clients send. */
+export interface LinearStrategySpec {
   name: StrategyName;
   description: string;
   shareA: boolean;
@@ -63,14 +111,16 @@ interface StrategySpec {
   /** 'total': divide by Σ w_i over all participants; 'slot': divide slot j by Σ_{i: r_i>j} w_i. */
   divisor: 'total' | 'slot';
   refactorable: boolean;
+  /** Server-side state; default: stateless (step is the identity). */
+  server?: (strategy: Strategy, options: ServerOptions) => StrategyServer;
 }
 
 /** Rank of a LoRA factor stored PEFT-style: rows of A [r, in], columns of B [out, r]. */
-function slotDim(factor: 'A' | 'B', t: { shape: readonly number[] }): number {
+export function slotDim(factor: 'A' | 'B', t: { shape: readonly number[] }): number {
   return factor === 'A' ? t.shape[0]! : t.shape[1]!;
 }
 
-function checkMaxRank(maxRank: number): void {
+export function checkMaxRank(maxRank: number): void {
   if (!Number.isInteger(maxRank) || maxRank < 1) throw new ConfigError(`max rank must be a positive integer, got ${maxRank}`);
 }
 
@@ -120,14 +170,44 @@ function assertFinite(name: string, data: Float32Array): void {
   }
 }
 
+export function checkServerOptions(options: ServerOptions): void {
+  if (typeof options !== 'object' || options === null) throw new ConfigError('server options must be an object { maxRank, seed }');
+  checkMaxRank(options.maxRank);
+  if (!Number.isSafeInteger(options.seed) || options.seed < 0) throw new ConfigError(`seed must be a non-negative safe integer, got ${options.seed}`);
+}
+
+/** The server of a linear strategy: nothing to remember, the average is the next global adapter. */
+class StatelessServer implements StrategyServer {
+  readonly strategy: Strategy;
+
+  constructor(strategy: Strategy, options: ServerOptions) {
+    checkServerOptions(options);
+    this.strategy = strategy;
+  }
+
+  step(_previous: LoraAdapter, averaged: LoraAdapter): LoraAdapter {
+    return averaged;
+  }
+
+  serialize(): SavedServerState {
+    return { meta: {}, tensors: new Map() };
+  }
+
+  restore(saved: SavedServerState): void {
+    // meta is ignored on purpose: checkpoints written before servers existed carry unrelated fields there
+    if (!saved || !(saved.tensors instanceof Map)) throw new ConfigError(`${this.strategy.name}: saved server state must be { meta, tensors: Map }`);
+    if (saved.tensors.size > 0) throw new ConfigError(`${this.strategy.name} keeps no server state, but the saved state holds ${saved.tensors.size} tensors (saved under another strategy?)`);
+  }
+}
+
 class LinearStrategy implements Strategy {
   readonly name: StrategyName;
   readonly description: string;
   readonly refactorable: boolean;
-  readonly #spec: StrategySpec;
+  readonly #spec: LinearStrategySpec;
 
-  constructor(spec: StrategySpec) {
-    this.#spec = spec;
+  constructor(spec: LinearStrategySpec) {
+    this.#spec = { ...spec };
     this.name = spec.name;
     this.description = spec.description;
     this.refactorable = spec.refactorable;
@@ -202,35 +282,25 @@ class LinearStrategy implements Strategy {
   init(moduleShapes: Map<string, { in: number; out: number }>, maxRank: number, alpha: number, seed: number, base: Omit<LoraConfig, 'r' | 'loraAlpha'>): LoraAdapter {
     return initLoraAdapter(moduleShapes, maxRank, alpha, seed, base);
   }
+
+  createServer(options: ServerOptions): StrategyServer {
+    const make = this.#spec.server;
+    return make ? make(this, options) : new StatelessServer(this, options);
+  }
 }
 
-export const STRATEGIES: ReadonlyMap<StrategyName, Strategy> = new Map<StrategyName, Strategy>([
-  ['fedit', new LinearStrategy({
-    name: 'fedit',
-    description: 'FedIT: per-tensor weighted average of zero-padded A and B (weights = example counts); a rank slot a client lacks counts as zero',
-    shareA: true, shareB: true, personalA: false, personalB: false, trainA: true, divisor: 'total', refactorable: true,
-  })],
-  ['ffa', new LinearStrategy({
-    name: 'ffa',
-    description: 'FFA-LoRA: A frozen from the shared seed, only B trained and averaged, so the global product is exactly the weighted mean of client products; half the upload',
-    shareA: false, shareB: true, personalA: false, personalB: false, trainA: false, divisor: 'total', refactorable: false,
-  })],
-  ['rank-aware', new LinearStrategy({
-    name: 'rank-aware',
-    description: 'rank-aware: rank slot j (row j of A, column j of B) averaged only over clients whose rank exceeds j',
-    shareA: true, shareB: true, personalA: false, personalB: false, trainA: true, divisor: 'slot', refactorable: true,
-  })],
-  ['fedsa', new LinearStrategy({
-    name: 'fedsa',
-    description: 'FedSA-LoRA: A shared and averaged rank-aware, B personal to each client and never uploaded',
-    shareA: true, shareB: false, personalA: false, personalB: true, trainA: true, divisor: 'slot', refactorable: false,
-  })],
-]);
-
-export function getStrategy(name: string): Strategy {
-  const s = STRATEGIES.get(name as StrategyName);
-  if (!s) throw new ConfigError(`unknown aggregation strategy ${JSON.stringify(name)}; choose one of ${[...STRATEGIES.keys()].join(', ')}`);
-  return s;
+/** A strategy from its declarative spec (register it with registerStrategy to make it selectable by name). */
+export function linearStrategy(spec: LinearStrategySpec): Strategy {
+  if (typeof spec !== 'object' || spec === null) throw new ConfigError('strategy spec must be an object');
+  for (const k of ['shareA', 'shareB', 'personalA', 'personalB', 'trainA', 'refactorable'] as const) {
+    if (typeof spec[k] !== 'boolean') throw new ConfigError(`strategy ${spec.name}: ${k} must be true or false`);
+  }
+  if (spec.divisor !== 'total' && spec.divisor !== 'slot') throw new ConfigError(`strategy ${spec.name}: divisor must be "total" or "slot"`);
+  // a personal factor is never uploaded, and an untrained (frozen) factor has nothing personal to keep
+  if ((spec.personalA && spec.shareA) || (spec.personalB && spec.shareB)) throw new ConfigError(`strategy ${spec.name}: a factor cannot be both shared and personal`);
+  if (spec.personalA && !spec.trainA) throw new ConfigError(`strategy ${spec.name}: a frozen A cannot be personal`);
+  if (!spec.shareA && !spec.shareB) throw new ConfigError(`strategy ${spec.name}: shares nothing`);
+  return new LinearStrategy(spec);
 }
 
 /** The tensors of `global` that travel under `strategy`, as the round's flat secure-aggregation layout. */

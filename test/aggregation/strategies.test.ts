@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import {
-  STRATEGIES, getStrategy, aggregatePlain, sharedLayout, slotWeightSums, type Strategy, type ClientUpdate,
-} from '../../shared/aggregation/strategy.js';
+  getStrategy, strategyNames, aggregatePlain, aggregateRound, sharedLayout, slotWeightSums, type Strategy, type ClientUpdate,
+} from '../../shared/aggregation/index.js';
 import { flatten, unflatten } from '../../shared/aggregation/layout.js';
 import { ConfigError, FedloraError, ProtocolError } from '../../shared/errors.js';
 import { loraAName, loraBName, parseLoraName, type LoraAdapter, type LoraConfig } from '../../shared/lora/adapter.js';
@@ -50,7 +50,8 @@ function expectThrowsCode(fn: () => unknown, cls: new (...a: never[]) => Error, 
 }
 
 describe('aggregation strategies: contract suite', () => {
-  for (const strategy of STRATEGIES.values()) {
+  // every registered strategy, so a new one is held to the same contract without touching this file
+  for (const strategy of strategyNames().map(getStrategy)) {
     describe(strategy.name, () => {
       const prev = makePrevious(strategy);
       const updates = [makeUpdate(1, 2, 11), makeUpdate(3, 5, 12), makeUpdate(4, 3, 13)];
@@ -237,17 +238,30 @@ describe('aggregation strategies: contract suite', () => {
 describe('aggregation strategies: specifics', () => {
   it('shares exactly what each strategy says', () => {
     const a = loraAName('m'), b = loraBName('m');
-    const table = [...STRATEGIES.values()].map((s) => [s.name, s.isShared(a), s.isShared(b), s.refactorable, s.isShared('base_model.model.m.weight')]);
+    const table = strategyNames().map(getStrategy).map((s) => [s.name, s.isShared(a), s.isShared(b), s.refactorable, s.isShared('base_model.model.m.weight')]);
     expect(table).to.deep.equal([
       ['fedit', true, true, true, false],
       ['ffa', false, true, false, false],
       ['rank-aware', true, true, true, false],
       ['fedsa', true, false, false, false],
+      ['fedavgm', true, true, false, false],
+    ]);
+  });
+
+  it('keeps personal and trains exactly what each strategy says', () => {
+    const a = loraAName('m'), b = loraBName('m');
+    const table = strategyNames().map(getStrategy).map((s) => [s.name, s.isPersonal(a), s.isPersonal(b), s.isTrainable(a), s.isTrainable(b)]);
+    expect(table).to.deep.equal([
+      ['fedit', false, false, true, true],
+      ['ffa', false, false, false, true],
+      ['rank-aware', false, false, true, true],
+      ['fedsa', false, true, true, true],
+      ['fedavgm', false, false, true, true],
     ]);
   });
 
   it('getStrategy refuses unknown names with a ConfigError listing the choices', () => {
-    expect(() => getStrategy('fedavg')).to.throw(ConfigError, /fedit, ffa, rank-aware, fedsa/);
+    expect(() => getStrategy('fedavg')).to.throw(ConfigError, /fedit, ffa, rank-aware, fedsa, fedavgm/);
     expect(() => getStrategy('__proto__')).to.throw(ConfigError);
   });
 
