@@ -9,9 +9,10 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, errorMessage } from '../shared/errors.js';
 import { Rng } from '../shared/data/random.js';
+import { hasStrategy, strategyNames, type StrategyName } from '../shared/aggregation/index.js';
 
-export const STRATEGY_NAMES = ['fedit', 'ffa', 'rank-aware', 'fedsa'] as const;
-export type ScenarioStrategy = (typeof STRATEGY_NAMES)[number];
+/** Any registered aggregation strategy. */
+export type ScenarioStrategy = StrategyName;
 
 export const PRESETS_DIR = join(dirname(fileURLToPath(import.meta.url)), 'scenarios');
 const MAX_SCENARIO_BYTES = 1 << 20;
@@ -135,7 +136,7 @@ function bool(v: unknown, field: string, dflt: boolean): boolean {
 
 function strategy(v: unknown, field: string, dflt: ScenarioStrategy): ScenarioStrategy {
   if (v === undefined) return dflt;
-  if (!STRATEGY_NAMES.includes(v as ScenarioStrategy)) fail(field, `must be one of ${STRATEGY_NAMES.join(', ')}, got ${JSON.stringify(v)}`);
+  if (!hasStrategy(v)) fail(field, `must be one of ${strategyNames().join(', ')}, got ${JSON.stringify(v)}`);
   return v as ScenarioStrategy;
 }
 
@@ -165,9 +166,9 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   const strat = strategy(raw.strategy, 'strategy', d.strategy);
   let compare: ScenarioStrategy[] = [];
   if (raw.compare !== undefined) {
-    if (raw.compare === 'all') compare = STRATEGY_NAMES.filter((s) => s !== strat);
+    if (raw.compare === 'all') compare = strategyNames().filter((s) => s !== strat);
     else if (Array.isArray(raw.compare)) compare = [...new Set(raw.compare.map((s, i) => strategy(s, `compare[${i}]`, strat)))].filter((s) => s !== strat);
-    else fail('compare', `must be "all" or a list of strategies (${STRATEGY_NAMES.join(', ')})`);
+    else fail('compare', `must be "all" or a list of strategies (${strategyNames().join(', ')})`);
   }
 
   let baselines = d.baselines;

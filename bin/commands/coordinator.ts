@@ -1,7 +1,6 @@
 import { Coordinator } from '../../coordinator/index.js';
 import { ConfigError } from '../../shared/errors.js';
-import { STRATEGY_NAMES } from '../../shared/protocol/index.js';
-import type { StrategyName } from '../../shared/aggregation/index.js';
+import { hasStrategy, strategyNames } from '../../shared/aggregation/index.js';
 import { durationMs, intFlag, listFlag, numFlag, str, type Command } from './flags.js';
 
 export const coordinatorCommand: Command = {
@@ -19,7 +18,7 @@ export const coordinatorCommand: Command = {
     'round-timeout': { type: 'string', help: 'stop collecting updates after this long (e.g. 90, 30s, 10m); stragglers are left out', default: '10m' },
     'rejoin-grace': { type: 'string', help: 'how long a participant that lost its connection may take to rejoin the round', default: '3s' },
     'join-wait': { type: 'string', help: 'with ≥ min-clients ready, wait this long for more before starting a round', default: '3s' },
-    strategy: { type: 'string', help: `aggregation: ${STRATEGY_NAMES.join(' | ')}`, default: 'rank-aware' },
+    strategy: { type: 'string', get help() { return `aggregation: ${strategyNames().join(' | ')}`; }, default: 'rank-aware' },
     'max-rank': { type: 'string', help: 'global LoRA rank; clients train at min(their --max-rank, this)', default: '8' },
     'target-modules': { type: 'string', help: 'comma-separated module names to adapt (PEFT target_modules); default: every linear layer', multiple: true },
     'lora-alpha': { type: 'string', help: 'LoRA alpha at max rank (scale alpha/r is kept across ranks)', default: '16' },
@@ -43,14 +42,14 @@ export const coordinatorCommand: Command = {
   },
   async run(v) {
     const strategy = str(v.strategy, 'strategy') as string;
-    if (!(STRATEGY_NAMES as readonly string[]).includes(strategy)) throw new ConfigError(`--strategy must be one of ${STRATEGY_NAMES.join(', ')}, got ${JSON.stringify(strategy)}`);
+    if (!hasStrategy(strategy)) throw new ConfigError(`--strategy must be one of ${strategyNames().join(', ')}, got ${JSON.stringify(strategy)}`);
     const tlsCert = str(v['tls-cert'], 'tls-cert'), tlsKey = str(v['tls-key'], 'tls-key');
     if (!!tlsCert !== !!tlsKey) throw new ConfigError('--tls-cert and --tls-key go together');
     const coord = new Coordinator({
       modelDir: str(v.model, 'model', true)!, stateDir: str(v.state, 'state', true)!, host: str(v.host, 'host'),
       rounds: intFlag(v.rounds, 'rounds', 1), clientsPerRound: intFlag(v['clients-per-round'], 'clients-per-round', 1), minClients: intFlag(v['min-clients'], 'min-clients', 1),
       roundTimeoutMs: durationMs(v['round-timeout'], 'round-timeout'), joinWaitMs: durationMs(v['join-wait'], 'join-wait'), rejoinGraceMs: durationMs(v['rejoin-grace'], 'rejoin-grace'),
-      strategy: strategy as StrategyName, maxRank: intFlag(v['max-rank'], 'max-rank', 1), targetModules: listFlag(v['target-modules']),
+      strategy, maxRank: intFlag(v['max-rank'], 'max-rank', 1), targetModules: listFlag(v['target-modules']),
       loraAlpha: numFlag(v['lora-alpha'], 'lora-alpha'), localSteps: intFlag(v['local-steps'], 'local-steps', 0), localEpochs: numFlag(v['local-epochs'], 'local-epochs'),
       lr: numFlag(v.lr, 'lr'), batchSize: intFlag(v['batch-size'], 'batch-size', 1), seed: intFlag(v.seed, 'seed', 0), exportDir: str(v.export, 'export'),
       refactor: v['no-refactor'] !== true,

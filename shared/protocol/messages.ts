@@ -6,10 +6,17 @@
 import { ProtocolError } from '../errors.js';
 import { assertFinite, describe, tensorMapFromWire, type WireTensor } from '../codec/index.js';
 import type { TensorMap } from '../tensor.js';
+import { strategyNames } from '../aggregation/registry.js';
+import type { StrategyName } from '../aggregation/strategy.js';
 import { arr, bad, bool, int, num, obj, oneOf, opt, str } from './guard.js';
 
-export const STRATEGY_NAMES = ['fedit', 'ffa', 'rank-aware', 'fedsa'] as const;
-export type WireStrategy = (typeof STRATEGY_NAMES)[number];
+/** Any name in the aggregation registry: peers must have registered the same strategies. */
+export type WireStrategy = StrategyName;
+
+/** Read at parse time (not load time) so strategies registered after startup are accepted too. */
+function strategyField(v: unknown, path: string): WireStrategy {
+  return oneOf(v, path, strategyNames());
+}
 
 export const ID_RE = /^[A-Za-z0-9._:@-]{1,128}$/;
 export const HEX64 = /^[0-9a-f]{64}$/;
@@ -162,7 +169,7 @@ export function parseHelloReply(v: unknown): HelloReply {
       return { name: str(x.name, `files[${i}].name`, { re: FILE_RE }), size: int(x.size, `files[${i}].size`, 0, 2 ** 50), sha256: str(x.sha256, `files[${i}].sha256`, { re: HEX64 }) };
     }),
     chunkSize: int(o.chunkSize, 'helloReply.chunkSize', 1, LIMITS.maxChunkBytes),
-    strategy: oneOf(o.strategy, 'helloReply.strategy', STRATEGY_NAMES),
+    strategy: strategyField(o.strategy, 'helloReply.strategy'),
     maxRank: int(o.maxRank, 'helloReply.maxRank', 1, LIMITS.maxRank),
     rounds: int(o.rounds, 'helloReply.rounds', 0, 1e6),
     completedRounds: int(o.completedRounds, 'helloReply.completedRounds', 0, 1e6),
@@ -234,7 +241,7 @@ export function parseRoundStart(v: unknown): RoundStart {
     round: int(o.round, 'roundStart.round', 1, 1e6),
     rank,
     maxRank,
-    strategy: oneOf(o.strategy, 'roundStart.strategy', STRATEGY_NAMES),
+    strategy: strategyField(o.strategy, 'roundStart.strategy'),
     config: {
       r: int(c.r, 'config.r', 1, LIMITS.maxRank),
       loraAlpha: num(c.loraAlpha, 'config.loraAlpha', 0, 1e6),

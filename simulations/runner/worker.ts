@@ -16,11 +16,11 @@ import { evaluate } from '../../shared/train/eval.js';
 import { Rng } from '../../shared/data/random.js';
 import { errorMessage, FedloraError } from '../../shared/errors.js';
 import { currentBackend } from '../../shared/backend/index.js';
-import { adapterForRank, getStrategy } from '../../shared/aggregation/index.js';
+import { adapterForRank, getStrategy, initLoraAdapter } from '../../shared/aggregation/index.js';
 import { loadPeftAdapter } from '../../shared/lora/peft.js';
 import { globMatcher } from '../../shared/protocol/index.js';
 import { loadSafetensors, readFloatTensor } from '../../shared/model/safetensors.js';
-import { parseLoraName, type LoraAdapter } from '../../shared/lora/adapter.js';
+import type { LoraAdapter } from '../../shared/lora/adapter.js';
 import type { TextTokenizer } from '../../shared/model/tokenizer.js';
 import { readModelInfo, targetShapes, defaultTargetModules } from '../../shared/model/model-info.js';
 import type { CentralJob, CentralResult, EvalFigures, EvalJob, EvalResult, FedJoin, FromWorker, LocalJob, LocalResult, ToWorker, WorkerInit } from './messages.js';
@@ -64,7 +64,8 @@ async function simTrainer(trainFile: string, evalFile: string, seed: number): Pr
 async function initialAdapter(rank: number): Promise<LoraAdapter> {
   const info = await readModelInfo(init!.modelDir);
   const targets = defaultTargetModules(info.config);
-  const full = getStrategy('rank-aware').init(targetShapes(info, targets), init!.maxRank, init!.loraAlpha, init!.seed, {
+  // the same seeded init every strategy starts from, so baselines begin where the federated runs do
+  const full = initLoraAdapter(targetShapes(info, targets), init!.maxRank, init!.loraAlpha, init!.seed, {
     targetModules: targets, fanInFanOut: info.fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM', baseModelNameOrPath: null,
   });
   return adapterForRank(full, rank);
@@ -200,7 +201,8 @@ export function meanFigures(ms: EvalFigures[]): EvalFigures {
 async function onEval(j: EvalJob): Promise<EvalResult> {
   const global = await loadPeftAdapter(j.adapterDir);
   const isPersonalGlob = globMatcher(j.personal);
-  const isPersonal = (n: string) => isPersonalGlob(n) || (j.strategy === 'fedsa' && parseLoraName(n)?.factor === 'B');
+  const strategy = getStrategy(j.strategy);
+  const isPersonal = (n: string) => isPersonalGlob(n) || strategy.isPersonal(n);
   const out: EvalResult = { clients: [] };
   for (const c of j.clients) {
     const ex = await loadJsonlDataset(c.evalFile);
