@@ -36,3 +36,38 @@ export function cryptoError(code: CryptoCode, message: string, cause?: unknown):
 export function fail(code: CryptoCode, message: string, cause?: unknown): never {
   throw cryptoError(code, message, cause);
 }
+
+/** Why secure aggregation could not recover one dealer's secret. */
+export interface DealerBlame {
+  dealer: string;
+  /** b: self-mask seed of a survivor; s: mask key of a participant that dropped after sharing. */
+  kind: 'b' | 's';
+  /** insufficient-shares: fewer than t usable shares (rejected envelopes, dropped holders);
+   *  inconsistent-shares: t or more shares that match the dealer's own commitments yet do not
+   *  reconstruct the secret it committed to (only the dealer can cause that). */
+  reason: 'insufficient-shares' | 'inconsistent-shares';
+  /** Valid shares at finalize; at an earlier close step, holders still able to reveal one. */
+  shares: number;
+  /** Holders that reported this dealer's share envelope as unopenable or invalid. */
+  complaints: string[];
+  /** Other holders that gave (or, at an earlier close step, will give) no valid share: dropped,
+   *  silent, or revealed a share failing its commitment. Culprits with empty `complaints` failed
+   *  because of these, not by their own doing. */
+  missing: string[];
+}
+
+/**
+ * A round that failed because particular dealers' secrets cannot be recovered. Still a CryptoError
+ * with the usual specific `code`; `culprits` names the dealers so the coordinator can leave them
+ * out of the retry instead of failing the same way again.
+ */
+export class SecAggBlameError extends CryptoError {
+  readonly culprits: string[];
+  readonly blame: DealerBlame[];
+  constructor(code: CryptoCode, message: string, blame: DealerBlame[]) {
+    super(`${code}: ${message}`);
+    Object.defineProperty(this, 'code', { value: code, enumerable: true, writable: false, configurable: true });
+    this.blame = blame;
+    this.culprits = [...new Set(blame.map((b) => b.dealer))].sort();
+  }
+}

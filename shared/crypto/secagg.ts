@@ -1,6 +1,7 @@
 import nacl from 'tweetnacl';
 import { logger } from '../log.js';
-import { fail, cryptoError } from './errors.js';
+import { CryptoError } from '../errors.js';
+import { type DealerBlame, SecAggBlameError, fail, cryptoError } from './errors.js';
 import { type Canonical, bytesEqual, canonicalEncode, hashCanonical, isBytes } from './encoding.js';
 import { type Identity, signMessage, verifyMessage } from './identity.js';
 import { type Sealed, openWithKey, sealWithKey, sharedKey } from './seal.js';
@@ -143,6 +144,9 @@ export interface SharesMsg {
 export interface MaskedInputMsg {
   id: string;
   masked: Uint32Array;
+  /** Neighbours whose share envelope this client could not open or verify (absent: none, or an
+   *  older client). It still masks with them; it holds and will reveal no share of theirs. */
+  rejected?: string[];
 }
 
 export interface SurvivorListMsg {
@@ -178,6 +182,7 @@ export interface SecAggResult {
   survivors: string[];            // U3
   droppedAfterSharing: string[];  // U2 \ U3: masks recovered from key shares
   badShares: { dealer: string; holder: string }[];  // revealed shares that failed their commitment
+  complaints: { dealer: string; holder: string }[]; // holder could not open/verify dealer's share envelope
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,6 +305,7 @@ export class SecAggClient {
   #peers = new Map<string, PeerKeys>();    // neighbours in U1
   #holders: string[] = [];                 // neighbours in U1 ∪ {me}
   #held = new Map<string, { b: Share; s: Share; bSalt: Uint8Array; sSalt: Uint8Array }>(); // dealer → my shares
+  #rejected = new Set<string>();           // neighbours that dealt shares I could not open or verify
   #survivors: string[] | undefined;
   #survivorSig: Uint8Array | undefined;
   #revealed = new Map<string, 'b' | 's'>();
@@ -319,6 +325,8 @@ export class SecAggClient {
   get abortReason(): string | undefined { return this.#abortReason; }
   /** Session id after key advertisement (binds round, model hash and all advertised keys). */
   get session(): Uint8Array | undefined { return this.#session; }
+  /** Neighbours whose share envelope failed to open or verify (sorted); set by maskedInput. */
+  get rejectedPeers(): string[] { return [...this.#rejected].sort(); }
 
   #step<T>(expected: ClientPhase, next: ClientPhase, f: () => T): T {
     if (this.#phase !== expected) {
@@ -416,31 +424,59 @@ export class SecAggClient {
       for (const e of shares.envelopes) {
         if (!e || typeof e.from !== 'string') fail('SECAGG_MESSAGE', 'malformed share envelope');
         const peer = this.#peers.get(e.from);
+        // Misaddressed or duplicated envelopes can only come from the relay, which we must not trust
+        // to be honest; abort rather than guess.
         if (!peer) fail('SECAGG_MESSAGE', `share envelope from non-neighbour ${e.from}`);
-        if (this.#held.has(e.from)) fail('SECAGG_MESSAGE', `duplicate share envelope from ${e.from}`);
-        const key = sharedKey(peer.cPk, this.#c.secretKey);
-        const plain = openWithKey(e.sealed, { session, round: p.round, sender: e.from, recipient: this.id, kind: SHARE_KIND }, key);
-        if (plain.length !== SHARE_PAYLOAD) fail('CRYPTO_SHARE_INVALID', `share from ${e.from} has the wrong size`);
-        const x = plain[0]!;
-        if (x !== r.xOf(e.from, this.id)) fail('CRYPTO_SHARE_INVALID', `share from ${e.from} has the wrong x coordinate`);
-        this.#held.set(e.from, {
-          b: { x, y: plain.slice(1, 33) }, s: { x, y: plain.slice(33, 65) },
-          bSalt: plain.slice(65, 81), sSalt: plain.slice(81, 97),
-        });
-        plain.fill(0);
+        if (this.#held.has(e.from) || this.#rejected.has(e.from)) fail('SECAGG_MESSAGE', `duplicate share envelope from ${e.from}`);
+        const opened = this.#openShare(e.from, e.sealed, peer, session);
+        if (typeof opened === 'string') {
+          // A garbage envelope is one malicious (or broken) neighbour's doing: aborting would let it
+          // veto every round. Treat it like a dealer whose shares we never got — still mask with it
+          // (it dealt, so its pair masks must cancel or be recovered), just never reveal for it.
+          this.#rejected.add(e.from);
+          log.warn(`client ${this.id}: share envelope of ${e.from} rejected (${opened}); continuing without its shares`);
+          continue;
+        }
+        this.#held.set(e.from, opened);
       }
-      // U2 as seen here: neighbours that dealt me shares (plus me)
-      if (this.#held.size < p.t) fail('SECAGG_THRESHOLD', `only ${this.#held.size} of my holders shared keys, threshold is ${p.t}`);
+      // U2 as seen here: neighbours that dealt me shares (plus me); only valid holders count toward t
+      if (this.#held.size < p.t) {
+        fail('SECAGG_THRESHOLD', `only ${this.#held.size} of my holders dealt me valid shares${this.#rejected.size ? ` (${this.#rejected.size} rejected)` : ''}, threshold is ${p.t}`);
+      }
       const masked = vector.slice();
       addMask(masked, selfKey(session, p.round, this.id, this.#b), 1);
-      for (const v of this.#held.keys()) {
+      for (const v of this.#dealers()) {
         if (v === this.id) continue;
         const sec = x25519(this.#s.secretKey, this.#peers.get(v)!.sPk);
         addMask(masked, pairKey(session, p.round, this.id, v, sec), r.sign(this.id, v));
         sec.fill(0);
       }
+      if (this.#rejected.size) return { id: this.id, masked, rejected: this.rejectedPeers };
       return { id: this.id, masked };
     });
+  }
+
+  /** Neighbours that dealt shares this round, valid or not (plus me): the ones I pair-mask with. */
+  #dealers(): string[] { return [...this.#held.keys(), ...this.#rejected]; }
+
+  /** My share from `from`'s envelope, or why it cannot be used. */
+  #openShare(from: string, sealed: Sealed, peer: PeerKeys, session: Uint8Array): { b: Share; s: Share; bSalt: Uint8Array; sSalt: Uint8Array } | string {
+    const r = this.#r;
+    let plain: Uint8Array;
+    try {
+      plain = openWithKey(sealed, { session, round: r.params.round, sender: from, recipient: this.id, kind: SHARE_KIND }, sharedKey(peer.cPk, this.#c.secretKey));
+    } catch (e) {
+      if (e instanceof CryptoError) return e.code;
+      throw e;
+    }
+    try {
+      if (plain.length !== SHARE_PAYLOAD) return 'CRYPTO_SHARE_INVALID: wrong size';
+      const x = plain[0]!;
+      if (x !== r.xOf(from, this.id)) return 'CRYPTO_SHARE_INVALID: wrong x coordinate';
+      return { b: { x, y: plain.slice(1, 33) }, s: { x, y: plain.slice(33, 65) }, bSalt: plain.slice(65, 81), sSalt: plain.slice(81, 97) };
+    } finally {
+      plain.fill(0);
+    }
   }
 
   consistencyCheck(list: SurvivorListMsg): ConsistencyMsg {
@@ -456,7 +492,7 @@ export class SecAggClient {
         if (seen.has(id)) fail('SECAGG_SURVIVORS', `survivor list names ${id} twice`);
         seen.add(id);
         if (!r.index.has(id) || !this.#advertised.has(id)) fail('SECAGG_SURVIVORS', `survivor list names unknown or unadvertised id ${JSON.stringify(id.slice(0, 64))}`);
-        if (r.areNeighbours(this.id, id) && !this.#held.has(id)) fail('SECAGG_SURVIVORS', `survivor list names neighbour ${id}, which never shared keys`);
+        if (r.areNeighbours(this.id, id) && !this.#held.has(id) && !this.#rejected.has(id)) fail('SECAGG_SURVIVORS', `survivor list names neighbour ${id}, which never shared keys`);
       }
       if (!seen.has(this.id)) fail('SECAGG_SURVIVORS', 'survivor list marks this client as dropped although it uploaded');
       if (!sortedUnique(list.survivors)) fail('SECAGG_SURVIVORS', 'survivor list must be sorted');
@@ -523,6 +559,11 @@ interface Dealer {
   commitments?: Map<string, { b: Uint8Array; s: Uint8Array }>;
 }
 
+/**
+ * Every receive* below first validates the whole message and only then changes state, so a refused
+ * message leaves the server exactly as it was and a corrected resend is accepted. (A half-applied
+ * message would turn one malformed field into a permanent 'duplicate' for the honest retry.)
+ */
 export class SecAggServer {
   readonly #r: Roster;
   readonly #identity: Identity;
@@ -538,9 +579,10 @@ export class SecAggServer {
   #consistency = new Map<string, Uint8Array>();
   #u4 = new Set<string>();
   #unmasked = new Set<string>();
-  #bShares = new Map<string, Share[]>();
-  #sShares = new Map<string, Share[]>();
+  #bShares = new Map<string, Map<string, Share>>();  // dealer → holder → valid revealed share
+  #sShares = new Map<string, Map<string, Share>>();
   #badShares: { dealer: string; holder: string }[] = [];
+  #complaints = new Map<string, Set<string>>();    // holder → dealers whose envelope it rejected
 
   constructor(o: SecAggServerOptions) {
     this.#r = new Roster(o.params);
@@ -572,7 +614,8 @@ export class SecAggServer {
     if (!verifyMessage(SECAGG_DOMAINS.advertise, advertiseBody(this.#r.session0, m), m.signature, this.#r.key(from))) {
       fail('CRYPTO_BAD_SIGNATURE', `advertisement of ${from} is not signed by its identity key`);
     }
-    this.#dealers.set(from, { advert: { id: m.id, cPk: m.cPk, sPk: m.sPk, bCommit: m.bCommit, signature: m.signature } });
+    // copies: the caller's buffers (a decoder's pool, a test's tamper hook) must not reach our state
+    this.#dealers.set(from, { advert: { id: m.id, cPk: m.cPk.slice(), sPk: m.sPk.slice(), bCommit: m.bCommit.slice(), signature: m.signature.slice() } });
   }
 
   closeAdvertise(): Map<string, KeysMsg> {
@@ -607,28 +650,31 @@ export class SecAggServer {
     if (d.commitments) fail('SECAGG_MESSAGE', `duplicate share message from ${from}`);
     if (!Array.isArray(m.envelopes) || !Array.isArray(m.commitments)) fail('SECAGG_MESSAGE', 'malformed share message');
     const holders = this.#holders(from);
+    if (m.commitments.length !== holders.length || m.envelopes.length !== holders.length - 1) {
+      fail('SECAGG_MESSAGE', `${from} must commit to shares for exactly its ${holders.length} holders and send one envelope to each of its ${holders.length - 1} neighbours`);
+    }
     const commits = new Map<string, { b: Uint8Array; s: Uint8Array }>();
     for (const c of m.commitments) {
       if (!c || typeof c.holder !== 'string' || !isBytes(c.b, 32) || !isBytes(c.s, 32) || commits.has(c.holder)) fail('SECAGG_MESSAGE', 'malformed or duplicate share commitment');
-      commits.set(c.holder, { b: c.b, s: c.s });
+      commits.set(c.holder, { b: c.b.slice(), s: c.s.slice() });
     }
-    if (commits.size !== holders.length || holders.some((h) => !commits.has(h))) fail('SECAGG_MESSAGE', `${from} must commit to shares for exactly its ${holders.length} holders`);
+    if (holders.some((h) => !commits.has(h))) fail('SECAGG_MESSAGE', `${from} must commit to shares for exactly its ${holders.length} holders`);
     if (!verifyMessage(SECAGG_DOMAINS.shareCommit, commitmentsBody(this.#session!, from, m.commitments), m.signature, this.#r.key(from))) {
       fail('CRYPTO_BAD_SIGNATURE', `share commitments of ${from} are not signed by its identity key`);
     }
-    const to = new Set<string>();
+    const accepted = new Map<string, Sealed>();
     for (const e of m.envelopes) {
       if (!e || typeof e.to !== 'string' || !e.sealed || !isBytes(e.sealed.nonce, 24) || !isBytes(e.sealed.box) || e.sealed.box.length > 1024) {
         fail('SECAGG_MESSAGE', 'malformed share envelope');
       }
-      if (e.to === from || !commits.has(e.to) || to.has(e.to)) fail('SECAGG_MESSAGE', `share envelope addressed to ${e.to} is not expected`);
-      to.add(e.to);
+      if (e.to === from || !commits.has(e.to) || accepted.has(e.to)) fail('SECAGG_MESSAGE', `share envelope addressed to ${e.to} is not expected`);
+      accepted.set(e.to, { nonce: e.sealed.nonce.slice(), box: e.sealed.box.slice() });
     }
-    if (to.size !== holders.length - 1) fail('SECAGG_MESSAGE', `${from} must send one envelope to each of its ${holders.length - 1} neighbours`);
-    for (const e of m.envelopes) {
-      let box = this.#inbox.get(e.to);
-      if (!box) this.#inbox.set(e.to, box = []);
-      box.push({ from, sealed: { nonce: e.sealed.nonce, box: e.sealed.box } });
+    // validated in full; from here on nothing throws
+    for (const [to, sealed] of accepted) {
+      let box = this.#inbox.get(to);
+      if (!box) this.#inbox.set(to, box = []);
+      box.push({ from, sealed });
     }
     d.commitments = commits;
     this.#u2.add(from);
@@ -655,15 +701,61 @@ export class SecAggServer {
     if (!(v instanceof Uint32Array) || v.length !== this.#sum.length) {
       fail('SECAGG_MESSAGE', `masked input of ${from} must be a Uint32Array of length ${this.#sum.length}`);
     }
+    const rejected = new Set<string>();
+    if (m.rejected !== undefined) {
+      checkIdList(m.rejected, 'rejected');
+      for (const u of m.rejected) {
+        // a complaint is only meaningful about a neighbour that actually dealt `from` an envelope
+        if (u === from || rejected.has(u) || !this.#u2.has(u) || !this.#r.areNeighbours(from, u)) {
+          fail('SECAGG_MESSAGE', `${from} reports a rejected envelope from ${JSON.stringify(u.slice(0, 64))}, which dealt it none (or twice)`);
+        }
+        rejected.add(u);
+      }
+    }
     const s = this.#sum;
     for (let i = 0; i < s.length; i++) s[i] = (s[i]! + v[i]!) >>> 0;
     this.#u3.add(from);
+    if (rejected.size) {
+      this.#complaints.set(from, rejected);
+      log.warn(`${from} rejected the share envelopes of ${[...rejected].sort().join(', ')}`);
+    }
+  }
+
+  /** Holders that rejected `dealer`'s envelope, sorted. */
+  #complainers(dealer: string): string[] {
+    return [...this.#complaints].filter(([, ds]) => ds.has(dealer)).map(([h]) => h).sort();
+  }
+
+  /**
+   * Dealers whose secret can no longer be recovered now that U3 is known: holders outside U3 never
+   * get to reveal, and holders that rejected the envelope have nothing to reveal. Failing here
+   * instead of at finalize saves two message rounds and names the same culprits.
+   */
+  #unrecoverable(): DealerBlame[] {
+    const p = this.#r.params, out: DealerBlame[] = [];
+    for (const u of [...this.#u2].sort()) {
+      const kind: 'b' | 's' = this.#u3.has(u) ? 'b' : 's';
+      const complaints = this.#complainers(u);
+      const others = this.#holders(u).filter((h) => !complaints.includes(h));
+      const able = others.filter((h) => this.#u3.has(h)).length;
+      if (able < p.t) out.push({ dealer: u, kind, reason: 'insufficient-shares', shares: able, complaints, missing: others.filter((h) => !this.#u3.has(h)) });
+    }
+    return out;
+  }
+
+  #blame(blame: DealerBlame[], when: string): never {
+    this.#phase = 'failed';
+    const code = blame.every((b) => b.reason === 'inconsistent-shares') ? 'CRYPTO_RECONSTRUCT' : 'SECAGG_THRESHOLD';
+    const what = blame.map((b) => `${b.dealer} (${b.kind === 'b' ? 'self-mask seed' : 'mask key of dropped client'}: ${b.reason === 'inconsistent-shares' ? 'shares do not reconstruct the committed secret' : `${b.shares} valid shares, threshold ${this.#r.params.t}`}${b.complaints.length ? `; envelope rejected by ${b.complaints.join(', ')}` : ''})`);
+    throw new SecAggBlameError(code, `${when}: cannot recover the secrets of ${what.join('; ')}`, blame);
   }
 
   closeMaskedInput(): SurvivorListMsg {
     this.#expect('mask');
     const survivors = [...this.#u3].sort();
     if (survivors.length < this.#r.params.t) { this.#phase = 'failed'; fail('SECAGG_THRESHOLD', `only ${survivors.length} masked inputs, threshold is ${this.#r.params.t}`); }
+    const lost = this.#unrecoverable();
+    if (lost.length) this.#blame(lost, 'closing masked inputs');
     this.#survivorList = {
       survivors,
       signature: signMessage(SECAGG_DOMAINS.survivors, { session: this.#session!, survivors }, this.#identity.secretKey),
@@ -677,10 +769,10 @@ export class SecAggServer {
     this.#member(from, this.#u3, 'the survivor list');
     if (!m || m.id !== from) fail('SECAGG_MESSAGE', `consistency message names ${m?.id}, sender is ${from}`);
     if (this.#consistency.has(from)) fail('SECAGG_MESSAGE', `duplicate consistency message from ${from}`);
-    if (!verifyMessage(SECAGG_DOMAINS.consistency, { session: this.#session!, survivors: this.#survivorList!.survivors }, m.signature, this.#r.key(from))) {
+    if (!isBytes(m.signature, 64) || !verifyMessage(SECAGG_DOMAINS.consistency, { session: this.#session!, survivors: this.#survivorList!.survivors }, m.signature, this.#r.key(from))) {
       fail('CRYPTO_BAD_SIGNATURE', `consistency signature of ${from} does not verify`);
     }
-    this.#consistency.set(from, m.signature);
+    this.#consistency.set(from, m.signature.slice());
   }
 
   closeConsistency(): Map<string, UnmaskRequestMsg> {
@@ -700,7 +792,11 @@ export class SecAggServer {
     this.#member(from, this.#u4, 'the set that confirmed the survivor list');
     if (!m || m.id !== from || !Array.isArray(m.reveals)) fail('SECAGG_MESSAGE', `unmask message malformed or names ${m?.id}, sender is ${from}`);
     if (this.#unmasked.has(from)) fail('SECAGG_MESSAGE', `duplicate unmask message from ${from}`);
+    if (m.reveals.length > this.#r.params.k + 1) fail('SECAGG_MESSAGE', `${from} revealed more shares than it can hold`);
+    const rejected = this.#complaints.get(from);
     const dealers = new Set<string>();
+    const good: { dealer: string; kind: 'b' | 's'; share: Share }[] = [];
+    const bad: { dealer: string; holder: string }[] = [];
     for (const s of m.reveals) {
       if (!s || typeof s.dealer !== 'string' || (s.kind !== 'b' && s.kind !== 's') || !Number.isInteger(s.x) || !isBytes(s.y, 32) || !isBytes(s.salt, 16)) {
         fail('SECAGG_MESSAGE', 'malformed revealed share');
@@ -708,43 +804,82 @@ export class SecAggServer {
       if (dealers.has(s.dealer)) fail('SECAGG_MESSAGE', `${from} revealed two shares of ${s.dealer}`);
       dealers.add(s.dealer);
       if (!this.#u2.has(s.dealer)) fail('SECAGG_MESSAGE', `${from} revealed a share of ${s.dealer}, which never dealt shares`);
+      if (rejected?.has(s.dealer)) fail('SECAGG_MESSAGE', `${from} revealed a share of ${s.dealer} after reporting its envelope as rejected`);
       const want = this.#u3.has(s.dealer) ? 'b' : 's';
       if (s.kind !== want) fail('SECAGG_MESSAGE', `${from} revealed a ${s.kind}-share of ${s.dealer}; expected ${want}`);
       const c = this.#dealers.get(s.dealer)!.commitments!.get(from);
       if (!c) fail('SECAGG_MESSAGE', `${from} holds no share of ${s.dealer}`);
       const share = { x: s.x, y: s.y };
       if (s.x !== this.#r.xOf(s.dealer, from) || !verifyShareCommitment(commitLabel(this.#session!, s.dealer, from, s.kind), share, s.salt, s.kind === 'b' ? c.b : c.s)) {
-        this.#badShares.push({ dealer: s.dealer, holder: from });
-        log.warn(`share of ${s.dealer} revealed by ${from} fails its commitment; ignored`);
+        // a well-formed share that fails its commitment is evidence against its holder, not a reason to refuse the rest
+        bad.push({ dealer: s.dealer, holder: from });
         continue;
       }
-      const bucket = s.kind === 'b' ? this.#bShares : this.#sShares;
-      let list = bucket.get(s.dealer);
-      if (!list) bucket.set(s.dealer, list = []);
-      list.push({ x: share.x, y: share.y.slice() });
+      good.push({ dealer: s.dealer, kind: s.kind, share: { x: share.x, y: share.y.slice() } });
+    }
+    // validated in full; from here on nothing throws
+    for (const b of bad) log.warn(`share of ${b.dealer} revealed by ${from} fails its commitment; ignored`);
+    this.#badShares.push(...bad);
+    for (const g of good) {
+      const bucket = g.kind === 'b' ? this.#bShares : this.#sShares;
+      let list = bucket.get(g.dealer);
+      if (!list) bucket.set(g.dealer, list = new Map());
+      list.set(from, g.share);
     }
     this.#unmasked.add(from);
   }
 
-  /** Removes all masks and returns the sum of the survivors' inputs. */
+  /** Complaints as reported with the masked inputs, one entry per (dealer, holder). */
+  complaints(): { dealer: string; holder: string }[] {
+    const out: { dealer: string; holder: string }[] = [];
+    for (const [holder, ds] of this.#complaints) for (const dealer of ds) out.push({ dealer, holder });
+    return out.sort((a, b) => (a.dealer === b.dealer ? (a.holder < b.holder ? -1 : 1) : a.dealer < b.dealer ? -1 : 1));
+  }
+
+  /**
+   * Removes all masks and returns the sum of the survivors' inputs. Every secret is recovered before
+   * the sum is touched, so a failure names all culprits at once (SecAggBlameError.culprits).
+   */
   finalize(): SecAggResult {
     this.#expect('unmask');
     const r = this.#r, p = r.params, session = this.#session!;
     const sum = this.#sum;
     try {
-      for (const u of this.#u3) {
-        const d = this.#dealers.get(u)!;
-        const shares = this.#bShares.get(u) ?? [];
-        if (shares.length < p.t) fail('SECAGG_THRESHOLD', `cannot remove self-mask of ${u}: ${shares.length} valid shares, threshold ${p.t}`);
-        const b = reconstructVerified(shares, p.t, (cand) => bytesEqual(bCommitment(r.session0, u, cand), d.advert.bCommit));
-        addMask(sum, selfKey(session, p.round, u, b), -1);
+      const blame: DealerBlame[] = [];
+      const recover = (u: string, kind: 'b' | 's', check: (cand: Uint8Array) => boolean): Uint8Array | undefined => {
+        const got = (kind === 'b' ? this.#bShares : this.#sShares).get(u) ?? new Map<string, Share>();
+        const shares = [...got.values()];
+        const complaints = this.#complainers(u);
+        const missing = this.#holders(u).filter((h) => !got.has(h) && !complaints.includes(h));
+        const entry = { dealer: u, kind, shares: shares.length, complaints, missing };
+        if (shares.length < p.t) { blame.push({ ...entry, reason: 'insufficient-shares' }); return undefined; }
+        try {
+          return reconstructVerified(shares, p.t, check);
+        } catch (e) {
+          // every share here matched the dealer's own signed commitment, so only the dealer can be at fault
+          if (e instanceof CryptoError && e.code === 'CRYPTO_RECONSTRUCT') { blame.push({ ...entry, reason: 'inconsistent-shares' }); return undefined; }
+          throw e;
+        }
+      };
+      const seeds = new Map<string, Uint8Array>();
+      for (const u of [...this.#u3].sort()) {
+        const commit = this.#dealers.get(u)!.advert.bCommit;
+        const b = recover(u, 'b', (cand) => bytesEqual(bCommitment(r.session0, u, cand), commit));
+        if (b) seeds.set(u, b);
       }
       const dropped = [...this.#u2].filter((u) => !this.#u3.has(u)).sort();
+      const keys = new Map<string, Uint8Array>();
       for (const dId of dropped) {
-        const d = this.#dealers.get(dId)!;
-        const shares = this.#sShares.get(dId) ?? [];
-        if (shares.length < p.t) fail('SECAGG_THRESHOLD', `cannot recover mask key of dropped ${dId}: ${shares.length} valid shares, threshold ${p.t}`);
-        const sk = reconstructVerified(shares, p.t, (cand) => bytesEqual(x25519Base(cand), d.advert.sPk));
+        const sPk = this.#dealers.get(dId)!.advert.sPk;
+        const sk = recover(dId, 's', (cand) => bytesEqual(x25519Base(cand), sPk));
+        if (sk) keys.set(dId, sk);
+      }
+      if (blame.length) {
+        for (const x of [...seeds.values(), ...keys.values()]) x.fill(0);
+        this.#blame(blame, 'finalize');
+      }
+      for (const [u, b] of seeds) { addMask(sum, selfKey(session, p.round, u, b), -1); b.fill(0); }
+      for (const [dId, sk] of keys) {
         for (const v of r.neighbourIds(dId)) {
           if (!this.#u3.has(v)) continue;
           const sec = x25519(sk, this.#dealers.get(v)!.advert.sPk);
@@ -754,7 +889,7 @@ export class SecAggServer {
         sk.fill(0);
       }
       this.#phase = 'done';
-      return { sum, survivors: [...this.#u3].sort(), droppedAfterSharing: dropped, badShares: [...this.#badShares] };
+      return { sum, survivors: [...this.#u3].sort(), droppedAfterSharing: dropped, badShares: [...this.#badShares], complaints: this.complaints() };
     } catch (e) {
       this.#phase = 'failed';
       throw e instanceof Error ? e : cryptoError('SECAGG_THRESHOLD', String(e));

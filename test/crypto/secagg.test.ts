@@ -1,11 +1,14 @@
 import { expect } from 'chai';
-import nacl from 'tweetnacl';
 import {
-  SecAggServer, NeighbourGraph, defaultSecAggSizes, signMessage, SECAGG_DOMAINS,
-  type SharesMsg, type SurvivorListMsg, SecAggClient,
+  SecAggServer, NeighbourGraph, defaultSecAggSizes, signMessage, SECAGG_DOMAINS, SecAggBlameError,
+  type SharesMsg, type SurvivorListMsg, type ShareKeysMsg, SecAggClient,
 } from '../../shared/crypto/index.js';
-import type { CryptoError } from '../../shared/errors.js';
+import { CryptoError } from '../../shared/errors.js';
 import { setup, makeClients, randomInputs, plainSum, runRound, testIdentity, type Drops } from './harness.js';
+import { seededBytes, testRng } from './seed.js';
+
+const rng = testRng('secagg');
+const junk = (n: number) => seededBytes(rng, n);
 
 function code(f: () => unknown): string {
   try { f(); } catch (e) { return (e as CryptoError).code ?? 'no-code'; }
@@ -76,7 +79,7 @@ describe('crypto/secagg', () => {
     const s = setup(n, L);
     expect(s.params.k).to.be.below(n - 1);
     const inputs = randomInputs(s.ids, L);
-    const rnd = (k: number) => nacl.randomBytes(1)[0]! % k;
+    const rnd = (k: number) => rng.int(k);
     for (let trial = 0; trial < 6; trial++) {
       const pool = [...s.ids];
       const pick = (c: number) => Array.from({ length: c }, () => pool.splice(rnd(pool.length), 1)[0]!);
@@ -97,8 +100,8 @@ describe('crypto/secagg', () => {
   });
 
   it('neighbour graph is symmetric, k-regular, derived only from the session seed', () => {
-    const seed = nacl.randomBytes(32);
-    const g = new NeighbourGraph(101, 20, seed), g2 = new NeighbourGraph(101, 20, seed), g3 = new NeighbourGraph(101, 20, nacl.randomBytes(32));
+    const seed = junk(32);
+    const g = new NeighbourGraph(101, 20, seed), g2 = new NeighbourGraph(101, 20, seed), g3 = new NeighbourGraph(101, 20, junk(32));
     let differs = false;
     for (let i = 0; i < 101; i++) {
       const nb = g.neighbours(i);
@@ -114,24 +117,29 @@ describe('crypto/secagg', () => {
   });
 
   describe('tampering and misuse', () => {
-    it('a flipped byte anywhere in a relayed share envelope is rejected', () => {
+    it('a flipped byte anywhere in a relayed share envelope is rejected: the recipient drops that share, reports it, and the round still completes', () => {
       const s = setup(5, 8);
       const inputs = randomInputs(s.ids, 8);
       const victim = s.ids[2]!;
       for (let trial = 0; trial < 12; trial++) {
         const clients = makeClients(s);
-        let flipped = '';
+        let flipped = '', dealer = '';
         const hook = (id: string, m: SharesMsg): SharesMsg => {
           if (id !== victim) return m;
-          const e = m.envelopes[trial % m.envelopes.length]!;
+          const e = m.envelopes[rng.int(m.envelopes.length)]!;
           const field = trial % 3 === 0 ? 'nonce' : 'box';
           const buf = e.sealed[field].slice();
-          buf[(trial * 37) % buf.length]! ^= 1 << (trial % 8);
-          flipped = field;
+          buf[rng.int(buf.length)]! ^= 1 << rng.int(8);
+          flipped = field; dealer = e.from;
           return { envelopes: m.envelopes.map((x) => (x === e ? { from: x.from, sealed: { ...x.sealed, [field]: buf } } : x)) };
         };
-        expect(code(() => runRound(s, inputs, {}, { shares: hook }, clients)), flipped).to.equal('CRYPTO_SEAL_TAMPERED');
-        expect(clients.get(victim)!.phase).to.equal('aborted');
+        const { result } = runRound(s, inputs, {}, { shares: hook }, clients);
+        const c = clients.get(victim)!;
+        expect(c.phase, flipped).to.equal('done');
+        expect(c.rejectedPeers).to.deep.equal([dealer]);
+        expect(c.revealedKinds().has(dealer)).to.equal(false);
+        expect(result.complaints).to.deep.equal([{ dealer, holder: victim }]);
+        expect([...result.sum]).to.deep.equal([...plainSum(inputs, s.ids, 8)]);
       }
     });
 
@@ -142,14 +150,22 @@ describe('crypto/secagg', () => {
       const relabel = (id: string, m: SharesMsg): SharesMsg => id !== a ? m : {
         envelopes: m.envelopes.map((e, i) => (i === 0 ? { from: m.envelopes[1]!.from, sealed: e.sealed } : i === 1 ? { from: m.envelopes[0]!.from, sealed: e.sealed } : e)),
       };
-      expect(code(() => runRound(s, inputs, {}, { shares: relabel }))).to.equal('CRYPTO_SEAL_TAMPERED');
+      // two swapped labels: a rejects both envelopes, still holds t=3 valid shares (its own + 2)
+      const clients = makeClients(s);
+      const { result } = runRound(s, inputs, {}, { shares: relabel }, clients);
+      expect(clients.get(a)!.rejectedPeers).to.have.length(2);
+      expect(result.complaints.map((x) => x.holder)).to.deep.equal([a, a]);
+      expect([...result.sum]).to.deep.equal([...plainSum(inputs, s.ids, 8)]);
       let stolen: SharesMsg | undefined;
       const misroute = (id: string, m: SharesMsg): SharesMsg => {
         if (id === a) { stolen = m; return m; }
         if (id === b) return { envelopes: m.envelopes.map((e) => stolen!.envelopes.find((x) => x.from === e.from && e.from !== a) ?? e) };
         return m;
       };
-      expect(code(() => runRound(s, inputs, {}, { shares: misroute }))).to.equal('CRYPTO_SEAL_TAMPERED');
+      // b can open only a's envelope: 2 valid holders (a and itself) < t, so it aborts
+      const c2 = makeClients(s);
+      expect(code(() => runRound(s, inputs, {}, { shares: misroute }, c2))).to.equal('SECAGG_THRESHOLD');
+      expect(c2.get(b)!.phase).to.equal('aborted');
     });
 
     it('server refuses duplicated uploads, wrong-length vectors, spoofed senders and late messages', () => {
@@ -162,7 +178,7 @@ describe('crypto/secagg', () => {
       expect(code(() => server.receiveAdvertise(a, adv))).to.equal('SECAGG_MESSAGE');
       expect(code(() => server.receiveAdvertise(b, adv))).to.equal('SECAGG_MESSAGE');
       expect(code(() => server.receiveAdvertise('intruder', adv))).to.equal('SECAGG_MESSAGE');
-      expect(code(() => server.receiveAdvertise(b, { ...clients.get(b)!.advertiseKeys(), sPk: nacl.randomBytes(32) }))).to.equal('CRYPTO_BAD_SIGNATURE');
+      expect(code(() => server.receiveAdvertise(b, { ...clients.get(b)!.advertiseKeys(), sPk: junk(32) }))).to.equal('CRYPTO_BAD_SIGNATURE');
       for (const [id, c] of clients) if (id !== a && id !== b) server.receiveAdvertise(id, c.advertiseKeys());
       const keys = server.closeAdvertise();
       expect(code(() => server.receiveAdvertise(b, adv))).to.equal('SECAGG_PHASE');
@@ -204,9 +220,9 @@ describe('crypto/secagg', () => {
     it('keys message must be coordinator-signed and advertisements signed by enrolled identities', () => {
       const s = setup(5, 8);
       const inputs = randomInputs(s.ids, 8);
-      expect(code(() => runRound(s, inputs, {}, { keys: (id, m) => (id === s.ids[0] ? { ...m, keysDigest: nacl.randomBytes(32) } : m) }))).to.equal('CRYPTO_BAD_SIGNATURE');
+      expect(code(() => runRound(s, inputs, {}, { keys: (id, m) => (id === s.ids[0] ? { ...m, keysDigest: junk(32) } : m) }))).to.equal('CRYPTO_BAD_SIGNATURE');
       expect(code(() => runRound(s, inputs, {}, {
-        keys: (id, m) => (id === s.ids[0] ? { ...m, neighbours: m.neighbours.map((a, i) => (i === 0 ? { ...a, cPk: nacl.randomBytes(32) } : a)) } : m),
+        keys: (id, m) => (id === s.ids[0] ? { ...m, neighbours: m.neighbours.map((a, i) => (i === 0 ? { ...a, cPk: junk(32) } : a)) } : m),
       }))).to.equal('CRYPTO_BAD_SIGNATURE');
       expect(code(() => runRound(s, inputs, {}, { keys: (id, m) => (id === s.ids[0] ? { ...m, neighbours: m.neighbours.slice(1) } : m) }))).to.equal('SECAGG_MESSAGE');
     });
