@@ -16,7 +16,15 @@ export interface ParticipantRecord {
 export interface RoundRecord {
   round: number;
   roundId: string;
+  /** Attempt number inside the session (round ids are `<session>:<round>:<attempt>`). */
+  attempt?: number;
   status: 'completed' | 'failed';
+  /** Why a failed attempt failed. */
+  failure?: string;
+  /** Participants whose messages made this attempt fail; they sit out the next attempt. */
+  culprits?: string[];
+  /** Ready participants left out of this attempt because they made the previous one fail. */
+  excluded?: { clientId: string; reason: string }[];
   startedAt: number;
   endedAt: number;
   contributors: number;
@@ -30,7 +38,11 @@ export interface RoundRecord {
   /** Bytes a full-model exchange would have cost per client per direction. */
   fullModelBytes: number;
   /** Secure aggregation of this round: neighbourhood k, threshold t, and whose masks were recovered from shares. */
-  secure?: { k: number; t: number; clip: number; fracBits: number; droppedAfterSharing: string[]; badShares: number };
+  secure?: {
+    k: number; t: number; clip: number; fracBits: number; droppedAfterSharing: string[]; badShares: number;
+    /** Clients that could not open or verify a neighbour's share envelope, and whose. */
+    complaints?: { from: string; about: string[] }[];
+  };
 }
 
 export function weightedEval(ps: ParticipantRecord[], key: 'global' | 'personal'): { loss: number; accuracy: number } | undefined {
@@ -53,7 +65,7 @@ export interface MetricsSnapshot {
   fullModelBytes: number;
   modelBytesServed: number;
   protocolErrors: Map<string, number>;
-  history: RoundRecord[];
+  history: readonly RoundRecord[];
 }
 
 /** Prometheus exposition format 0.0.4. Per-client series are kept for the last `keepRounds` rounds. */

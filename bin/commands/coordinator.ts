@@ -67,8 +67,7 @@ export const coordinatorCommand: Command = {
     const r = await coord.done;
     process.stdout.write(`done: ${r.completedRounds} rounds completed\n`);
     if (v.linger === true) return new Promise<number>(() => undefined);
-    await new Promise((res) => setTimeout(res, 500)); // let session:done reach the clients
-    await coord.close();
+    await coord.close(); // waits for the clients' acks of session:done (bounded)
     return 0;
   },
 };

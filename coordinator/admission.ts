@@ -1,0 +1,68 @@
+/**
+ * Who may join: the signed join challenge bound to one link, the enrollment allowlist, and the
+ * one-id-per-key binding for the coordinator's lifetime. Knows nothing about rounds.
+ */
+import { readFile } from 'node:fs/promises';
+import { ConfigError, ProtocolError, errorMessage } from '../shared/errors.js';
+import { logger } from '../shared/log.js';
+import { PROTOCOL_VERSION, parseHello, type Hello } from '../shared/protocol/index.js';
+import {
+  AuthorizedClients, JoinVerifier, formatPublicKey, makeCoordinatorBoxKey, parseAuthorizedClients,
+  type BoxKeyCertificate, type BoxKeyPair, type Identity,
+} from '../shared/crypto/index.js';
+
+const log = logger('fedlora:coordinator:join');
+
+export interface Admitted { hello: Hello; key: Uint8Array; name?: string }
+
+export class Admission {
+  readonly #verifier: JoinVerifier;
+  readonly box: { keyPair: BoxKeyPair; certificate: BoxKeyCertificate };
+  readonly #keyOfId = new Map<string, string>();
+  readonly #idOfKey = new Map<string, string>();
+
+  private constructor(verifier: JoinVerifier, box: Admission['box']) {
+    this.#verifier = verifier;
+    this.box = box;
+  }
+
+  static async create(o: { identity: Identity; authorizedClients?: AuthorizedClients | string | string[]; allowAnyClient?: boolean }): Promise<{ admission: Admission; enrolled: number | null }> {
+    let allow: AuthorizedClients | undefined;
+    const a = o.authorizedClients;
+    if (a instanceof AuthorizedClients) allow = a;
+    else if (Array.isArray(a)) allow = parseAuthorizedClients(a.join('\n'), 'authorizedClients');
+    else if (typeof a === 'string') allow = parseAuthorizedClients(await readFile(a, 'utf8').catch((e: unknown) => { throw new ConfigError(`cannot read --authorized-clients ${a}: ${errorMessage(e)}`); }), a);
+    const verifier = new JoinVerifier({ coordinator: o.identity, ...(allow ? { authorized: allow } : {}), allowAny: o.allowAnyClient === true });
+    return { admission: new Admission(verifier, makeCoordinatorBoxKey(o.identity)), enrolled: allow ? allow.entries().filter((e) => !e.revoked).length : null };
+  }
+
+  challenge(linkId: string): Record<string, unknown> {
+    return { challenge: this.#verifier.challenge(linkId), boxKey: this.box.certificate };
+  }
+
+  /** Checks a hello and its join proof for this link. Throws (the caller replies and closes the link). */
+  admit(m: unknown, linkId: string): Admitted {
+    const h = parseHello(m);
+    if (h.protocolVersion !== PROTOCOL_VERSION) throw new ProtocolError('VERSION_MISMATCH', `coordinator speaks protocol ${PROTOCOL_VERSION}, client ${h.protocolVersion}`);
+    if (!h.proof) throw new ProtocolError('AUTH_REQUIRED', 'hello needs a join proof (request auth:challenge first)');
+    let who;
+    try {
+      who = this.#verifier.verify(h.proof, linkId);
+    } catch (e) {
+      log.warn(`join refused for ${linkId} claiming ${h.clientId}: ${errorMessage(e)}`);
+      throw e;
+    }
+    const boundKey = this.#keyOfId.get(h.clientId);
+    const boundId = this.#idOfKey.get(who.key);
+    if ((boundKey && boundKey !== who.key) || (boundId && boundId !== h.clientId)) {
+      throw new ProtocolError('IDENTITY_MISMATCH', boundKey && boundKey !== who.key ? `client id ${h.clientId} belongs to another key` : `this key already joined as ${boundId}`);
+    }
+    this.#keyOfId.set(h.clientId, who.key);
+    this.#idOfKey.set(who.key, h.clientId);
+    return { hello: h, key: who.publicKey, ...(who.name ? { name: who.name } : {}) };
+  }
+
+  describe(a: Admitted): string {
+    return a.name ?? `${formatPublicKey(a.key).slice(0, 20)}…`;
+  }
+}

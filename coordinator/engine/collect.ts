@@ -1,0 +1,230 @@
+/**
+ * Collectors: how one attempt of a round turns participants' messages into Σ contributions.
+ * Both are transport-free sub-state machines driven by the round engine:
+ *
+ *   plain   upload ─────────────────────────────────────────────▶ result
+ *   secure  advertise ▶ share ▶ masked ▶ consistency ▶ unmask ──▶ result
+ *
+ * `receive` validates a whole message before it changes anything (a refused message leaves the
+ * collector exactly as it was); `close` ends the current phase over what arrived and returns the
+ * notices to send, or the result. A failure that can be pinned on participants carries their ids
+ * (`AttemptFailure.culprits`) so the engine can leave them out of the retry.
+ */
+import { FedloraError, ProtocolError, errorMessage } from '../../shared/errors.js';
+import { parseUpdate, parseUpdateMetrics, EV, type UpdateMetrics } from '../../shared/protocol/index.js';
+import { SecAggServer, decodeSum, type QuantParams, type SecAggParams, type Identity } from '../../shared/crypto/index.js';
+import type { FlatLayout } from '../../shared/aggregation/index.js';
+
+export interface CollectResult {
+  /** Σ of the contributors' weighted contributions, flat in the round layout. */
+  sum: Float32Array;
+  contributors: string[];
+  secure?: { droppedAfterSharing: string[]; badShares: number; complaints: { from: string; about: string[] }[] };
+}
+
+export interface Notice { to: string; event: string; msg: unknown }
+
+export type Advance = { notices: Notice[] } | { result: CollectResult };
+
+export interface Received { uploaded: boolean; metrics?: UpdateMetrics }
+
+/** Facts about one participant of the attempt that a collector needs. */
+export interface SlotInfo { rank: number; weight: number; personal(name: string): boolean }
+
+export interface Collector {
+  readonly kind: 'plain' | 'secure';
+  /** Name of the phase now collecting (for /status and logs). */
+  readonly phase: string;
+  /** Which message kinds are accepted (`round:update` → 'update', `secagg:msg` → its kind). */
+  accepts(kind: string): boolean;
+  /** Participants that still owe a message in this phase. */
+  waitingFor(): string[];
+  /** Absolute time (ms) at which this phase closes over whatever arrived. */
+  readonly deadline: number;
+  receive(id: string, kind: string, msg: unknown): Received;
+  close(now: number): Advance;
+}
+
+/** An attempt that cannot complete; `culprits` are participants whose messages caused it. */
+export class AttemptFailure extends FedloraError {
+  readonly culprits: string[];
+  constructor(code: string, message: string, culprits: string[] = [], options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.culprits = culprits;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface PlainCollectorOptions {
+  roundId: string;
+  layout: FlatLayout;
+  /** Rank slot of every layout element. */
+  elementSlots: Int32Array;
+  slots: ReadonlyMap<string, SlotInfo>;
+  /** Each upload is clipped to ±clip per coordinate (per unit of weight), as secure aggregation does. */
+  clip: number;
+  deadline: number;
+}
+
+/**
+ * `--insecure-aggregation`: sealed plaintext uploads. The upload's own weight is only used to
+ * normalise it; what enters the sum is w·clip(x/w_upload) with w fixed at round start, so a
+ * client can neither inflate its weight after sampling nor send values beyond the clip.
+ */
+export class PlainCollector implements Collector {
+  readonly kind = 'plain' as const;
+  readonly phase = 'upload';
+  readonly deadline: number;
+  readonly #o: PlainCollectorOptions;
+  readonly #got = new Map<string, Float32Array>();
+
+  constructor(o: PlainCollectorOptions) {
+    this.#o = o;
+    this.deadline = o.deadline;
+  }
+
+  accepts(kind: string): boolean { return kind === 'update'; }
+
+  waitingFor(): string[] { return [...this.#o.slots.keys()].filter((id) => !this.#got.has(id)); }
+
+  receive(id: string, kind: string, msg: unknown): Received {
+    const slot = this.#o.slots.get(id);
+    if (!slot || kind !== 'update') throw new ProtocolError('STALE_ROUND', 'no plain upload expected from you in this round');
+    const o = this.#o;
+    const u = parseUpdate(msg, { roundId: o.roundId, rank: slot.rank, length: o.layout.size, maxWeight: Number.MAX_VALUE });
+    if (this.#got.has(id)) throw new ProtocolError('DUPLICATE', `already have your update for round ${u.roundId}`);
+    const v = u.vector, slots = o.elementSlots;
+    // plaintext can be checked where the layout says nothing may be: rank slots beyond the
+    // assigned rank, and tensors the client declared personal
+    for (let i = 0; i < v.length; i++) {
+      if (v[i] !== 0 && slots[i]! >= slot.rank) throw new ProtocolError('BAD_SHAPE', `update has a non-zero value in rank slot ${slots[i]} (assigned rank ${slot.rank})`);
+    }
+    for (const e of o.layout.entries) {
+      if (!slot.personal(e.name)) continue;
+      for (let i = e.offset; i < e.offset + e.size; i++) if (v[i] !== 0) throw new ProtocolError('BAD_SHAPE', `update carries values for ${e.name}, which you declared personal`);
+    }
+    const c = o.clip;
+    const out = new Float32Array(v.length);
+    for (let i = 0; i < v.length; i++) {
+      const x = v[i]! / u.weight;
+      out[i] = (x > c ? c : x < -c ? -c : x) * slot.weight;
+    }
+    this.#got.set(id, out);
+    return { uploaded: true, metrics: u.metrics };
+  }
+
+  close(): Advance {
+    const acc = new Float64Array(this.#o.layout.size);
+    for (const v of this.#got.values()) for (let i = 0; i < v.length; i++) acc[i] = acc[i]! + v[i]!;
+    return { result: { sum: Float32Array.from(acc), contributors: [...this.#got.keys()].sort() } };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface SecureCollectorOptions {
+  params: SecAggParams;
+  identity: Identity;
+  quant: QuantParams;
+  /** Per-phase deadline for the short phases (advertise, share, consistency, unmask). */
+  phaseMs: number;
+  /** The masked upload waits for training, until the round deadline. */
+  roundDeadline: number;
+  now: number;
+}
+
+type SecPhase = 'advertise' | 'share' | 'masked' | 'consistency' | 'unmask';
+const NEXT_NOTICE: Record<Exclude<SecPhase, 'unmask'>, string> = {
+  advertise: EV.secaggKeys, share: EV.secaggShares, masked: EV.secaggSurvivors, consistency: EV.secaggUnmask,
+};
+
+/** SecAgg+ over the SecAggServer state machine; the coordinator only ever holds the running masked sum. */
+export class SecureCollector implements Collector {
+  readonly kind = 'secure' as const;
+  #phase: SecPhase = 'advertise';
+  #deadline: number;
+  #expected: string[];
+  readonly #got = new Set<string>();
+  readonly #server: SecAggServer;
+  readonly #o: SecureCollectorOptions;
+  readonly #complaints: { from: string; about: string[] }[] = [];
+
+  constructor(o: SecureCollectorOptions) {
+    this.#o = o;
+    this.#server = new SecAggServer({ params: o.params, identity: o.identity });
+    this.#expected = o.params.participants.map((p) => p.id);
+    this.#deadline = Math.min(o.roundDeadline, o.now + o.phaseMs);
+  }
+
+  get phase(): string { return this.#phase; }
+  get deadline(): number { return this.#deadline; }
+
+  accepts(kind: string): boolean { return kind === this.#phase; }
+
+  waitingFor(): string[] { return this.#expected.filter((id) => !this.#got.has(id)); }
+
+  receive(id: string, kind: string, msg: unknown): Received {
+    if (kind !== this.#phase) throw new ProtocolError('SECAGG_PHASE', `secagg ${kind} arrived in phase ${this.#phase}`);
+    if (!this.#expected.includes(id)) throw new ProtocolError('SECAGG_PHASE', `no ${kind} message expected from you in this phase`);
+    if (!msg || typeof msg !== 'object') throw new ProtocolError('BAD_MESSAGE', `secagg ${kind}: expected an object`);
+    const m = msg as Record<string, unknown>;
+    const s = this.#server;
+    // SecAggServer validates shapes, signatures and duplicates of the whole message before it keeps anything
+    switch (this.#phase) {
+      case 'advertise': s.receiveAdvertise(id, m as never); break;
+      case 'share': s.receiveShareKeys(id, m as never); break;
+      case 'masked': {
+        const metrics = parseUpdateMetrics(m.metrics);
+        const rejected = m.rejected === undefined ? undefined : m.rejected;
+        s.receiveMasked(id, { id: m.id, masked: m.masked, ...(rejected !== undefined ? { rejected } : {}) } as never);
+        if (Array.isArray(rejected) && rejected.length) this.#complaints.push({ from: id, about: rejected.filter((x): x is string => typeof x === 'string').slice(0, 64) });
+        this.#got.add(id);
+        return { uploaded: true, metrics };
+      }
+      case 'consistency': s.receiveConsistency(id, m as never); break;
+      case 'unmask': s.receiveUnmask(id, m as never); break;
+    }
+    this.#got.add(id);
+    return { uploaded: false };
+  }
+
+  close(now: number): Advance {
+    const s = this.#server;
+    const phase = this.#phase;
+    let next: { ids: string[]; msgs: Map<string, unknown> };
+    try {
+      switch (phase) {
+        case 'advertise': { const m = s.closeAdvertise(); next = { ids: [...m.keys()], msgs: m }; break; }
+        case 'share': { const m = s.closeShareKeys(); next = { ids: [...m.keys()], msgs: m }; break; }
+        case 'masked': {
+          const list = s.closeMaskedInput();
+          next = { ids: [...list.survivors], msgs: new Map(list.survivors.map((id) => [id, list])) };
+          break;
+        }
+        case 'consistency': { const m = s.closeConsistency(); next = { ids: [...m.keys()], msgs: m }; break; }
+        case 'unmask': {
+          const res = s.finalize();
+          return {
+            result: {
+              sum: decodeSum(res.sum, this.#o.quant),
+              contributors: [...res.survivors],
+              secure: { droppedAfterSharing: [...res.droppedAfterSharing], badShares: res.badShares.length, complaints: [...this.#complaints] },
+            },
+          };
+        }
+      }
+    } catch (e) {
+      const culprits = (e as { culprits?: unknown }).culprits;
+      throw new AttemptFailure((e as { code?: string }).code ?? 'SECAGG_FAILED', `secure aggregation failed in phase ${phase}: ${errorMessage(e)}`,
+        Array.isArray(culprits) ? culprits.filter((x): x is string => typeof x === 'string') : [], { cause: e });
+    }
+    const order: SecPhase[] = ['advertise', 'share', 'masked', 'consistency', 'unmask'];
+    this.#phase = order[order.indexOf(phase) + 1]!;
+    this.#expected = next.ids;
+    this.#got.clear();
+    this.#deadline = this.#phase === 'masked' ? this.#o.roundDeadline : now + this.#o.phaseMs;
+    const event = NEXT_NOTICE[phase as Exclude<SecPhase, 'unmask'>];
+    return { notices: [...next.msgs].map(([to, msg]) => ({ to, event, msg })) };
+  }
+}
