@@ -1,9 +1,11 @@
 /**
  * The participant. Connects (socket.io, exponential-backoff reconnect), says hello, fetches and
- * verifies the base model, then for every round it is sampled for: global adapter at its rank +
- * its personal tensors → local training → personal tensors persisted → shared tensors uploaded as
- * one flat vector in the round's layout. Personal tensors never enter an upload: their layout
- * positions (if any) are left zero, and the coordinator averages them only over clients that share.
+ * verifies the base model, then takes part in every round it is sampled for. The connection, the
+ * join, the model and the single local trainer live here; each round is a ParticipantRound
+ * (client/participant/) that owns its secure-aggregation state and its upload, which is built by
+ * the pipeline in client/upload/ (contribution → mods → encode). Personal tensors never enter an
+ * upload: their layout positions are zero, and the coordinator averages them only over clients
+ * that share them.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
@@ -11,28 +13,39 @@ import { join } from 'node:path';
 import { io, type Socket } from 'socket.io-client';
 import { ConfigError, FedloraError, ProtocolError, errorMessage } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
-import { decode, encode } from '../shared/codec/index.js';
+import { decode } from '../shared/codec/index.js';
 import {
-  EV, PROTOCOL_VERSION, ID_RE, SIGNED_DOMAINS, globMatcher, layoutLength, okReply, errorReply, openEnvelope, parseAuthChallengeReply, parseChunkReply,
+  EV, PROTOCOL_VERSION, ID_RE, SIGNED_DOMAINS, globMatcher, okReply, errorReply, openEnvelope, parseAuthChallengeReply, parseChunkReply,
   parseHelloReply, parseRoundEnd, parseRoundStart, parseSessionDone, request, requestEncoded, roundStartTensors, sealForCoordinator,
-  type ClientToServerEvents, type HelloReply, type RoundStart, type SecAggKind, type ServerToClientEvents, type Update,
+  type ClientToServerEvents, type HelloReply, type RoundStart, type ServerToClientEvents, type UpdateMetrics,
 } from '../shared/protocol/index.js';
 import {
-  SecAggClient, bytesEqual, encodeUpdate, formatPublicKey, keyFingerprint, loadOrCreateIdentity, parsePublicKey, proveJoin, verifyCoordinatorBoxKey,
-  type Identity, type QuantParams, type SharesMsg,
+  bytesEqual, formatPublicKey, keyFingerprint, loadOrCreateIdentity, parsePublicKey, proveJoin, verifyCoordinatorBoxKey,
+  type Identity,
 } from '../shared/crypto/index.js';
-import { flatten, getStrategy, makeLayout, type Strategy } from '../shared/aggregation/index.js';
+import { getStrategy, type Strategy } from '../shared/aggregation/index.js';
 import { parseLoraName, resizeCols, resizeRows, type LoraAdapter } from '../shared/lora/adapter.js';
 import { atomicWrite, loadSafetensors, readFloatTensor, saveSafetensors } from '../shared/model/safetensors.js';
 import type { Tensor32, TensorMap } from '../shared/tensor.js';
 import { ensureModel } from './model-cache.js';
 import type { LocalTrainer, EvalMetrics } from './trainer.js';
 import { Progress } from './progress.js';
+import { ParticipantRound, type LocalResult, type ParticipantHost, type SecAggNotice } from './participant/round.js';
+import type { ClientObservers, ClientRoundSummary } from './participant/observe.js';
+import { personalRule, type UploadMod } from './upload/index.js';
+
+export type { ClientRoundSummary } from './participant/observe.js';
 
 const log = logger('fedlora:client');
 
 export interface TrainerFactoryOptions { modelDir: string; dataFile: string; backend: string; evalFraction: number; seed: number }
 export type TrainerFactory = (o: TrainerFactoryOptions) => Promise<LocalTrainer>;
+
+/** Fault injection for tests and simulations, handed in rather than exposed as public methods. */
+export interface ClientFaults {
+  /** Called with each new socket: `dropConnection()` closes the transport as a network failure would (the client reconnects by itself). */
+  onSocket?(dropConnection: () => void): void;
+}
 
 export interface ClientOptions {
   coordinatorUrl: string;
@@ -56,9 +69,15 @@ export interface ClientOptions {
   /** Evaluate the global and the personalized adapter every round (default true). */
   evaluate?: boolean;
   trainerFactory?: TrainerFactory;
-  /** Observes each encoded upload (tests inspect it; simulations count bytes). */
+  /** Extra upload mods, applied in order after the built-in ones (the secure round's clip) and before encoding. */
+  uploadMods?: UploadMod[];
+  /** Observers (tests inspect contributions and uploads; simulations count bytes and rounds). */
+  observe?: ClientObservers;
+  /** @deprecated same as observe.upload */
   onUpload?: (bytes: Uint8Array, round: number) => void;
+  /** @deprecated same as observe.round */
   onRound?: (summary: ClientRoundSummary) => void;
+  faults?: ClientFaults;
   /** Enrolled Ed25519 identity, or the file holding it (created on first run); default <stateDir>/client.identity. */
   identity?: Identity | string;
   /** Pins the coordinator key (`ed25519:…` or 32 raw bytes). Without it: trust on first use, stored in <stateDir>/coordinator.pub. */
@@ -71,45 +90,12 @@ export interface ClientOptions {
   tlsCa?: string | Uint8Array;
 }
 
-/** Debug only (tests): when set, each client also writes its plaintext contribution to <state>/debug-contribution-<round>.msgpack. */
-export const DEBUG_CONTRIBUTION_ENV = 'FEDLORA_DEBUG_SAVE_CONTRIBUTION';
+type Ack = (reply: Uint8Array) => void;
 
-interface Trained {
-  /** Σ-ready contribution at weight 1 (zero-padded to maxRank, zeros where personal), flat in layout order. */
-  vector: Float32Array;
-  weight: number;
-  metrics: Update['metrics'];
+/** Answers a notice's ack when the coordinator asked for one (older coordinators send none). */
+function acker(ack: unknown): Ack {
+  return (reply) => { if (typeof ack === 'function') try { (ack as Ack)(reply); } catch { /* peer gone */ } };
 }
-
-interface SecureJob {
-  roundId: string;
-  round: number;
-  sc: SecAggClient;
-  quant: QuantParams;
-  weight: number;
-  /** Sealed bytes already sent per phase, resent when the coordinator repeats a phase message after a reconnect. */
-  sent: Map<SecAggKind, Uint8Array>;
-  /** The sealed masked upload, built once: a reconnect may deliver concurrently with the first attempt. */
-  masked?: Promise<Uint8Array | null>;
-  shares: Promise<SharesMsg>;
-  resolveShares: (m: SharesMsg) => void;
-  rejectShares: (e: unknown) => void;
-}
-
-export interface ClientRoundSummary {
-  round: number;
-  roundId: string;
-  rank: number;
-  trainLoss: number;
-  steps: number;
-  global?: EvalMetrics;
-  personal?: EvalMetrics;
-  bytesUp: number;
-  bytesDown: number;
-  accepted: boolean;
-}
-
-interface Job { roundId: string; promise: Promise<Trained | null> }
 
 export class Client {
   readonly options: ClientOptions;
@@ -120,7 +106,11 @@ export class Client {
   #trainer?: LocalTrainer;
   #strategy?: Strategy;
   #isPersonalGlob: (n: string) => boolean;
-  #job: Job | null = null;
+  #isPersonal: (n: string) => boolean = () => false;
+  /** The round this client takes part in now; a newer round:start aborts it. */
+  #round: ParticipantRound | null = null;
+  /** Tail of the trainer queue: one trainer, one round's training at a time. */
+  #trainerBusy: Promise<unknown> = Promise.resolve();
   #stopped = false;
   #resolveRun!: (v: { completedRounds: number; roundsTrained: number }) => void;
   #rejectRun!: (e: unknown) => void;
@@ -129,7 +119,8 @@ export class Client {
   #identity?: Identity;
   #coordinatorKey?: Uint8Array;
   #boxKey?: Uint8Array;
-  #secure: SecureJob | null = null;
+  readonly #host: ParticipantHost;
+  readonly #observe: ClientObservers;
 
   constructor(o: ClientOptions) {
     if (!o.coordinatorUrl) throw new ConfigError('--coordinator URL is required');
@@ -142,6 +133,13 @@ export class Client {
     if (o.clientId !== undefined && !ID_RE.test(o.clientId)) throw new ConfigError(`client id ${JSON.stringify(o.clientId)} must match ${ID_RE}`);
     this.options = { ...o, maxRank, evalFraction: ef };
     this.#isPersonalGlob = globMatcher(o.personal ?? []);
+    const { onUpload, onRound } = o;
+    this.#observe = {
+      ...o.observe,
+      ...(onUpload || o.observe?.upload ? { upload: (b: Uint8Array, r: number) => { o.observe?.upload?.(b, r); onUpload?.(b, r); } } : {}),
+      ...(onRound || o.observe?.round ? { round: (s: ClientRoundSummary) => { o.observe?.round?.(s); onRound?.(s); } } : {}),
+    };
+    this.#host = this.#makeHost();
   }
 
   get clientId(): string { return this.#clientId; }
@@ -186,6 +184,7 @@ export class Client {
       ...(ca ? { ca } : {}),
     });
     this.#socket = socket;
+    o.faults?.onSocket?.(() => socket.io.engine?.close());
     let attempts = 0;
     socket.on('connect', () => {
       attempts = 0;
@@ -203,35 +202,18 @@ export class Client {
     socket.on('disconnect', (reason) => { if (!this.#stopped) log.info(`${this.#clientId}: disconnected (${reason}); will reconnect`); });
     const on = socket.on.bind(socket) as (ev: string, fn: (...a: unknown[]) => void) => void;
     on(EV.roundStart, (payload: unknown, ack: unknown) => this.#onRoundStart(payload, ack));
-    on(EV.roundEnd, (payload: unknown) => {
-      try {
-        const e = parseRoundEnd(this.#open(SIGNED_DOMAINS.roundEnd, payload));
-        log.debug(`round ${e.round} ${e.status} with ${e.contributors} contributor(s)`);
-        const sj = this.#secure;
-        if (sj && sj.roundId === e.roundId) { sj.rejectShares(new ProtocolError('ROUND_OVER', `round ${e.round} ended`)); this.#secure = null; }
-      } catch (err) { log.warn(`bad round:end from coordinator: ${errorMessage(err)}`); }
-    });
-    for (const ev of [EV.secaggKeys, EV.secaggShares, EV.secaggSurvivors, EV.secaggUnmask]) on(ev, (payload: unknown) => this.#onSecAggNotice(ev, payload));
-    on(EV.sessionDone, (payload: unknown) => {
-      try {
-        const d = parseSessionDone(this.#open(SIGNED_DOMAINS.sessionDone, payload));
-        log.info(`${this.#clientId}: session done after ${d.completedRounds} round(s)`);
-        void this.stop().then(() => this.#resolveRun({ completedRounds: d.completedRounds, roundsTrained: this.#roundsTrained }));
-      } catch (err) { log.warn(`bad session:done from coordinator: ${errorMessage(err)}`); }
-    });
+    on(EV.roundEnd, (payload: unknown, ack: unknown) => this.#onRoundEnd(payload, acker(ack)));
+    for (const ev of [EV.secaggKeys, EV.secaggShares, EV.secaggSurvivors, EV.secaggUnmask]) on(ev, (payload: unknown, ack: unknown) => this.#onSecAggNotice(ev, payload, acker(ack)));
+    on(EV.sessionDone, (payload: unknown, ack: unknown) => this.#onSessionDone(payload, acker(ack)));
     return done;
-  }
-
-  /** Fault injection (tests, simulations): drop the transport as a network failure would; the client reconnects by itself. */
-  simulateConnectionLoss(): void {
-    this.#socket?.io.engine?.close();
   }
 
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
     this.#socket?.disconnect();
-    await this.#job?.promise.catch(() => null);
+    this.#round?.abort('the client stops');
+    await this.#trainerBusy.catch(() => null);
     this.#trainer?.dispose();
     this.#trainer = undefined;
   }
@@ -305,6 +287,7 @@ export class Client {
     if (this.#hello && this.#hello.modelId !== hello.modelId) throw new ProtocolError('MODEL_MISMATCH', 'the coordinator now serves a different base model; restart the client');
     this.#hello = hello;
     this.#strategy = getStrategy(hello.strategy);
+    this.#isPersonal = personalRule(this.#strategy, this.#isPersonalGlob);
     if (!this.#modelDir) {
       const bar = o.progress ? new Progress('model') : null;
       const m = await ensureModel({
@@ -325,8 +308,10 @@ export class Client {
 
   #onRoundStart(payload: unknown, ack: unknown): void {
     if (typeof ack !== 'function') return;
-    const reply = (b: Uint8Array) => { try { (ack as (r: Uint8Array) => void)(b); } catch { /* gone */ } };
+    const reply = acker(ack);
+    const bytesDown = payload instanceof Uint8Array ? payload.byteLength : 0;
     let rs: RoundStart;
+    let round: ParticipantRound;
     try {
       // verified before anything acts on it: round, rank, participants, secagg parameters, model and global adapter hash
       rs = parseRoundStart(this.#open(SIGNED_DOMAINS.roundStart, payload, 1 << 30));
@@ -338,172 +323,101 @@ export class Client {
       if (!me || !bytesEqual(me.key, this.#identity!.publicKey) || me.rank !== rs.rank) throw new ProtocolError('BAD_MESSAGE', 'round start does not list this client with its key and rank');
       const insecureOk = this.options.insecureAggregation === true || this.options.secureAggregation === false;
       if (!rs.secure && !insecureOk) throw new ProtocolError('INSECURE_REFUSED', 'the coordinator runs without secure aggregation; this client only joins secure rounds (--insecure-aggregation to allow)');
-      if (rs.secure && this.#secure?.roundId !== rs.roundId) this.#startSecure(rs, me.weight);
+      // the coordinator resends round:start after a reconnect: the round answers from what it already holds
+      const cur = this.#round;
+      if (cur?.roundId === rs.roundId) {
+        reply(okReply());
+        cur.redeliver(bytesDown);
+        return;
+      }
+      round = new ParticipantRound({
+        rs, weight: me.weight, host: this.#host, strategy: this.#strategy, isPersonal: this.#isPersonal, mods: this.options.uploadMods,
+        keys: { identity: this.#identity!, coordinatorKey: this.#coordinatorKey! }, observe: this.#observe, bytesDown,
+      });
     } catch (e) {
       log.warn(`${this.#clientId}: refused round start: ${errorMessage(e)}`);
       reply(errorReply(e));
       return;
     }
-    const bytesDown = payload instanceof Uint8Array ? payload.byteLength : 0;
+    // a newer round (e.g. a retry under a new attempt id, or after a coordinator restart) supersedes the old one
+    this.#round?.abort(`round ${rs.roundId} started`);
+    this.#round = round;
+    // secure rounds advertise their keys right away; training waits for the trainer and runs while the coordinator collects keys
+    void round.start();
     reply(okReply());
-    // the coordinator resends round:start after a reconnect: reuse the job (and secagg state) for the same round
-    if (this.#job?.roundId === rs.roundId) {
-      const job = this.#job;
-      const adv = this.#secure?.roundId === rs.roundId ? this.#secure.sent.get('advertise') : undefined;
-      if (adv) void this.#sendSecAgg(rs, 'advertise', adv);
-      void job.promise.then((t) => { if (t) return this.#deliver(rs, t, null, bytesDown); })
-        .catch((e: unknown) => log.error(`${this.#clientId}: round ${rs.round} redelivery failed: ${errorMessage(e)}`));
-      return;
-    }
-    const startedAt = Date.now();
-    // one trainer, one job at a time: a newer round (e.g. after a coordinator restart) waits its turn
-    const prev = this.#job?.promise.catch(() => null) ?? Promise.resolve(null);
-    const job: Job = { roundId: rs.roundId, promise: prev.then(() => (this.#stopped ? null : this.#train(rs))) };
-    this.#job = job;
-    void job.promise.then(async (t) => {
-      if (!t) return;
-      await this.#deliver(rs, t, startedAt, bytesDown);
-    }).catch((e: unknown) => {
-      log.error(`${this.#clientId}: round ${rs.round} failed locally: ${errorMessage(e)}`);
-    });
   }
 
-  // ---------- secure aggregation ----------
-
-  #startSecure(rs: RoundStart, weight: number): void {
-    const sec = rs.secure!;
-    if (sec.modelHash !== `${rs.modelId}:${rs.globalHash}`) throw new ProtocolError('BAD_MESSAGE', 'secagg model hash does not bind this round\'s model and global adapter');
-    const sc = new SecAggClient({
-      params: {
-        round: rs.round, modelHash: sec.modelHash, vectorLength: layoutLength(rs.layout), participants: rs.participants.map((p) => ({ id: p.id, key: p.key })),
-        k: sec.k, t: sec.t, nonce: sec.nonce, coordinatorKey: this.#coordinatorKey!,
-      },
-      paramsSignature: sec.paramsSignature, coordinatorKey: this.#coordinatorKey!, identity: this.#identity!, id: this.#clientId,
-    });
-    let resolveShares!: (m: SharesMsg) => void, rejectShares!: (e: unknown) => void;
-    const shares = new Promise<SharesMsg>((res, rej) => { resolveShares = res; rejectShares = rej; });
-    shares.catch(() => undefined);
-    const prev = this.#secure;
-    prev?.rejectShares(new ProtocolError('ROUND_OVER', 'a newer round started'));
-    const sj: SecureJob = { roundId: rs.roundId, round: rs.round, sc, quant: { ...sec.quant }, weight, sent: new Map(), shares, resolveShares, rejectShares };
-    this.#secure = sj;
-    // keys go out right away; training runs while the coordinator collects the other advertisements
-    this.#sendSecAgg(rs, 'advertise', this.#sealSecAgg(rs, 'advertise', sc.advertiseKeys()));
-  }
-
-  #sealSecAgg(rs: { roundId: string; round: number }, kind: SecAggKind, msg: unknown): Uint8Array {
-    const bytes = sealForCoordinator(encode(msg), { roundId: rs.roundId, round: rs.round, sender: this.#clientId, kind: `secagg/${kind}` }, this.#boxKey!);
-    this.#secure?.sent.set(kind, bytes);
-    return bytes;
-  }
-
-  async #sendSecAgg(rs: { roundId: string; round: number }, kind: SecAggKind, bytes: Uint8Array): Promise<boolean> {
-    const socket = this.#socket;
-    if (!socket?.connected || this.#stopped) return false;
+  #onRoundEnd(payload: unknown, reply: Ack): void {
     try {
-      await requestEncoded(socket, EV.secagg, bytes, this.#timeout());
-      return true;
-    } catch (e) {
-      log.warn(`${this.#clientId}: round ${rs.round} secagg ${kind} refused: ${errorMessage(e)}`);
-      return false;
+      const e = parseRoundEnd(this.#open(SIGNED_DOMAINS.roundEnd, payload));
+      reply(okReply());
+      log.debug(`round ${e.round} ${e.status} with ${e.contributors} contributor(s)`);
+      if (this.#round?.roundId === e.roundId) this.#round.end(e);
+    } catch (err) {
+      log.warn(`bad round:end from coordinator: ${errorMessage(err)}`);
+      reply(errorReply(err));
     }
   }
 
-  #onSecAggNotice(event: string, payload: unknown): void {
-    const sj = this.#secure;
+  #onSessionDone(payload: unknown, reply: Ack): void {
+    try {
+      const d = parseSessionDone(this.#open(SIGNED_DOMAINS.sessionDone, payload));
+      reply(okReply());
+      log.info(`${this.#clientId}: session done after ${d.completedRounds} round(s)`);
+      void this.stop().then(() => this.#resolveRun({ completedRounds: d.completedRounds, roundsTrained: this.#roundsTrained }));
+    } catch (err) {
+      log.warn(`bad session:done from coordinator: ${errorMessage(err)}`);
+      reply(errorReply(err));
+    }
+  }
+
+  #onSecAggNotice(event: SecAggNotice, payload: unknown, reply: Ack): void {
     try {
       const o = decode(payload, 64 << 20) as { roundId?: unknown; msg?: unknown } | null;
-      if (!o || typeof o !== 'object' || !sj || o.roundId !== sj.roundId) return; // not for the round this client is in
-      const rs = { roundId: sj.roundId, round: sj.round };
-      const step = (kind: SecAggKind, phase: string, f: () => unknown) => {
-        if (sj.sc.phase === phase) void this.#sendSecAgg(rs, kind, this.#sealSecAgg(rs, kind, f()));
-        else { const again = sj.sent.get(kind); if (again) void this.#sendSecAgg(rs, kind, again); }
-      };
-      if (event === EV.secaggKeys) step('share', 'share', () => sj.sc.shareKeys(o.msg as never));
-      else if (event === EV.secaggShares) {
-        const m = o.msg as SharesMsg;
-        log.info(`${this.#clientId}: round ${sj.round}: received key shares from ${Array.isArray(m?.envelopes) ? m.envelopes.length : 0} neighbour(s)`);
-        sj.resolveShares(m);
-      }
-      else if (event === EV.secaggSurvivors) step('consistency', 'consistency', () => sj.sc.consistencyCheck(o.msg as never));
-      else if (event === EV.secaggUnmask) step('unmask', 'unmask', () => sj.sc.unmask(o.msg as never));
+      if (!o || typeof o !== 'object' || typeof o.roundId !== 'string') throw new ProtocolError('BAD_MESSAGE', `${event}: expected { roundId, msg }`);
+      const round = this.#round;
+      if (!round || round.roundId !== o.roundId) throw new ProtocolError('STALE_ROUND', `${event} for round ${o.roundId}, which this client is not in`);
+      round.notice(event, o.msg);
+      reply(okReply());
     } catch (e) {
-      // the SecAggClient aborts (and wipes its secrets) on anything inconsistent; the round goes on without us
+      // an inconsistent phase message makes the SecAggClient abort (and wipe its secrets); the round goes on without us
       log.warn(`${this.#clientId}: ${event}: ${errorMessage(e)}`);
+      reply(errorReply(e));
     }
   }
 
-  // ---------- upload ----------
-
-  #lastSummary: ClientRoundSummary | null = null;
-
-  /** Sends the trained contribution: masked (secure rounds) or sealed plaintext (insecure rounds). */
-  async #deliver(rs: RoundStart, t: Trained, startedAt: number | null, bytesDown: number): Promise<void> {
-    const socket = this.#socket;
-    if (!socket?.connected || this.#stopped) return; // the coordinator resends round:start after we reconnect
-    if (this.#handshaking) await this.#handshaking;
-    let accepted = false;
-    let bytes: Uint8Array;
-    if (rs.secure) {
-      const sj = this.#secure;
-      if (!sj || sj.roundId !== rs.roundId) return;
-      let shares: SharesMsg;
-      try { shares = await sj.shares; } catch { return; } // the round ended before key sharing completed
-      sj.masked ??= (async () => {
-        if (sj.sc.phase !== 'mask') return sj.sent.get('masked') ?? null;
-        const q = encodeUpdate(t.vector, sj.weight, sj.quant);
-        await this.#debugDump(rs, t, sj.weight, sj.quant);
-        return this.#sealSecAgg(rs, 'masked', { ...sj.sc.maskedInput(shares, q), metrics: t.metrics });
-      })();
-      const built = await sj.masked;
-      if (!built) { log.warn(`${this.#clientId}: round ${rs.round}: secure aggregation is in phase ${sj.sc.phase}${sj.sc.abortReason ? ` (${sj.sc.abortReason})` : ''}; no upload`); return; }
-      bytes = built;
-      this.options.onUpload?.(bytes, rs.round);
-      accepted = await this.#sendSecAgg(rs, 'masked', bytes);
-    } else {
-      const vector = new Float32Array(t.vector.length);
-      for (let i = 0; i < vector.length; i++) vector[i] = t.vector[i]! * t.weight;
-      await this.#debugDump(rs, t, t.weight, null);
-      const update: Update = { roundId: rs.roundId, rank: rs.rank, weight: t.weight, vector, metrics: t.metrics };
-      bytes = sealForCoordinator(encode(update), { roundId: rs.roundId, round: rs.round, sender: this.#clientId, kind: 'update' }, this.#boxKey!);
-      this.options.onUpload?.(bytes, rs.round);
-      if (!socket.connected || this.#stopped) return;
-      try {
-        await requestEncoded(socket, EV.update, bytes, this.#timeout());
-        accepted = true;
-      } catch (e) {
-        log.warn(`${this.#clientId}: round ${rs.round} upload refused: ${errorMessage(e)}`);
-      }
-    }
-    const s = this.#lastSummary;
-    if (s && s.roundId === rs.roundId) {
-      s.accepted = accepted; s.bytesUp = bytes.byteLength; s.bytesDown = bytesDown;
-      const ev = (m?: EvalMetrics) => (m ? `loss ${m.loss.toFixed(4)} acc ${m.accuracy.toFixed(3)}` : '–');
-      log.info(`${this.#clientId}: round ${rs.round} rank ${rs.rank}: train loss ${s.trainLoss.toFixed(4)} (${s.steps} steps${startedAt ? `, ${((Date.now() - startedAt) / 1000).toFixed(1)}s` : ''}); global ${ev(s.global)}; personalized ${ev(s.personal)}; ${bytesDown} B down, ${bytes.byteLength} B up${rs.secure ? ' (masked)' : ''}${accepted ? '' : ' (refused)'}`);
-      this.options.onRound?.({ ...s });
-    }
+  /** What rounds use of this client: the trainer queue, sealing and the connection. */
+  #makeHost(): ParticipantHost {
+    const self = this;
+    return {
+      get clientId() { return self.#clientId; },
+      exclusive: <T>(fn: () => Promise<T>): Promise<T> => {
+        const run = this.#trainerBusy.catch(() => null).then(() => (this.#stopped ? Promise.reject(new ProtocolError('STOPPED', 'the client stopped')) : fn()));
+        this.#trainerBusy = run.catch(() => null);
+        return run;
+      },
+      train: (rs) => this.#train(rs),
+      seal: (payload, ctx) => sealForCoordinator(payload, { ...ctx, sender: this.#clientId }, this.#boxKey!),
+      online: async () => {
+        if (!this.#socket?.connected || this.#stopped) return false;
+        if (this.#handshaking) await this.#handshaking;
+        return !!this.#socket?.connected && !this.#stopped;
+      },
+      send: async (event, bytes, what) => {
+        const socket = this.#socket;
+        if (!socket?.connected || this.#stopped) return false;
+        try {
+          await requestEncoded(socket, event, bytes, this.#timeout());
+          return true;
+        } catch (e) {
+          log.warn(`${this.#clientId}: ${what} refused: ${errorMessage(e)}`);
+          return false;
+        }
+      },
+    };
   }
 
-  /** Test-only: the plaintext this client contributed (weight·clip(x)), so an e2e test can recompute the plain aggregate. */
-  async #debugDump(rs: RoundStart, t: Trained, weight: number, q: QuantParams | null): Promise<void> {
-    if (!process.env[DEBUG_CONTRIBUTION_ENV]) return;
-    const c = q?.clip ?? Infinity;
-    const contribution = new Float32Array(t.vector.length);
-    for (let i = 0; i < contribution.length; i++) contribution[i] = Math.max(-c, Math.min(c, t.vector[i]!)) * weight;
-    await atomicWrite(join(this.options.stateDir, `debug-contribution-${rs.round}.msgpack`), encode({
-      roundId: rs.roundId, round: rs.round, rank: rs.rank, weight, contribution, quant: q, global: rs.global, layout: rs.layout,
-    }));
-  }
-
-  /** Strategy- or config-personal: stays on this client, persisted between rounds. */
-  #isPersonal(name: string): boolean {
-    const p = parseLoraName(name);
-    if (!p) return false;
-    if (this.#strategy!.name === 'fedsa' && p.factor === 'B') return true;
-    return this.#isPersonalGlob(name);
-  }
-
-  async #train(rs: RoundStart): Promise<Trained> {
+  async #train(rs: RoundStart): Promise<LocalResult> {
     const trainer = this.#trainer!;
     const strategy = this.#strategy!;
     const o = this.options;
@@ -525,8 +439,7 @@ export class Client {
     const t0 = Date.now();
     const res = await trainer.train(start, {
       steps, lr: rs.train.lr, batchSize: rs.train.batchSize, seed,
-      // under ffa A is the frozen shared projection
-      trainable: (n) => !(strategy.name === 'ffa' && parseLoraName(n)?.factor === 'A'),
+      trainable: (n) => strategy.isTrainable(n),
       onProgress: bar ? (s, t, l) => bar.update(s, t, `loss ${l.toFixed(3)}`) : undefined,
     });
     const trainMs = Date.now() - t0;
@@ -534,25 +447,10 @@ export class Client {
     const personalMetrics = evaluate ? await trainer.evaluate(res.adapter) : undefined;
     await this.#savePersonal(res.adapter.tensors);
     this.#roundsTrained++;
-    // the layout's tensors: contributions at weight 1 for shared ones, zeros where personal; the
-    // weight is applied once, by the plain upload or by the fixed-point encoding
-    const layout = makeLayout(rs.layout);
-    const contrib: TensorMap = new Map();
-    for (const e of layout.entries) {
-      const t = res.adapter.tensors.get(e.name);
-      if (this.#isPersonal(e.name) || !t) {
-        if (!t && !this.#isPersonal(e.name)) throw new ProtocolError('LAYOUT', `trained adapter lacks ${e.name}`);
-        contrib.set(e.name, { shape: [...e.shape], data: new Float32Array(e.size) });
-      } else {
-        contrib.set(e.name, strategy.contribution(e.name, t, 1, rs.maxRank));
-      }
-    }
-    const vector = flatten(contrib, layout);
-    const metrics: Update['metrics'] = { trainLoss: Math.min(1e6, Math.max(0, finiteOr(res.trainLoss, 0))), steps: res.steps, trainMs: trainMs };
+    const metrics: UpdateMetrics = { trainLoss: Math.min(1e6, Math.max(0, finiteOr(res.trainLoss, 0))), steps: res.steps, trainMs: trainMs };
     if (global) metrics.global = cleanEval(global);
     if (personalMetrics) metrics.personal = cleanEval(personalMetrics);
-    this.#lastSummary = { round: rs.round, roundId: rs.roundId, rank: rs.rank, trainLoss: res.trainLoss, steps: res.steps, global, personal: personalMetrics, bytesUp: 0, bytesDown: 0, accepted: false };
-    return { vector, weight: Math.max(1, res.examples), metrics };
+    return { tensors: res.adapter.tensors, examples: res.examples, metrics, trainLoss: res.trainLoss, steps: res.steps, global, personal: personalMetrics };
   }
 
   #personalFile(): string { return join(this.options.stateDir, 'personal.safetensors'); }

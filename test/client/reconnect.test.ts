@@ -19,17 +19,20 @@ describe('client reconnect', function () {
     const url = await coord.serve(0);
     const trainers = await Promise.all([0.1, 0.3].map((t) => pullTrainer(t)));
     let trainCalls = 0;
-    let c0: Client | null = null;
+    let drop: (() => void) | null = null;
     const flaky = {
       ...trainers[0]!,
       train: async (...a: Parameters<LocalTrainerTrain>) => {
         trainCalls++;
-        if (trainCalls === 1) c0!.simulateConnectionLoss(); // drops while round 1 trains
+        if (trainCalls === 1) drop!(); // drops while round 1 trains
         await new Promise((r) => setTimeout(r, 300));
         return trainers[0]!.train(...a);
       },
     };
-    c0 = new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, 'c0'), maxRank: 4, clientId: 'c0', reconnectInitialMs: 100, trainerFactory: async () => flaky });
+    const c0 = new Client({
+      coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, 'c0'), maxRank: 4, clientId: 'c0', reconnectInitialMs: 100, trainerFactory: async () => flaky,
+      faults: { onSocket: (d) => { drop = d; } },
+    });
     const c1 = new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, 'c1'), maxRank: 4, clientId: 'c1', trainerFactory: async () => trainers[1]! });
     const [done] = await Promise.all([coord.done, c0.run(), c1.run()]);
     expect(done.completedRounds).to.equal(2);

@@ -62,10 +62,24 @@ export async function rawJoin(s: Socket, identity: Identity, clientId: string, e
 }
 
 import { getStrategy, makeLayout, unflatten } from '../../shared/aggregation/index.js';
-import { quantErrorBound, type QuantParams } from '../../shared/crypto/index.js';
+import { quantErrorBound } from '../../shared/crypto/index.js';
+import type { ClientObservers, ContributionObservation } from '../../client/index.js';
 
-/** What a client writes with FEDLORA_DEBUG_SAVE_CONTRIBUTION set (client/client.ts #debugDump). */
-export interface Dump { round: number; global: { name: string; shape: number[]; data: Float32Array }[]; rank: number; weight: number; contribution: Float32Array; quant: QuantParams | null; layout: { name: string; shape: number[] }[] }
+/** A client's plaintext contribution as its `observe.contribution` sees it (and `--debug-dump-contributions` writes it). */
+export type Dump = ContributionObservation;
+
+/** Observers that keep each client's contributions, by client index: `observe: dumps.observer(i)`. */
+export function contributionLog(): { observer(i: number): ClientObservers; of(i: number, round?: number): Dump } {
+  const seen = new Map<string, Dump>();
+  return {
+    observer: (i) => ({ contribution: (c) => { seen.set(`${i}/${c.round}`, c); } }),
+    of: (i, round = 1) => {
+      const d = seen.get(`${i}/${round}`);
+      if (!d) throw new Error(`client ${i} contributed nothing in round ${round}`);
+      return d;
+    },
+  };
+}
 
 /** The plain aggregate of these contributions through the same strategy, and the bound to compare within. */
 export function plainAggregate(dumps: Dump[], previous: LoraAdapter, strategyName: 'rank-aware' | 'fedit', maxRank: number): { adapter: LoraAdapter; tolerance: number } {

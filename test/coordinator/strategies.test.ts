@@ -1,22 +1,19 @@
 import { expect } from 'chai';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Coordinator } from '../../coordinator/index.js';
 import { Client } from '../../client/index.js';
-import { DEBUG_CONTRIBUTION_ENV } from '../../client/index.js';
 import { decode } from '../../shared/codec/index.js';
 import { loadSafetensors } from '../../shared/model/safetensors.js';
 import { parseLoraName } from '../../shared/lora/adapter.js';
 import { setLogLevel } from '../../shared/log.js';
-import { FIXTURE, pullTrainer } from './helpers.js';
+import { FIXTURE, contributionLog, pullTrainer } from './helpers.js';
 
 describe('every strategy over the wire', function () {
   this.timeout(30_000);
   let dir: string;
-  // the debug dump lets the test see each client's plaintext contribution although the wire only carries masked inputs
-  before(() => { setLogLevel('error'); process.env[DEBUG_CONTRIBUTION_ENV] = '1'; });
-  after(() => { delete process.env[DEBUG_CONTRIBUTION_ENV]; });
+  before(() => setLogLevel('error'));
   beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-strat-')); });
   afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
 
@@ -27,15 +24,19 @@ describe('every strategy over the wire', function () {
       const init = coord.globalAdapter!;
       const uploads: Uint8Array[] = [];
       const trainers = await Promise.all([0.1, 0.3].map((t) => pullTrainer(t)));
-      const clients = [2, 4].map((rank, i) => new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`, trainerFactory: async () => trainers[i]!, onUpload: (b) => uploads.push(b) }));
+      // the contribution observer shows each client's plaintext although the wire only carries masked inputs
+      const seen = contributionLog();
+      const clients = [2, 4].map((rank, i) => new Client({
+        coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`, trainerFactory: async () => trainers[i]!,
+        observe: { ...seen.observer(i), upload: (b) => uploads.push(b) },
+      }));
       await Promise.all([coord.done, ...clients.map((c) => c.run())]);
       const shared = [...init.tensors.keys()].filter((k) => coord.strategy.isShared(k));
       const numel = shared.reduce((s, k) => s + init.tensors.get(k)!.data.length, 0);
       expect(uploads).to.have.length(2);
       for (const u of uploads) expect((decode(u) as { kind: string }).kind).to.equal('masked');
       for (let i = 0; i < 2; i++) {
-        const dump = decode(await readFile(join(dir, `c${i}`, 'debug-contribution-1.msgpack'))) as { contribution: Float32Array };
-        expect(dump.contribution.length).to.equal(numel);
+        expect(seen.of(i).contribution.length).to.equal(numel);
       }
       const g = coord.globalAdapter!;
       for (const [k, t] of g.tensors) {

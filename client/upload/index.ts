@@ -1,0 +1,4 @@
+export { contributionVector, personalRule, type ContributionInput } from './contribution.js';
+export { applyMods, clipToRound, float32Ceil, BUILTIN_MODS, type UploadContext, type UploadMod } from './mods.js';
+export { maskedEncoder, plainEncoder, summand, type Seal, type UploadEncoder } from './encode.js';
+export { buildUpload, type UploadRun } from './pipeline.js';
