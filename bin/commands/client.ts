@@ -1,4 +1,4 @@
-import { Client } from '../../client/index.js';
+import { Client, dumpContributions } from '../../client/index.js';
 import { intFlag, listFlag, numFlag, str, type Command } from './flags.js';
 
 export const clientCommand: Command = {
@@ -20,8 +20,10 @@ export const clientCommand: Command = {
     'coordinator-key': { type: 'string', help: 'pin the coordinator key (ed25519:…); without it the first key seen is trusted and stored under --state' },
     'insecure-aggregation': { type: 'boolean', help: 'also take part in rounds without secure aggregation (the update then reaches the coordinator in the clear)' },
     'tls-ca': { type: 'string', help: 'PEM CA certificate to trust for an https:// coordinator' },
+    'debug-dump-contributions': { type: 'string', help: 'TEST ONLY: also write each round\'s plaintext contribution to DIR/debug-contribution-<round>.msgpack (defeats secure aggregation)' },
   },
   async run(v) {
+    const dumpDir = str(v['debug-dump-contributions'], 'debug-dump-contributions');
     const client = new Client({
       coordinatorUrl: str(v.coordinator, 'coordinator', true)!, dataFile: str(v.data, 'data', true)!, stateDir: str(v.state, 'state', true)!,
       maxRank: intFlag(v['max-rank'], 'max-rank', 1), backend: str(v.backend, 'backend'), personal: listFlag(v.personal),
@@ -29,7 +31,9 @@ export const clientCommand: Command = {
       seed: intFlag(v.seed, 'seed', 0), progress: process.stderr.isTTY === true,
       identity: str(v.identity, 'identity'), coordinatorKey: str(v['coordinator-key'], 'coordinator-key'), insecureAggregation: v['insecure-aggregation'] === true,
       tlsCa: str(v['tls-ca'], 'tls-ca'),
+      ...(dumpDir ? { observe: { contribution: dumpContributions(dumpDir) } } : {}),
     });
+    if (dumpDir) process.stderr.write(`warning: --debug-dump-contributions writes this client's plaintext updates to ${dumpDir} (tests only)\n`);
     const me = await client.loadIdentity();
     process.stdout.write(`client public key ${me.publicKey}${me.created ? ' (new identity: enroll it on the coordinator)' : ''}\n`);
     const stop = () => { void client.stop().then(() => process.exit(130)); };

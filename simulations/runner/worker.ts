@@ -107,20 +107,22 @@ function startClient(join_: FedJoin, spec: FedJoin['clients'][number], dropped: 
     identity: spec.identityFile, coordinatorKey: join_.coordinatorKey, ...(join_.secure ? {} : { insecureAggregation: true }),
     personal: join_.personal, modelDir: init!.modelDir, backend: init!.backend, seed: init!.seed, evalFraction: 0,
     reconnectInitialMs: 200, reconnectMaxMs: 2000, trainerFactory: factory,
-    onUpload: (_bytes, round) => {
-      if (spec.dropRounds.includes(round) && !dropped.has(round)) {
-        dropped.add(round);
-        h.stopped = true;
-        send({ type: 'dropped', runId, clientId: spec.id, round });
-        // stop() disconnects synchronously, so the upload that follows is never sent
-        void client.stop();
-      }
+    observe: {
+      upload: (_bytes, round) => {
+        if (spec.dropRounds.includes(round) && !dropped.has(round)) {
+          dropped.add(round);
+          h.stopped = true;
+          send({ type: 'dropped', runId, clientId: spec.id, round });
+          // stop() disconnects synchronously, so the upload that follows is never sent
+          void client.stop();
+        }
+      },
+      round: (s) => send({
+        type: 'clientRound', runId, clientId: spec.id, round: s.round, rank: s.rank, trainLoss: s.trainLoss, steps: s.steps,
+        ...(s.global ? { global: s.global } : {}), ...(s.personal ? { personal: s.personal } : {}),
+        bytesUp: s.bytesUp, bytesDown: s.bytesDown, accepted: s.accepted,
+      }),
     },
-    onRound: (s) => send({
-      type: 'clientRound', runId, clientId: spec.id, round: s.round, rank: s.rank, trainLoss: s.trainLoss, steps: s.steps,
-      ...(s.global ? { global: s.global } : {}), ...(s.personal ? { personal: s.personal } : {}),
-      bytesUp: s.bytesUp, bytesDown: s.bytesDown, accepted: s.accepted,
-    }),
   });
   h.client = client;
   client.run().catch((e: unknown) => {

@@ -47,8 +47,8 @@ describe('e2e: coordinator + 3 clients as real processes', function () {
   const coordinatorArgs = (port: number, extra: string[] = []) => ['coordinator', '--model', MODEL, '--state', join(dir, 'coord'), '--port', String(port),
     '--identity', join(dir, 'coordinator.id'), '--authorized-clients', join(dir, 'authorized-clients'),
     '--rounds', '3', '--clients-per-round', '3', '--max-rank', '8', '--strategy', 'rank-aware', '--local-steps', '6', '--lr', '0.02', '--batch-size', '4', '--join-wait', '1s', ...extra];
-  const client = (port: number, i: number, rank: number, env: Record<string, string> = {}) => fedlora(['client', '--coordinator', `http://127.0.0.1:${port}`, '--data', join(dir, `data${i}.jsonl`), '--state', join(dir, `c${i}`),
-    '--max-rank', String(rank), '--backend', BACKEND, '--id', `c${i}`, '--identity', join(dir, `c${i}.id`), '--coordinator-key', coordKey], env);
+  const client = (port: number, i: number, rank: number, env: Record<string, string> = {}, extra: string[] = []) => fedlora(['client', '--coordinator', `http://127.0.0.1:${port}`, '--data', join(dir, `data${i}.jsonl`), '--state', join(dir, `c${i}`),
+    '--max-rank', String(rank), '--backend', BACKEND, '--id', `c${i}`, '--identity', join(dir, `c${i}.id`), '--coordinator-key', coordKey, ...extra], env);
 
   it('3 rounds with ranks 2/4/8: global eval loss decreases, the export loads and changes logits', async () => {
     await enroll(3);
@@ -122,8 +122,8 @@ describe('e2e: coordinator + 3 clients as real processes', function () {
     const coord = fedlora(coordinatorArgs(port, ['--rounds', '1', '--clients-per-round', '5', '--min-clients', '3', '--no-refactor', '--round-timeout', '90s', '--join-wait', '20s', '--rejoin-grace', '500ms']));
     procs.push(coord);
     await waitFor('coordinator to listen', () => /listening on/.test(coord.out()), 20_000);
-    // the debug variable makes each client also keep the plaintext it contributed, so the test can recompute the plain sum
-    const clients = [0, 1, 2, 3, 4].map((i) => client(port, i, 8, { FEDLORA_DEBUG_SAVE_CONTRIBUTION: '1', FEDLORA_LOG: 'debug' }));
+    // the test-only dump flag makes each client also keep the plaintext it contributed, so the test can recompute the plain sum
+    const clients = [0, 1, 2, 3, 4].map((i) => client(port, i, 8, { FEDLORA_LOG: 'debug' }, ['--debug-dump-contributions', join(dir, `c${i}`)]));
     procs.push(...clients);
     // c4: killed once key sharing is done, while it trains (before its masked upload)
     await waitFor('c4 to hold key shares', () => /received key shares/.test(clients[4]!.out()), 90_000, 20);
