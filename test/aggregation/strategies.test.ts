@@ -1,12 +1,13 @@
 import { expect } from 'chai';
 import {
-  getStrategy, strategyNames, aggregatePlain, aggregateRound, sharedLayout, slotWeightSums, type Strategy, type ClientUpdate,
+  getStrategy, strategyNames, aggregatePlain, aggregateRound, sharedLayout, slotWeightSums, type Strategy, type StrategyServer, type ClientUpdate,
 } from '../../shared/aggregation/index.js';
 import { flatten, unflatten } from '../../shared/aggregation/layout.js';
 import { ConfigError, FedloraError, ProtocolError } from '../../shared/errors.js';
 import { loraAName, loraBName, parseLoraName, type LoraAdapter, type LoraConfig } from '../../shared/lora/adapter.js';
 import type { Tensor32, TensorMap } from '../../shared/tensor.js';
 import { rng, randTensor, product, diffFrob, frob, maxAbsDiff, mapClone } from './helpers.js';
+import { contributorsOf, flatSum, sameBits, throughJson, type SimClient } from './round-helpers.js';
 
 const BASE: Omit<LoraConfig, 'r' | 'loraAlpha'> = { targetModules: ['q', 'v'], fanInFanOut: false, useRslora: false, taskType: 'CAUSAL_LM' };
 const SHAPES = new Map([['layers.0.q', { in: 5, out: 4 }], ['layers.0.v', { in: 3, out: 6 }]]);
@@ -220,6 +221,67 @@ describe('aggregation strategies: contract suite', () => {
             expect(c.data[i]).to.equal(slot < 2 ? Math.fround(src! * 2.5) : 0);
           }
         }
+      });
+
+      describe('server', () => {
+        const asClients = (us: readonly ClientUpdate[]): SimClient[] => us.map((u) => ({ ...u, personal: () => false }));
+        const roundOn = (server: StrategyServer, us: readonly ClientUpdate[], previous: LoraAdapter, refactor = false) => {
+          const { sum, layout } = flatSum(strategy, asClients(us), previous, MAX);
+          return aggregateRound(server, { sum, layout, contributors: contributorsOf(asClients(us)), previous, maxRank: MAX, refactor, keepUnrotated: () => false });
+        };
+
+        it('refuses bad options and starts from JSON-safe state', () => {
+          expect(() => strategy.createServer({ maxRank: 0, seed: 1 })).to.throw(ConfigError);
+          expect(() => strategy.createServer({ maxRank: MAX, seed: -1 })).to.throw(ConfigError);
+          const saved = strategy.createServer({ maxRank: MAX, seed: 1 }).serialize();
+          expect(JSON.parse(JSON.stringify(saved.meta))).to.deep.equal(saved.meta);
+          expect(saved.tensors).to.be.instanceOf(Map);
+        });
+
+        it('save → JSON → restore into a fresh server continues bit for bit', () => {
+          const a = strategy.createServer({ maxRank: MAX, seed: 1 });
+          const g1 = roundOn(a, updates, prev);
+          const saved = a.serialize();
+          expect(JSON.parse(JSON.stringify(saved.meta))).to.deep.equal(saved.meta);
+          for (const [k, x] of saved.tensors) expect(x.data, k).to.be.instanceOf(Float32Array);
+          const b = strategy.createServer({ maxRank: MAX, seed: 1 });
+          b.restore(throughJson(saved));
+          const next = [makeUpdate(2, 1, 81), makeUpdate(4, 2, 82)];
+          expect(sameBits(roundOn(b, next, g1), roundOn(a, next, g1))).to.equal(true);
+        });
+
+        it('keeps everything when nobody contributes, and untrained slots bit-exactly, after earlier rounds too', () => {
+          const server = strategy.createServer({ maxRank: MAX, seed: 1 });
+          const g1 = roundOn(server, updates, prev);
+          expect(sameBits(roundOn(server, [], g1), g1)).to.equal(true);
+          const g2 = roundOn(server, [makeUpdate(2, 1, 91), makeUpdate(1, 4, 92), makeUpdate(4, 0, 93)], g1);
+          for (const [k, x] of g2.tensors) {
+            const p = parseLoraName(k)!, cols = x.shape[1]!;
+            x.data.forEach((v, i) => {
+              const slot = p.factor === 'A' ? Math.floor(i / cols) : i % cols;
+              if (slot >= 2 || !strategy.isShared(k)) expect(Object.is(v, g1.tensors.get(k)!.data[i]), `${k}[${i}]`).to.equal(true);
+            });
+          }
+        });
+
+        it('a stateless server is the identity: the round equals aggregatePlain (refactor off)', function () {
+          const server = strategy.createServer({ maxRank: MAX, seed: 1 });
+          const out = roundOn(server, updates, prev);
+          const saved = server.serialize();
+          if (saved.tensors.size > 0 || JSON.stringify(saved.meta) !== '{}') this.skip();
+          expect(sameBits(out, aggregatePlain(strategy, updates, prev, MAX))).to.equal(true);
+        });
+
+        it('with refactor on, changes B·A only by float rounding if at all', () => {
+          const server = strategy.createServer({ maxRank: MAX, seed: 1 });
+          const off = roundOn(strategy.createServer({ maxRank: MAX, seed: 1 }), updates, prev, false);
+          const on = roundOn(server, updates, prev, true);
+          for (const m of SHAPES.keys()) {
+            const p0 = product(off.tensors.get(loraBName(m))!, off.tensors.get(loraAName(m))!);
+            const p1 = product(on.tensors.get(loraBName(m))!, on.tensors.get(loraAName(m))!);
+            expect(diffFrob(p0, p1) / frob(p0), m).to.be.below(1e-5);
+          }
+        });
       });
 
       it('inits deterministically: A from the seed, B zero, config at maxRank', () => {
