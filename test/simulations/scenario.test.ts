@@ -6,6 +6,7 @@ import { assignRanks, loadScenario, maxRankOf, parseScenario, presetNames } from
 import { prepareClients } from '../../simulations/runner/data.js';
 import { dropoutSchedule } from '../../simulations/runner/run.js';
 import { ConfigError } from '../../shared/errors.js';
+import { strategyNames } from '../../shared/aggregation/index.js';
 
 function refuses(raw: unknown, field: string): void {
   let err: unknown;
@@ -25,7 +26,9 @@ describe('simulation scenarios', () => {
     expect(d.faults.dropoutsPerRound).to.equal(1);
     expect(d.personal.length).to.be.greaterThan(0);
     expect(Object.keys(d.rankMix).length).to.be.greaterThan(1);
-    expect(d.compare).to.have.members(['fedit', 'ffa', 'fedsa']);
+    // "all": every registered strategy besides the main one
+    expect(d.compare).to.have.members(strategyNames().filter((n) => n !== d.strategy));
+    expect(d.compare).to.include.members(['fedit', 'ffa', 'fedsa']);
     const t = await loadScenario('tiny-ci');
     expect([t.rounds, t.clients]).to.deep.equal([2, 3]);
   });
