@@ -45,7 +45,7 @@ describe('coordinator robustness: one malicious enrolled client', function () {
     return { clients, runs };
   };
 
-  const describeHistory = (h: readonly RoundRecord[]) => JSON.stringify(h.map((x) => ({ id: x.roundId, status: x.status, failure: (x as { failure?: string }).failure, participants: x.participants.map((p) => `${p.clientId}:${p.status}:w${p.weight}`) })));
+  const describeHistory = (h: readonly RoundRecord[]) => `${h.length} attempt(s), first ${JSON.stringify(h.slice(0, 4).map((x) => ({ id: x.roundId, status: x.status, failure: (x as { failure?: string }).failure, participants: x.participants.map((p) => `${p.clientId}:${p.status}:w${p.weight}`) })))}`;
 
   /** The honest clients' runs resolve (the coordinator's own failure or a timeout fails the test with the history so far). */
   const finish = async (coord: Coordinator, runs: Promise<{ completedRounds: number }>[], ms: number, extra = () => ''): Promise<void> => {
@@ -116,8 +116,8 @@ describe('coordinator robustness: one malicious enrolled client', function () {
     }
     const worst = Math.max(...samples);
     console.log(`      /status: ${samples.length} samples, worst ${worst.toFixed(1)} ms, median ${samples.sort((a, b) => a - b)[samples.length >> 1]!.toFixed(1)} ms`);
-    expect(finished, 'honest clients finished both rounds within 20 s').to.equal(true);
     expect(worst, 'worst /status latency (ms) during the rounds').to.be.lessThan(100);
+    expect(finished, 'honest clients finished both rounds within 20 s').to.equal(true);
     await stillUp(url);
     for (const e of evils) expect(e.errors).to.deep.equal([]);
   });
