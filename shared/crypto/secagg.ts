@@ -738,7 +738,7 @@ export class SecAggServer {
       const complaints = this.#complainers(u);
       const others = this.#holders(u).filter((h) => !complaints.includes(h));
       const able = others.filter((h) => this.#u3.has(h)).length;
-      if (able < p.t) out.push({ dealer: u, kind, reason: 'insufficient-shares', shares: able, complaints, missing: others.filter((h) => !this.#u3.has(h)) });
+      if (able < p.t) out.push({ dealer: u, kind, reason: 'insufficient-shares', shares: able, complaints, missing: others.filter((h) => !this.#u3.has(h) && h !== u) });
     }
     return out;
   }
@@ -850,7 +850,8 @@ export class SecAggServer {
         const got = (kind === 'b' ? this.#bShares : this.#sShares).get(u) ?? new Map<string, Share>();
         const shares = [...got.values()];
         const complaints = this.#complainers(u);
-        const missing = this.#holders(u).filter((h) => !got.has(h) && !complaints.includes(h));
+        // a dropped dealer is not expected to reveal its own mask key share
+        const missing = this.#holders(u).filter((h) => !got.has(h) && !complaints.includes(h) && !(kind === 's' && h === u));
         const entry = { dealer: u, kind, shares: shares.length, complaints, missing };
         if (shares.length < p.t) { blame.push({ ...entry, reason: 'insufficient-shares' }); return undefined; }
         try {

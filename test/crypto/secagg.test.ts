@@ -307,3 +307,192 @@ describe('crypto/secagg', () => {
     });
   });
 });
+
+describe('crypto/secagg: hardening against one malicious participant', () => {
+  const L = 8;
+
+  describe('a refused message leaves the server unchanged, so the corrected resend is accepted', () => {
+    it('half-valid unmask messages (valid first share, malformed or misdirected second) are refused whole', () => {
+      const s = setup(5, L);
+      const inputs = randomInputs(s.ids, L);
+      let tried = 0;
+      const { result } = runRound(s, inputs, {}, {
+        sent: {
+          unmask: (id, m, server) => {
+            expect(m.reveals.length).to.be.at.least(2);
+            const [first, second] = m.reveals as [typeof m.reveals[0], typeof m.reveals[0]];
+            const rest = m.reveals.slice(2);
+            expect(code(() => server.receiveUnmask(id, { id, reveals: [first, { ...second, y: second.y.subarray(0, 31) }, ...rest] }))).to.equal('SECAGG_MESSAGE');
+            expect(code(() => server.receiveUnmask(id, { id, reveals: [first, { ...second, kind: second.kind === 'b' ? 's' : 'b' }, ...rest] }))).to.equal('SECAGG_MESSAGE');
+            expect(code(() => server.receiveUnmask(id, { id, reveals: [first, { ...second, dealer: 'zz-unknown' }, ...rest] }))).to.equal('SECAGG_MESSAGE');
+            // a first share that fails its commitment must not be recorded as evidence either
+            const forged = first.y.slice(); forged[0]! ^= 1;
+            expect(code(() => server.receiveUnmask(id, { id, reveals: [{ ...first, y: forged }, { ...second, salt: second.salt.subarray(1) }, ...rest] }))).to.equal('SECAGG_MESSAGE');
+            tried++;
+            return m;
+          },
+        },
+      });
+      expect(tried).to.equal(5);
+      expect(result.badShares).to.deep.equal([]);
+      expect([...result.sum]).to.deep.equal([...plainSum(inputs, s.ids, L)]);
+    });
+
+    it('half-valid share-keys messages (valid first envelope, malformed second; bad commitment list; bad signature) are refused whole', () => {
+      const s = setup(5, L);
+      const inputs = randomInputs(s.ids, L);
+      const clients = makeClients(s);
+      let tried = 0;
+      const { result } = runRound(s, inputs, {}, {
+        sent: {
+          shareKeys: (id, m, server) => {
+            const [e0, e1] = m.envelopes as [ShareKeysMsg['envelopes'][0], ShareKeysMsg['envelopes'][0]];
+            const rest = m.envelopes.slice(2);
+            const variants: ShareKeysMsg[] = [
+              { ...m, envelopes: [e0, { to: e1.to, sealed: { nonce: e1.sealed.nonce.subarray(0, 12), box: e1.sealed.box } }, ...rest] },
+              { ...m, envelopes: [e0, { to: e0.to, sealed: e1.sealed }, ...rest] },
+              { ...m, envelopes: [e0, { to: 'zz-unknown', sealed: e1.sealed }, ...rest] },
+              { ...m, envelopes: [e0, e1, ...rest, { to: id, sealed: e0.sealed }] },
+              { ...m, commitments: m.commitments.slice(1) },
+              { ...m, signature: junk(64) },
+            ];
+            for (const v of variants) expect(code(() => server.receiveShareKeys(id, v))).to.be.oneOf(['SECAGG_MESSAGE', 'CRYPTO_BAD_SIGNATURE']);
+            tried++;
+            return m;
+          },
+        },
+      }, clients);
+      expect(tried).to.equal(5);
+      // a relayed leftover from a refused attempt would reach clients as a duplicate or rejected envelope
+      for (const c of clients.values()) expect(c.rejectedPeers).to.deep.equal([]);
+      expect(result.complaints).to.deep.equal([]);
+      expect([...result.sum]).to.deep.equal([...plainSum(inputs, s.ids, L)]);
+    });
+
+    it('masked inputs with a bad `rejected` list and consistency messages with a bad signature are refused, the resend accepted', () => {
+      const s = setup(5, L);
+      const inputs = randomInputs(s.ids, L);
+      const { result } = runRound(s, inputs, {}, {
+        sent: {
+          masked: (id, m, server) => {
+            expect(m.rejected).to.equal(undefined); // honest round: field absent, as from older clients
+            const other = s.ids.find((x) => x !== id)!;
+            for (const rejected of [[id], ['zz-unknown'], [other, other], 'c0000' as unknown as string[]]) {
+              expect(code(() => server.receiveMasked(id, { ...m, rejected }))).to.equal('SECAGG_MESSAGE');
+            }
+            return m;
+          },
+          consistency: (id, m, server) => {
+            expect(code(() => server.receiveConsistency(id, { ...m, signature: junk(64) }))).to.equal('CRYPTO_BAD_SIGNATURE');
+            return m;
+          },
+        },
+      });
+      expect([...result.sum]).to.deep.equal([...plainSum(inputs, s.ids, L)]);
+    });
+  });
+
+  /** A dealer that sends undecryptable envelopes (the relay cannot tell) to `victims`. */
+  const garbageTo = (malicious: string, victims: (to: string) => boolean) => (id: string, m: ShareKeysMsg): ShareKeysMsg => (id !== malicious ? m : {
+    ...m,
+    envelopes: m.envelopes.map((e) => (victims(e.to) ? { to: e.to, sealed: { nonce: junk(24), box: junk(e.sealed.box.length) } } : e)),
+  });
+
+  function blameOf(f: () => unknown): SecAggBlameError {
+    try { f(); } catch (e) {
+      expect(e).to.be.instanceOf(SecAggBlameError);
+      expect(e).to.be.instanceOf(CryptoError);
+      return e as SecAggBlameError;
+    }
+    throw new Error('expected a SecAggBlameError');
+  }
+
+  describe('garbage share envelopes from one participant', () => {
+    const s = setup(5, L);
+    const inputs = randomInputs(s.ids, L, 'garbage');
+    const M = s.ids[2]!;
+    const honest = s.ids.filter((x) => x !== M);
+
+    it('to every neighbour, malicious one uploads: honest clients all mask; the round fails naming it, before unmasking', () => {
+      const clients = makeClients(s);
+      let server: SecAggServer | undefined;
+      const masked = new Map<string, string[] | undefined>();
+      const e = blameOf(() => runRound(s, inputs, {}, {
+        sent: { shareKeys: garbageTo(M, () => true), masked: (id, m, srv) => { server = srv; masked.set(id, m.rejected); return m; } },
+      }, clients));
+      for (const id of honest) {
+        expect(clients.get(id)!.phase, id).to.equal('consistency'); // produced its masked input, did not abort
+        expect(clients.get(id)!.rejectedPeers).to.deep.equal([M]);
+        expect(masked.get(id)).to.deep.equal([M]);
+      }
+      expect(masked.get(M)).to.equal(undefined);
+      expect(e.code).to.equal('SECAGG_THRESHOLD');
+      expect(e.culprits).to.deep.equal([M]);
+      // only M itself holds a valid share of its self-mask seed: 1 < t=3
+      expect(e.blame).to.deep.equal([{ dealer: M, kind: 'b', reason: 'insufficient-shares', shares: 1, complaints: honest, missing: [] }]);
+      expect(server!.phase).to.equal('failed');
+    });
+
+    it('to every neighbour, malicious one drops before upload: its mask key is unrecoverable, the round fails naming it', () => {
+      const clients = makeClients(s);
+      const e = blameOf(() => runRound(s, inputs, { afterShare: [M] }, { sent: { shareKeys: garbageTo(M, () => true) } }, clients));
+      for (const id of honest) expect(clients.get(id)!.rejectedPeers, id).to.deep.equal([M]);
+      expect(e.culprits).to.deep.equal([M]);
+      expect(e.blame).to.deep.equal([{ dealer: M, kind: 's', reason: 'insufficient-shares', shares: 0, complaints: honest, missing: [] }]);
+    });
+
+    it('to one neighbour: the round completes with its input (it uploads) and reports the complaint; the victim reveals nothing for it', () => {
+      const V = honest[0]!;
+      const clients = makeClients(s);
+      const { result } = runRound(s, inputs, {}, { sent: { shareKeys: garbageTo(M, (to) => to === V) } }, clients);
+      expect(result.complaints).to.deep.equal([{ dealer: M, holder: V }]);
+      expect([...result.sum]).to.deep.equal([...plainSum(inputs, s.ids, L)]);
+      expect(clients.get(V)!.revealedKinds().has(M)).to.equal(false);
+      expect(clients.get(V)!.phase).to.equal('done');
+    });
+
+    it('to one neighbour, then it drops before upload: its mask key is recovered from the others, honest sum exact', () => {
+      const V = honest[0]!;
+      const clients = makeClients(s);
+      const { result } = runRound(s, inputs, { afterShare: [M] }, { sent: { shareKeys: garbageTo(M, (to) => to === V) } }, clients);
+      expect(result.survivors).to.deep.equal(honest);
+      expect(result.droppedAfterSharing).to.deep.equal([M]);
+      expect([...result.sum]).to.deep.equal([...plainSum(inputs, honest, L)]);
+      expect(clients.get(V)!.revealedKinds().has(M)).to.equal(false);
+      for (const id of honest.slice(1)) expect(clients.get(id)!.revealedKinds().get(M), id).to.equal('s');
+    });
+
+    it('to two neighbours, then an accepting holder goes silent at unmasking: finalize names the dealer, with complaints and the silent holder', () => {
+      const [V1, V2, H] = honest as [string, string, string];
+      const e = blameOf(() => runRound(s, inputs, { duringUnmask: [H] }, { sent: { shareKeys: garbageTo(M, (to) => to === V1 || to === V2) } }));
+      expect(e.code).to.equal('SECAGG_THRESHOLD');
+      expect(e.culprits).to.deep.equal([M]); // the other dealers still have 3 revealers each
+      expect(e.blame).to.deep.equal([{ dealer: M, kind: 'b', reason: 'insufficient-shares', shares: 2, complaints: [V1, V2].sort(), missing: [H] }]);
+    });
+  });
+
+  describe('blame for dropouts', () => {
+    it('a dropped dealer without t valid shares of its mask key is named (complaint plus a silent holder)', () => {
+      const s = setup(5, L);
+      const inputs = randomInputs(s.ids, L, 'dropped');
+      const [D, V, H] = [s.ids[4]!, s.ids[0]!, s.ids[1]!];
+      const e = blameOf(() => runRound(s, inputs, { afterShare: [D], duringUnmask: [H] }, { sent: { shareKeys: garbageTo(D, (to) => to === V) } }));
+      expect(e.culprits).to.deep.equal([D]);
+      expect(e.blame).to.deep.equal([{ dealer: D, kind: 's', reason: 'insufficient-shares', shares: 2, complaints: [V], missing: [H] }]);
+    });
+
+    it('without any malice, too many silent holders make every dealer a culprit — with empty complaints, and the silent ones listed as missing', () => {
+      const s = setup(5, L);
+      const inputs = randomInputs(s.ids, L, 'dropped');
+      const D = s.ids[4]!, silent = [s.ids[0]!, s.ids[1]!];
+      const e = blameOf(() => runRound(s, inputs, { afterShare: [D], duringUnmask: silent }));
+      expect(e.culprits).to.deep.equal(s.ids);
+      for (const b of e.blame) {
+        expect(b.complaints, b.dealer).to.deep.equal([]);
+        expect(b.shares, b.dealer).to.equal(2);
+        expect(b.missing, b.dealer).to.deep.equal(b.dealer === D ? silent : [...silent, D].sort()); // D dropped: it reveals nothing either
+        expect(b.kind, b.dealer).to.equal(b.dealer === D ? 's' : 'b');
+      }
+    });
+  });
+});

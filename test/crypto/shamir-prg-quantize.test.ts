@@ -1,11 +1,11 @@
 import { expect } from 'chai';
-import nacl from 'tweetnacl';
 import type { CryptoError } from '../../shared/errors.js';
 import {
   splitSecret, combineShares, reconstructVerified, shareCommitment, verifyShareCommitment, type Share,
   deriveMaskKey, expandMask, expandMaskWebCrypto, addMask,
   encodeUpdate, decodeSum, checkQuantParams, chooseQuantParams, quantErrorBound, addInto, hashCanonical, bytesEqual,
 } from '../../shared/crypto/index.js';
+import { seededBytes, testRng } from './seed.js';
 
 function code(f: () => unknown): string {
   try { f(); } catch (e) { return (e as CryptoError).code ?? 'no-code'; }
@@ -18,9 +18,11 @@ function subsets<T>(xs: T[], r: number): T[][] {
 const eq = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
 
 describe('crypto/shamir', () => {
+  // secrets to split are seeded test cases; the Shamir coefficients stay real randomness (splitSecret's default)
+  const rng = testRng('shamir');
   it('every t-subset reconstructs; every (t−1)-subset does not', () => {
     for (const [n, t] of [[6, 3], [7, 4], [5, 5], [4, 2]] as const) {
-      const secret = nacl.randomBytes(32);
+      const secret = seededBytes(rng, 32);
       const shares = splitSecret(secret, n, t);
       for (const sub of subsets(shares, t)) expect(eq(combineShares(sub), secret), `n=${n} t=${t}`).to.equal(true);
       for (const sub of subsets(shares, t - 1)) if (sub.length) expect(eq(combineShares(sub), secret)).to.equal(false);
@@ -28,9 +30,9 @@ describe('crypto/shamir', () => {
   });
 
   it('t−1 shares are consistent with any secret (they carry no information)', () => {
-    const shares = splitSecret(nacl.randomBytes(32), 5, 3);
+    const shares = splitSecret(seededBytes(rng, 32), 5, 3);
     const known = shares.slice(0, 2);
-    const other = nacl.randomBytes(32);
+    const other = seededBytes(rng, 32);
     // search a third share value byte-wise: for each byte there is exactly one y making the secret byte `other`
     const third: Share = { x: 4, y: new Uint8Array(32) };
     for (let j = 0; j < 32; j++) {
@@ -52,9 +54,9 @@ describe('crypto/shamir', () => {
   });
 
   it('a tampered share is caught by its commitment or by the secret check', () => {
-    const secret = nacl.randomBytes(32);
+    const secret = seededBytes(rng, 32);
     const shares = splitSecret(secret, 5, 3);
-    const salt = nacl.randomBytes(16);
+    const salt = seededBytes(rng, 16);
     const label = { dealer: 'a', holder: 'b', kind: 'b' };
     const c = shareCommitment(label, shares[1]!, salt);
     expect(verifyShareCommitment(label, shares[1]!, salt, c)).to.equal(true);
@@ -72,7 +74,7 @@ describe('crypto/shamir', () => {
 });
 
 describe('crypto/prg', () => {
-  const seed = nacl.randomBytes(32);
+  const seed = seededBytes(testRng('prg'), 32);
   const d = { session: 'sess', round: 1, purpose: 'pair', pair: ['a', 'b'] as const };
 
   it('is deterministic and domain-separated', () => {
@@ -101,6 +103,7 @@ describe('crypto/prg', () => {
 
 describe('crypto/quantize', () => {
   it('quantize → aggregate → dequantize stays within the documented bound', () => {
+    const rng = testRng('quantize');
     const N = 50, L = 20_000, clip = 0.5;
     const weights = Array.from({ length: N }, (_, i) => 1 + (i % 17) * 13);
     const W = weights.reduce((a, b) => a + b, 0);
@@ -110,7 +113,7 @@ describe('crypto/quantize', () => {
     const exact = new Float64Array(L);
     for (let c = 0; c < N; c++) {
       const x = new Float32Array(L);
-      for (let i = 0; i < L; i++) x[i] = (Math.random() * 2 - 1) * 0.6; // some values outside [−c, c]
+      for (let i = 0; i < L; i++) x[i] = (rng.next() * 2 - 1) * 0.6; // some values outside [−c, c]
       addInto(sum, encodeUpdate(x, weights[c]!, q));
       for (let i = 0; i < L; i++) exact[i]! += weights[c]! * Math.max(-clip, Math.min(clip, x[i]!));
     }
