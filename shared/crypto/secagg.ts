@@ -31,6 +31,17 @@ const log = logger('fedlora:crypto:secagg');
  *
  * `from` is the participant id the transport authenticated (join proof); messages naming another id
  * are refused. Inputs are already fixed-point encoded (quantize.ts); arithmetic is mod 2^32.
+ *
+ * One malicious participant must not be able to sink a round it cannot read:
+ *  - the server validates each message whole before touching state, so a refused message can be
+ *    resent corrected;
+ *  - a client that cannot open or verify a neighbour's share envelope does not abort: it keeps the
+ *    pair mask with that neighbour, holds and reveals no share of it, and lists it in
+ *    `MaskedInputMsg.rejected` (optional on the wire; older clients omit it);
+ *  - when a dealer's secret can no longer be recovered (fewer than t valid shares, or shares that
+ *    match its commitments but not its secret), closeMaskedInput or finalize throws a
+ *    SecAggBlameError whose `culprits` the coordinator leaves out of the retry; `blame` says why
+ *    (complaints from holders vs. holders that dropped), since dropouts alone can cause it too.
  */
 
 // ---------------------------------------------------------------------------------------------
