@@ -34,6 +34,7 @@ export const DEFAULT_CLIP = 8;
 export const DEFAULT_MAX_EXAMPLES_PER_CLIENT = 10_000;
 /** How long close() waits for clients to acknowledge session:done. */
 const FAREWELL_ACK_MS = 2000;
+const FLOW_CONTROL = new Set(['BUSY', 'RATE_LIMITED']);
 
 export interface CoordinatorOptions {
   modelDir: string;
@@ -410,6 +411,8 @@ export class Coordinator {
         const code = (e as { code?: unknown })?.code ? String((e as { code: unknown }).code) : 'INTERNAL';
         this.#errors.set(code, (this.#errors.get(code) ?? 0) + 1);
         log.debug(`${conn.clientId ?? link.id}: ${event} refused: ${errorMessage(e)}`);
+        // flow control (too many chunks in flight, too many readies) is answered, not held against the peer
+        if (FLOW_CONTROL.has(code)) return;
         if (++conn.strikes >= o.maxStrikes) {
           log.warn(`${conn.clientId ?? link.id}: ${conn.strikes} refused requests, disconnecting`);
           link.close();
