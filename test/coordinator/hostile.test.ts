@@ -11,26 +11,30 @@ import { generateIdentity } from '../../shared/crypto/index.js';
 import { setLogLevel } from '../../shared/log.js';
 import { elementSlots, makeLayout } from '../../shared/aggregation/index.js';
 import { FIXTURE, ask, pullTrainer, rawJoin } from './helpers.js';
+import { Resources, waitFor, within } from './hostile-client.js';
 
 describe('hostile client', function () {
   this.timeout(30_000);
   let dir: string;
+  let r: Resources;
   before(() => setLogLevel('error'));
-  beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-hostile-')); });
-  afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+  beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-hostile-')); r = new Resources(); });
+  afterEach(async () => { await r.closeAll(); await rm(dir, { recursive: true, force: true }); });
 
-  it('gets an error ack for every malformed, oversized, wrong-shape, NaN, stale and duplicate message while honest clients finish', async () => {
-    const coord = new Coordinator({ allowAnyClient: true, insecureAggregation: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 4, localSteps: 1, joinWaitMs: 60_000, roundTimeoutMs: 2500 });
+  it('a wrong protocol version is refused in the handshake with a clear reason', async () => {
+    const coord = r.coordinator(new Coordinator({ allowAnyClient: true, insecureAggregation: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 1, clientsPerRound: 2, minClients: 2, maxRank: 4, localSteps: 1 }));
+    const url = await coord.serve(0);
+    const old = r.socket(io(url, { auth: { protocolVersion: PROTOCOL_VERSION + 1 }, transports: ['websocket'], reconnection: false }));
+    const refusal = await within('connect_error', new Promise<Error>((res) => old.on('connect_error', res)), 5000);
+    expect(refusal.message).to.match(/VERSION_MISMATCH/);
+  });
+
+  it('gets an error ack for every malformed, oversized, wrong-shape, NaN, stale and duplicate message (before the join, after it, and in rounds) while honest clients finish', async () => {
+    const coord = r.coordinator(new Coordinator({ allowAnyClient: true, insecureAggregation: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 4, localSteps: 1, joinWaitMs: 60_000, roundTimeoutMs: 2500 }));
     const url = await coord.serve(0);
 
-    // wrong protocol version: refused in the handshake with a clear reason
-    const old = io(url, { auth: { protocolVersion: PROTOCOL_VERSION + 1 }, transports: ['websocket'], reconnection: false });
-    const refusal = await new Promise<Error>((res) => old.on('connect_error', res));
-    expect(refusal.message).to.match(/VERSION_MISMATCH/);
-    old.close();
-
-    const evil = io(url, { auth: { protocolVersion: PROTOCOL_VERSION }, transports: ['websocket'], reconnection: false });
-    await new Promise<void>((res) => evil.on('connect', () => res()));
+    const evil = r.socket(io(url, { auth: { protocolVersion: PROTOCOL_VERSION }, transports: ['websocket'], reconnection: false }));
+    await within('connect', new Promise<void>((res) => evil.on('connect', () => res())), 5000);
     const starts: RoundStart[] = [];
     let coordKey: Uint8Array = new Uint8Array(32);
     evil.on('round:start', (p: unknown, ack: (r: Uint8Array) => void) => { starts.push(parseRoundStart(openEnvelope(SIGNED_DOMAINS.roundStart, p, coordKey))); ack(encode({ ok: true })); });
@@ -72,9 +76,9 @@ describe('hostile client', function () {
     const trainers = await Promise.all([0.1, 0.3].map((t) => pullTrainer(t)));
     // honest training takes a moment, so the round is still open while the hostile client misbehaves
     const slow = trainers.map((t) => ({ ...t, train: async (...a: Parameters<typeof t.train>) => { await new Promise((r) => setTimeout(r, 600)); return t.train(...a); } }));
-    const honest = [0, 1].map((i) => new Client({ insecureAggregation: true, coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => slow[i]! }));
+    const honest = [0, 1].map((i) => r.client(new Client({ insecureAggregation: true, coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => slow[i]! })));
     const runs = honest.map((c) => c.run());
-    while (starts.length === 0) await new Promise((r) => setTimeout(r, 20));
+    await waitFor('round 1 start at the hostile client', () => starts.length > 0, 15_000);
     const rs = starts[0]!;
     const n = rs.layout.reduce((s, e) => s + e.shape.reduce((a, b) => a * b, 1), 0);
     const up = (o: Record<string, unknown>) => {
@@ -108,7 +112,7 @@ describe('hostile client', function () {
     await expectCode('DUPLICATE', 'round:update', up({}));
 
     // round 2: the hostile client accepts the round but never uploads; the deadline moves on without it
-    while (starts.length < 2) await new Promise((r) => setTimeout(r, 20));
+    await waitFor('round 2 start at the hostile client', () => starts.length > 1, 15_000);
     await expectCode('STALE_ROUND', 'round:update', up({}));
     // round 1's accepted sealed upload replayed into round 2 under the new round id: its context names round 1
     const replay = decode(up({})) as Record<string, unknown>;
@@ -124,7 +128,5 @@ describe('hostile client', function () {
     expect(metrics).to.match(/fedlora_protocol_errors_total\{code="NON_FINITE"\} 3/);
     expect(metrics).to.match(/fedlora_protocol_errors_total\{code="CRYPTO_SEAL_CONTEXT"\} 3/);
     expect(codes.length).to.be.greaterThan(20);
-    evil.close();
-    await coord.close();
   });
 });
