@@ -8,26 +8,28 @@ import { decode } from '../../shared/codec/index.js';
 import { loadPeftAdapter } from '../../shared/lora/peft.js';
 import { setLogLevel } from '../../shared/log.js';
 import { FIXTURE, pullTrainer } from './helpers.js';
+import { Resources } from './hostile-client.js';
 
 describe('coordinator + clients over real sockets (stand-in trainer)', function () {
   this.timeout(30_000);
   let dir: string;
+  let r: Resources;
   before(() => setLogLevel('warn'));
-  beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-rounds-')); });
-  afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+  beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-rounds-')); r = new Resources(); });
+  afterEach(async () => { await r.closeAll(); await rm(dir, { recursive: true, force: true }); });
 
   it('runs rank-heterogeneous rounds, keeps personal tensors home, checkpoints, serves /status and /metrics, resumes', async () => {
     const state = join(dir, 'coord');
-    const coord = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 200, roundTimeoutMs: 10_000, exportDir: join(dir, 'export') });
+    const coord = r.coordinator(new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 200, roundTimeoutMs: 10_000, exportDir: join(dir, 'export') }));
     const url = await coord.serve(0);
     const uploads: { client: string; bytes: Uint8Array }[] = [];
     const trainers = await Promise.all([0.1, 0.2, 0.3].map((t) => pullTrainer(t)));
     const personalGlob = '*.layers.1.self_attn.q_proj.*';
-    const clients = [2, 4, 8].map((rank, i) => new Client({
+    const clients = [2, 4, 8].map((rank, i) => r.client(new Client({
       coordinatorUrl: url, dataFile: 'unused.jsonl', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`,
       personal: i === 0 ? [personalGlob] : [], trainerFactory: async () => trainers[i]!,
       onUpload: (bytes) => uploads.push({ client: `c${i}`, bytes }),
-    }));
+    })));
     const runs = clients.map((c) => c.run());
     await coord.done;
     const results = await Promise.all(runs);
@@ -78,18 +80,17 @@ describe('coordinator + clients over real sockets (stand-in trainer)', function 
     const ex = await loadPeftAdapter(join(dir, 'export'));
     expect([...ex.tensors.get('base_model.model.model.layers.0.mlp.up_proj.lora_B.weight')!.data]).to.deep.equal([...a.data]);
     // a client arriving after the last round is told the session is over instead of waiting forever
-    const late = new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, 'late'), maxRank: 4, clientId: 'late', trainerFactory: async () => trainers[0]! });
+    const late = r.client(new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, 'late'), maxRank: 4, clientId: 'late', trainerFactory: async () => trainers[0]! }));
     expect(await late.run()).to.deep.equal({ completedRounds: 2, roundsTrained: 0 });
     await coord.close();
 
     // restart with the same state and more rounds: resumes at round 3
-    const coord2 = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 3, clientsPerRound: 2, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 100 });
+    const coord2 = r.coordinator(new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 3, clientsPerRound: 2, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 100 }));
     const url2 = await coord2.serve(0);
     expect(coord2.completedRounds).to.equal(2);
-    const again = [1, 2].map((i) => new Client({ coordinatorUrl: url2, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => trainers[i]! }));
+    const again = [1, 2].map((i) => r.client(new Client({ coordinatorUrl: url2, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: 4, clientId: `c${i}`, trainerFactory: async () => trainers[i]! })));
     const r2 = await Promise.all([coord2.done, ...again.map((c) => c.run())]);
     expect(r2[0]).to.deep.equal({ completedRounds: 3 });
     expect(coord2.history.at(-1)!.round).to.equal(3);
-    await coord2.close();
   });
 });
