@@ -21,7 +21,7 @@ export interface Command {
 export function helpText(cmd: Command): string {
   const rows = Object.entries(cmd.flags).map(([k, f]) => {
     const left = `  --${k}${f.type === 'string' ? ` ${k === 'personal' ? 'GLOB' : 'VALUE'}` : ''}`;
-    return `${left.padEnd(30)}${f.help}${f.default !== undefined ? ` (default: ${f.default})` : ''}${f.multiple ? ' [repeatable]' : ''}`;
+    return `${`${left} `.padEnd(30)}${f.help}${f.default !== undefined ? ` (default: ${f.default})` : ''}${f.multiple ? ' [repeatable]' : ''}`;
   });
   return `${cmd.summary}\n\nUsage: ${cmd.usage}\n\nOptions:\n${rows.join('\n')}\n  --help                      show this help\n`;
 }
