@@ -229,7 +229,9 @@ describe('coordinator robustness: one malicious enrolled client', function () {
     const MiB = 1 << 20;
     console.log(`      ${N} × ${reply} B requested (${(N * reply / MiB).toFixed(0)} MiB); served ${(last / MiB).toFixed(1)} MiB while unread; heap+buffers grew ${(grown.held / MiB).toFixed(1)} MiB, rss ${(grown.rss / MiB).toFixed(1)} MiB`);
     reading.resume();
-    await within('all chunk replies', acked, 20_000);
+    // the coordinator may also hang up on a flooding connection (refusals count as strikes): take what arrived by then
+    await waitFor('all chunk replies, or the coordinator closing the connection', () => replies.length === N || !evil.socket.connected, 20_000);
+    void acked;
     const refused = replies.filter((x) => !x.ok);
     const codes = [...new Set(refused.map((x) => x.code))];
     console.log(`      ${replies.length - refused.length} served, ${refused.length} refused (${codes.join(', ')})`);
@@ -297,7 +299,10 @@ describe('coordinator robustness: one malicious enrolled client', function () {
     const readyReplies: Reply[] = [];
     const evil = (await Hostile.join(url, r)).participate({
       // the round stays open until this hostile client advertises its keys
-      async onStart(_rs, h) { readyReplies.push(...await Promise.all(Array.from({ length: 100 }, () => h.ready(5)))); },
+      async onStart(_rs, h) {
+        const settled = await Promise.allSettled(Array.from({ length: 100 }, () => h.ready(5)));
+        readyReplies.push(...settled.map((x): Reply => (x.status === 'fulfilled' ? x.value : { ok: false, code: 'NO_REPLY', message: String(x.reason) })));
+      },
     });
     const { runs } = await honest(url, 2);
     await finish(coord, runs, 20_000);
