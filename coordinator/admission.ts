@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { ConfigError, ProtocolError, errorMessage } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
-import { PROTOCOL_VERSION, parseHello, type Hello } from '../shared/protocol/index.js';
+import { PROTOCOL_VERSION, type Hello } from '../shared/protocol/index.js';
 import {
   AuthorizedClients, JoinVerifier, formatPublicKey, makeCoordinatorBoxKey, parseAuthorizedClients,
   type BoxKeyCertificate, type BoxKeyPair, type Identity,
@@ -40,9 +40,11 @@ export class Admission {
     return { challenge: this.#verifier.challenge(linkId), boxKey: this.box.certificate };
   }
 
-  /** Checks a hello and its join proof for this link. Throws (the caller replies and closes the link). */
-  admit(m: unknown, linkId: string): Admitted {
-    const h = parseHello(m);
+  /**
+   * Checks a parsed hello and its join proof for this link. Throws; the caller replies and closes
+   * the link (a malformed hello is refused by parseHello before this, without closing).
+   */
+  admit(h: Hello, linkId: string): Admitted {
     if (h.protocolVersion !== PROTOCOL_VERSION) throw new ProtocolError('VERSION_MISMATCH', `coordinator speaks protocol ${PROTOCOL_VERSION}, client ${h.protocolVersion}`);
     if (!h.proof) throw new ProtocolError('AUTH_REQUIRED', 'hello needs a join proof (request auth:challenge first)');
     let who;

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { Server, type Socket } from 'socket.io';
 import { ConfigError, ProtocolError, errorMessage } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
-import { EV, LIMITS, PROTOCOL_VERSION, globMatcher, parseChunkRequest, parseReady, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/index.js';
+import { EV, LIMITS, PROTOCOL_VERSION, globMatcher, parseChunkRequest, parseHello, parseReady, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/index.js';
 import { chooseQuantParams, formatPublicKey, loadOrCreateIdentity, type AuthorizedClients, type Identity } from '../shared/crypto/index.js';
 import { elementSlots, getStrategy, makeLayout, type Strategy, type StrategyName } from '../shared/aggregation/index.js';
 import type { LoraAdapter } from '../shared/lora/adapter.js';
@@ -433,9 +433,11 @@ export class Coordinator {
     });
     link.onRequest(EV.hello, (m) => {
       if (conn.clientId) throw new ProtocolError('ALREADY_HELLO', 'hello already received on this connection');
+      const parsed = parseHello(m);
+      if (!parsed.proof) throw new ProtocolError('AUTH_REQUIRED', 'hello needs a join proof (request auth:challenge first)');
       let a;
       try {
-        a = this.#admission!.admit(m, link.id);
+        a = this.#admission!.admit(parsed, link.id);
       } catch (e) {
         // refusals name only the reason; nothing about the session leaves before a join succeeds
         closeAfterReply();

@@ -12,7 +12,7 @@
  */
 import { FedloraError, ProtocolError, errorMessage } from '../../shared/errors.js';
 import { parseUpdate, parseUpdateMetrics, EV, type UpdateMetrics } from '../../shared/protocol/index.js';
-import { SecAggServer, decodeSum, type QuantParams, type SecAggParams, type Identity } from '../../shared/crypto/index.js';
+import { SecAggBlameError, SecAggServer, decodeSum, type QuantParams, type SecAggParams, type Identity } from '../../shared/crypto/index.js';
 import type { FlatLayout } from '../../shared/aggregation/index.js';
 
 export interface CollectResult {
@@ -215,9 +215,7 @@ export class SecureCollector implements Collector {
         }
       }
     } catch (e) {
-      const culprits = (e as { culprits?: unknown }).culprits;
-      throw new AttemptFailure((e as { code?: string }).code ?? 'SECAGG_FAILED', `secure aggregation failed in phase ${phase}: ${errorMessage(e)}`,
-        Array.isArray(culprits) ? culprits.filter((x): x is string => typeof x === 'string') : [], { cause: e });
+      throw new AttemptFailure((e as { code?: string }).code ?? 'SECAGG_FAILED', `secure aggregation failed in phase ${phase}: ${errorMessage(e)}`, culpritsOf(e), { cause: e });
     }
     const order: SecPhase[] = ['advertise', 'share', 'masked', 'consistency', 'unmask'];
     this.#phase = order[order.indexOf(phase) + 1]!;
@@ -227,4 +225,15 @@ export class SecureCollector implements Collector {
     const event = NEXT_NOTICE[phase as Exclude<SecPhase, 'unmask'>];
     return { notices: [...next.msgs].map(([to, msg]) => ({ to, event, msg })) };
   }
+}
+
+/**
+ * Whom a failed secure aggregation can be pinned on. A dealer whose secrets cannot be recovered
+ * is to blame when holders complained about its share envelopes (garbage sent to them) or its
+ * shares were inconsistent with its own commitments; a dealer that merely lost holders to dropouts
+ * is not, and nobody sits out for it.
+ */
+function culpritsOf(e: unknown): string[] {
+  if (!(e instanceof SecAggBlameError)) return [];
+  return [...new Set(e.blame.filter((b) => b.reason === 'inconsistent-shares' || b.complaints.length > 0).map((b) => b.dealer))].sort();
 }

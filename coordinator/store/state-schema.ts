@@ -136,6 +136,8 @@ function show(v: unknown): string {
 
 const MAX_BYTES = Number.MAX_SAFE_INTEGER;
 const MAX_TIME = 1e15; // ms since the epoch; year ~33,700
+/** Free text the engine writes (failure reasons); generous, so a long message never makes a checkpoint unsavable. */
+const MAX_TEXT = 1 << 16;
 
 function evalReport(g: Guard, v: unknown, f: string): EvalReport {
   const o = g.obj(v, f);
@@ -186,6 +188,19 @@ export function roundRecord(g: Guard, v: unknown, f: string, ctx: { maxRank: num
     bytesDown: g.int(o.bytesDown, `${f}.bytesDown`, 0, MAX_BYTES),
     fullModelBytes: g.int(o.fullModelBytes, `${f}.fullModelBytes`, 0, MAX_BYTES),
   };
+  // the optional fields the engine writes must survive a resume too: a load that dropped them would
+  // lose them from state.json at the next save (attempt numbers, why an attempt failed, who sat out)
+  if (o.attempt !== undefined) r.attempt = g.int(o.attempt, `${f}.attempt`, 0, Number.MAX_SAFE_INTEGER);
+  if (o.failure !== undefined) r.failure = g.str(o.failure, `${f}.failure`, { min: 0, max: MAX_TEXT });
+  if (o.culprits !== undefined) {
+    r.culprits = g.arr(o.culprits, `${f}.culprits`, STATE_LIMITS.maxParticipants).map((x, i) => g.str(x, `${f}.culprits[${i}]`, { max: 256 }));
+  }
+  if (o.excluded !== undefined) {
+    r.excluded = g.arr(o.excluded, `${f}.excluded`, STATE_LIMITS.maxParticipants).map((x, i) => {
+      const e = g.obj(x, `${f}.excluded[${i}]`);
+      return { clientId: g.str(e.clientId, `${f}.excluded[${i}].clientId`, { max: 256 }), reason: g.str(e.reason, `${f}.excluded[${i}].reason`, { min: 0, max: MAX_TEXT }) };
+    });
+  }
   if (o.trainLoss !== undefined) r.trainLoss = g.metric(o.trainLoss, `${f}.trainLoss`);
   if (o.globalEval !== undefined) r.globalEval = lossAcc(g, o.globalEval, `${f}.globalEval`);
   if (o.personalEval !== undefined) r.personalEval = lossAcc(g, o.personalEval, `${f}.personalEval`);
@@ -200,6 +215,15 @@ export function roundRecord(g: Guard, v: unknown, f: string, ctx: { maxRank: num
         .map((x, i) => g.str(x, `${f}.secure.droppedAfterSharing[${i}]`, { max: 256 })),
       badShares: g.int(s.badShares, `${f}.secure.badShares`, 0, MAX_BYTES),
     };
+    if (s.complaints !== undefined) {
+      r.secure.complaints = g.arr(s.complaints, `${f}.secure.complaints`, STATE_LIMITS.maxParticipants).map((x, i) => {
+        const c = g.obj(x, `${f}.secure.complaints[${i}]`);
+        return {
+          from: g.str(c.from, `${f}.secure.complaints[${i}].from`, { max: 256 }),
+          about: g.arr(c.about, `${f}.secure.complaints[${i}].about`, STATE_LIMITS.maxParticipants).map((y, j) => g.str(y, `${f}.secure.complaints[${i}].about[${j}]`, { max: 256 })),
+        };
+      });
+    }
   }
   return r;
 }
