@@ -1,3 +1,8 @@
+/**
+ * One federation over real sockets with the stand-in trainer (3 clients at ranks 2/4/8, c0 keeps a
+ * layer personal, 2 rounds, secure aggregation), run once in `before`; each `it` checks one
+ * behaviour of it. A second coordinator resumes the same state at the end.
+ */
 import { expect } from 'chai';
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -5,86 +10,131 @@ import { join } from 'node:path';
 import { Coordinator } from '../../coordinator/index.js';
 import { Client } from '../../client/index.js';
 import { decode } from '../../shared/codec/index.js';
+import { makeLayout } from '../../shared/aggregation/index.js';
 import { loadPeftAdapter } from '../../shared/lora/peft.js';
 import { setLogLevel } from '../../shared/log.js';
+import type { ContributionObservation } from '../../client/participant/observe.js';
 import { FIXTURE, pullTrainer } from './helpers.js';
 import { Resources } from './hostile-client.js';
 
 describe('coordinator + clients over real sockets (stand-in trainer)', function () {
   this.timeout(30_000);
   let dir: string;
+  let state: string;
   let r: Resources;
-  before(() => setLogLevel('warn'));
-  beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-rounds-')); r = new Resources(); });
-  afterEach(async () => { await r.closeAll(); await rm(dir, { recursive: true, force: true }); });
+  let coord: Coordinator;
+  let url: string;
+  let trainers: Awaited<ReturnType<typeof pullTrainer>>[];
+  let results: { completedRounds: number; roundsTrained: number }[];
+  const uploads: { client: string; bytes: Uint8Array }[] = [];
+  const contributions: { client: string; c: ContributionObservation }[] = [];
+  const personalGlob = '*.layers.1.self_attn.q_proj.*';
 
-  it('runs rank-heterogeneous rounds, keeps personal tensors home, checkpoints, serves /status and /metrics, resumes', async () => {
-    const state = join(dir, 'coord');
-    const coord = r.coordinator(new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 200, roundTimeoutMs: 10_000, exportDir: join(dir, 'export') }));
-    const url = await coord.serve(0);
-    const uploads: { client: string; bytes: Uint8Array }[] = [];
-    const trainers = await Promise.all([0.1, 0.2, 0.3].map((t) => pullTrainer(t)));
-    const personalGlob = '*.layers.1.self_attn.q_proj.*';
+  before(async () => {
+    setLogLevel('warn');
+    dir = await mkdtemp(join(tmpdir(), 'fedlora-rounds-'));
+    state = join(dir, 'coord');
+    r = new Resources();
+    coord = r.coordinator(new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 2, clientsPerRound: 3, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 200, roundTimeoutMs: 10_000, exportDir: join(dir, 'export') }));
+    url = await coord.serve(0);
+    trainers = await Promise.all([0.1, 0.2, 0.3].map((t) => pullTrainer(t)));
     const clients = [2, 4, 8].map((rank, i) => r.client(new Client({
       coordinatorUrl: url, dataFile: 'unused.jsonl', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`,
       personal: i === 0 ? [personalGlob] : [], trainerFactory: async () => trainers[i]!,
-      onUpload: (bytes) => uploads.push({ client: `c${i}`, bytes }),
+      observe: { upload: (bytes) => { uploads.push({ client: `c${i}`, bytes }); }, contribution: (c) => { contributions.push({ client: `c${i}`, c }); } },
     })));
     const runs = clients.map((c) => c.run());
     await coord.done;
-    const results = await Promise.all(runs);
-    expect(results.map((r) => r.completedRounds)).to.deep.equal([2, 2, 2]);
-    expect(coord.completedRounds).to.equal(2);
+    results = await Promise.all(runs);
+  });
+  after(async () => { await r.closeAll(); await rm(dir, { recursive: true, force: true }); });
 
-    // each client downloaded and verified the model into its cache
+  it('runs both rounds with every client', () => {
+    expect(results.map((x) => x.completedRounds)).to.deep.equal([2, 2, 2]);
+    expect(coord.completedRounds).to.equal(2);
+    expect(coord.history.map((h) => [h.round, h.status, h.contributors])).to.deep.equal([[1, 'completed', 3], [2, 'completed', 3]]);
+  });
+
+  it('each client downloads and verifies the model into its cache', async () => {
     for (let i = 0; i < 3; i++) {
       const m = await readdir(join(dir, `c${i}`, 'models', coord.modelId!));
       expect(m).to.include.members(['config.json', 'model.safetensors', '.complete']);
     }
-    // personal tensors never travel: their layout slots are zero and their trained bytes are absent
-    const personalNames = [...trainers[0]!.trained[0]!.keys()].filter((k) => /layers\.1\.self_attn\.q_proj/.test(k));
-    expect(personalNames).to.have.length(2);
+  });
+
+  it('assigns each client min(its max rank, the coordinator max rank)', () => {
+    expect(coord.history[0]!.participants.map((p) => [p.clientId, p.rank])).to.deep.equal([['c0', 2], ['c1', 4], ['c2', 8]]);
+  });
+
+  it('personal tensors never enter the plaintext contribution (zeros in their layout slots), though they were trained', () => {
+    const mine = contributions.filter((x) => x.client === 'c0');
+    expect(mine).to.have.length(2);
+    for (const [round, { c }] of mine.entries()) {
+      const layout = makeLayout(c.layout);
+      const personal = layout.entries.filter((e) => /layers\.1\.self_attn\.q_proj/.test(e.name));
+      expect(personal).to.have.length(2);
+      for (const e of personal) {
+        const slice = c.contribution.subarray(e.offset, e.offset + e.size);
+        expect(slice.every((x) => x === 0), `${e.name} in the round ${round + 1} contribution`).to.equal(true);
+        // the trainer did move them, so zeros are the client keeping them home, not untrained values
+        const trained = trainers[0]!.trained[round]!.get(e.name)!;
+        expect(trained.data.some((x) => x !== 0), `${e.name} trained`).to.equal(true);
+      }
+      // and the shared tensors are there
+      const shared = layout.entries.find((e) => /layers\.0\.self_attn\.q_proj\.lora_B/.test(e.name))!;
+      expect(c.contribution.subarray(shared.offset, shared.offset + shared.size).some((x) => x !== 0)).to.equal(true);
+    }
+  });
+
+  it('what leaves a client is a sealed masked input (secure aggregation is the default)', () => {
     const c0 = uploads.filter((u) => u.client === 'c0');
     expect(c0).to.have.length(2);
-    for (const [r, u] of c0.entries()) {
-      for (const n of personalNames) {
-        const raw = Buffer.from(trainers[0]!.trained[r]!.get(n)!.data.buffer);
-        expect(Buffer.from(u.bytes).includes(raw.subarray(0, 64)), `${n} bytes in upload`).to.equal(false);
-      }
-      // secure aggregation is the default: what leaves the client is a sealed masked input
+    for (const u of c0) {
       const msg = decode(u.bytes) as { kind: string; sealed: { box: Uint8Array } };
       expect(msg.kind).to.equal('masked');
       expect(msg.sealed.box.byteLength).to.be.greaterThan(4 * 100);
     }
-    expect(coord.history[0]!.participants.find((p) => p.clientId === 'c0')!.rank).to.equal(2);
-    // ...while the client kept them on disk
-    expect((await stat(join(dir, 'c0', 'personal.safetensors'))).size).to.be.greaterThan(0);
+  });
 
-    // the global moved toward the clients; rank slots 4..7 only trained by the rank-8 client
-    const g = coord.globalAdapter!;
-    const a = g.tensors.get('base_model.model.model.layers.0.mlp.up_proj.lora_B.weight')!;
+  it('the client keeps its personal tensors on disk', async () => {
+    expect((await stat(join(dir, 'c0', 'personal.safetensors'))).size).to.be.greaterThan(0);
+  });
+
+  it('the global adapter stays at the max rank', () => {
+    const a = coord.globalAdapter!.tensors.get('base_model.model.model.layers.0.mlp.up_proj.lora_B.weight')!;
     expect(a.shape).to.deep.equal([160, 8]);
-    // status + metrics over HTTP
+  });
+
+  it('serves /status', async () => {
     const st = await (await fetch(`${url}/status`)).json() as Record<string, unknown>;
     expect(st.completedRounds).to.equal(2);
     expect(st.phase).to.equal('done');
     expect((st.lastRound as { contributors: number }).contributors).to.equal(3);
+  });
+
+  it('serves /metrics with bytes per client per round beside the full-model size', async () => {
     const metrics = await (await fetch(`${url}/metrics`)).text();
     expect(metrics).to.match(/fedlora_round_bytes_up\{client="c1",round="2"\} \d+/);
     expect(metrics).to.match(/fedlora_full_model_bytes 609640/);
-    // checkpoint + export are PEFT adapters
+  });
+
+  it('checkpoints and exports the global adapter as PEFT adapters', async () => {
+    const a = coord.globalAdapter!.tensors.get('base_model.model.model.layers.0.mlp.up_proj.lora_B.weight')!;
     const saved = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as { completedRounds: number; checkpoint: string };
     expect(saved.completedRounds).to.equal(2);
     const ck = await loadPeftAdapter(join(state, saved.checkpoint));
-    expect(ck.tensors.size).to.equal(g.tensors.size);
+    expect(ck.tensors.size).to.equal(coord.globalAdapter!.tensors.size);
     const ex = await loadPeftAdapter(join(dir, 'export'));
     expect([...ex.tensors.get('base_model.model.model.layers.0.mlp.up_proj.lora_B.weight')!.data]).to.deep.equal([...a.data]);
-    // a client arriving after the last round is told the session is over instead of waiting forever
+  });
+
+  it('a client arriving after the last round is told the session is over instead of waiting forever', async () => {
     const late = r.client(new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, 'late'), maxRank: 4, clientId: 'late', trainerFactory: async () => trainers[0]! }));
     expect(await late.run()).to.deep.equal({ completedRounds: 2, roundsTrained: 0 });
-    await coord.close();
+  });
 
-    // restart with the same state and more rounds: resumes at round 3
+  it('a coordinator restarted on the same state with more rounds resumes at round 3', async () => {
+    await coord.close();
     const coord2 = r.coordinator(new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds: 3, clientsPerRound: 2, minClients: 2, maxRank: 8, strategy: 'rank-aware', localSteps: 2, joinWaitMs: 100 }));
     const url2 = await coord2.serve(0);
     expect(coord2.completedRounds).to.equal(2);
