@@ -252,7 +252,7 @@ export class Coordinator {
     }, {
       sessionId: this.sessionId, modelId: store.modelId, fullModelBytes: store.weightBytes, identity: this.#identity, boxSecretKey: admission.box.keyPair.secretKey,
       strategy: this.strategy, server, global, layout, elementSlots: elementSlots(layout), completedRounds: completed, history,
-      attempt: Math.max(0, ...history.map((r) => Number(r.roundId.split(':')[2] ?? 0))),
+      attempt: history.reduce((m, r) => { const a = r.attempt ?? Number(r.roundId.split(':')[2]); return Number.isSafeInteger(a) && a > m ? a : m; }, 0),
       now: () => Date.now(), randomBytes: (n) => new Uint8Array(randomBytes(n)), out: (cmd) => this.#execute(cmd), maxMessageBytes: this.#maxMessageBytes,
     });
   }
