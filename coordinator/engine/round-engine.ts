@@ -189,6 +189,10 @@ export class RoundEngine {
       m.gen++;
       m.linked = true;
       m.ready = false;
+      // a participant of the open round that came back on a new link (the old one may not have
+      // reported its loss yet) has the rejoin grace to send ready and get its round again
+      const slot = this.#open?.slots.get(id);
+      if (slot && slot.lostAt === undefined) slot.lostAt = this.#i.now();
     } else {
       this.#members.set(id, { id, ...info, linked: true, gen: 1, ready: false, examples: 0, readyTimes: [] });
     }
