@@ -150,6 +150,8 @@ export class RoundEngine {
   /** Participants that made the last attempt fail: left out of the next one. */
   #sitOut = new Map<string, string>();
   #pumping = false;
+  /** Round records kept in memory (and so in /status, /metrics and checkpoints). */
+  static readonly HISTORY_KEEP = 1000;
 
   constructor(config: EngineConfig, init: EngineInit) {
     this.#c = config;
@@ -268,8 +270,9 @@ export class RoundEngine {
     if (a.accepted.get(key) === digest) return;
     if (!a.collector.accepts(kind)) throw new ProtocolError(event === 'update' ? 'STALE_ROUND' : 'SECAGG_PHASE', `${kind} is not accepted in phase ${a.collector.phase}`);
     const inner = openFromClient(env, { round: a.round, sender: id, kind: event === 'update' ? 'update' : `secagg/${env.kind!}` }, this.#i.boxSecretKey, this.#i.maxMessageBytes);
-    a.replay.check(env.sealed);
     const r = a.collector.receive(id, kind, inner);
+    // recorded only once accepted, so a refused message leaves nothing behind (a fresh seal never collides)
+    a.replay.check(env.sealed);
     a.accepted.set(key, digest);
     slot.bytesUp += size;
     if (r.uploaded) {
@@ -541,7 +544,7 @@ export class RoundEngine {
     if (pe) record.personalEval = pe;
     this.#open = null;
     this.#phase = 'aggregating';
-    this.#history.push(record);
+    this.#remember(record);
     this.#pending = { round: a.round, adapter: next, record, saved };
     log.info(`round ${a.round} aggregated: ${contributors.length}/${a.slots.size} updates, train loss ${fmt(record.trainLoss)}, global eval loss ${fmt(record.globalEval?.loss)}, personal ${fmt(record.personalEval?.loss)}`);
     i.out({ type: 'checkpoint', round: a.round, adapter: next, strategyState: i.server.serialize(), history: this.#history });
@@ -578,11 +581,12 @@ export class RoundEngine {
   #failAttempt(a: Attempt, e: unknown): void {
     const culprits = e instanceof AttemptFailure ? e.culprits.filter((id) => a.slots.has(id)) : [];
     const record = this.#baseRecord(a, 'failed', 0);
-    record.failure = errorMessage(e);
+    const code = (e as { code?: unknown }).code;
+    record.failure = typeof code === 'string' && !errorMessage(e).startsWith(code) ? `${code}: ${errorMessage(e)}` : errorMessage(e);
     if (culprits.length) record.culprits = culprits;
     for (const id of culprits) this.#sitOut.set(id, `made attempt ${a.roundId} fail: ${errorMessage(e).slice(0, 200)}`);
     this.#open = null;
-    this.#history.push(record);
+    this.#remember(record);
     log.warn(`round ${a.round} attempt ${a.roundId} failed: ${record.failure}${culprits.length ? `; ${culprits.join(', ')} sit(s) out the retry` : ''}`);
     this.#failStreak++;
     // a quick retry for a one-off; growing pauses when attempts keep failing
@@ -602,6 +606,11 @@ export class RoundEngine {
     this.#phase = 'waiting';
     this.#i.out({ type: 'round', record });
     this.#pump();
+  }
+
+  #remember(record: RoundRecord): void {
+    this.#history.push(record);
+    if (this.#history.length > RoundEngine.HISTORY_KEEP) this.#history.splice(0, this.#history.length - RoundEngine.HISTORY_KEEP);
   }
 
   #sessionDoneBytes(): Uint8Array {

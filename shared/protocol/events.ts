@@ -9,7 +9,7 @@ export const PROTOCOL_VERSION = 2;
 
 export type Ack = (reply: Uint8Array) => void;
 export type Request = (payload: Uint8Array, ack: Ack) => void;
-export type Notice = (payload: Uint8Array) => void;
+export type Notice = (payload: Uint8Array, ack?: Ack) => void;
 
 export const EV = {
   authChallenge: 'auth:challenge',
@@ -45,9 +45,9 @@ export interface ClientToServerEvents {
 export interface ServerToClientEvents {
   /** RoundStart → {ok}: the client accepts (it then trains and sends round:update). */
   'round:start': Request;
-  /** RoundEnd notice (no ack): the round finished or was abandoned. */
+  /** RoundEnd notice (acked by the client when it passes one; the coordinator never waits for it): the round finished or was abandoned. */
   'round:end': Notice;
-  /** Signed SessionDone notice (no ack): all rounds are done; the client may exit. */
+  /** Signed SessionDone notice (acked; close() waits briefly for the acks): all rounds are done; the client may exit. */
   'session:done': Notice;
   /** SecAgg phase notices {roundId, msg}; the msgs carry their own coordinator signatures / pairwise seals. */
   'secagg:keys': Notice;
