@@ -150,6 +150,8 @@ export class RoundEngine {
   /** Participants that made the last attempt fail: left out of the next one. */
   #sitOut = new Map<string, string>();
   #pumping = false;
+  /** now() when the machine last ran: deadlines up to here have been acted on. */
+  #pumpedAt = -Infinity;
   /** Round records kept in memory (and so in /status, /metrics and checkpoints). */
   static readonly HISTORY_KEEP = 1000;
 
@@ -297,7 +299,12 @@ export class RoundEngine {
     const a = this.#open;
     if (this.#phase !== 'training' || !a) return null;
     let t = a.collector.deadline;
-    for (const s of a.slots.values()) if (s.lostAt !== undefined) t = Math.min(t, Math.max(s.lostAt + c.rejoinGraceMs, this.#i.now()));
+    for (const s of a.slots.values()) {
+      if (s.lostAt === undefined) continue;
+      const g = s.lostAt + c.rejoinGraceMs;
+      // a grace a pump already went past needs no wake-up: returning `now` for it would have the host tick in a busy loop until the round ends
+      if (g > this.#pumpedAt) t = Math.min(t, Math.max(g, this.#i.now()));
+    }
     return t;
   }
 
@@ -332,6 +339,7 @@ export class RoundEngine {
   #pump(): void {
     if (this.#pumping) return;
     this.#pumping = true;
+    this.#pumpedAt = this.#i.now();
     try {
       for (let guard = 0; guard < 64; guard++) {
         if (this.#phase === 'waiting') { if (!this.#maybeStart()) break; continue; }
