@@ -264,13 +264,17 @@ describe('aggregation strategies: contract suite', () => {
           }
         });
 
-        it('a stateless server is the identity: the round equals aggregatePlain (refactor off)', function () {
-          const server = strategy.createServer({ maxRank: MAX, seed: 1 });
-          const out = roundOn(server, updates, prev);
-          const saved = server.serialize();
-          if (saved.tensors.size > 0 || JSON.stringify(saved.meta) !== '{}') this.skip();
-          expect(sameBits(out, aggregatePlain(strategy, updates, prev, MAX))).to.equal(true);
-        });
+        // a server with state of its own (fedavgm's momentum) is not the identity; its math is in fedavgm.test.ts
+        const fresh = strategy.createServer({ maxRank: MAX, seed: 1 }).serialize();
+        const stateless = fresh.tensors.size === 0 && JSON.stringify(fresh.meta) === '{}';
+        if (stateless) {
+          it('a stateless server is the identity: the round equals aggregatePlain (refactor off)', () => {
+            const server = strategy.createServer({ maxRank: MAX, seed: 1 });
+            const out = roundOn(server, updates, prev);
+            expect(server.serialize().tensors.size).to.equal(0);
+            expect(sameBits(out, aggregatePlain(strategy, updates, prev, MAX))).to.equal(true);
+          });
+        }
 
         it('with refactor on, changes B·A only by float rounding if at all', () => {
           const server = strategy.createServer({ maxRank: MAX, seed: 1 });
