@@ -23,8 +23,7 @@ import { encodeSafetensors, loadSafetensors, readFloatTensor } from '../../share
 import { loadPeftAdapter, savePeftAdapter } from '../../shared/lora/peft.js';
 import { numel, type TensorMap } from '../../shared/tensor.js';
 import type { LoraAdapter } from '../../shared/lora/adapter.js';
-import type { RoundRecord } from '../metrics.js';
-import { Guard, STATE_LIMITS, checkStateFields, checkpointName, type JsonValue } from './state-schema.js';
+import { Guard, STATE_LIMITS, checkStateFields, checkpointName, type CheckedStateFields, type JsonValue } from './state-schema.js';
 
 export { checkpointName, STATE_LIMITS, type JsonValue } from './state-schema.js';
 
@@ -53,20 +52,9 @@ export interface ServerStrategyState {
   tensors: TensorMap;
 }
 
-export interface PersistedState {
-  format: number;
-  modelId: string;
-  strategy: string;
-  maxRank: number;
-  seed: number;
-  loraAlpha: number;
-  targetModules: string[];
-  completedRounds: number;
-  /** `checkpoint-<completedRounds>`, the folder under the state dir this state belongs to. */
-  checkpoint: string;
+/** state.json as loaded: the checked fields (history at most HISTORY_CAP records, oldest first) plus the strategy state. */
+export interface PersistedState extends CheckedStateFields {
   strategyState: ServerStrategyState;
-  /** At most HISTORY_CAP records, oldest first. */
-  history: RoundRecord[];
 }
 
 export type StateToSave = Omit<PersistedState, 'checkpoint' | 'format'>;
