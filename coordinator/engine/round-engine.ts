@@ -177,10 +177,10 @@ export class RoundEngine {
   participating(): { clientId: string; rank: number; status: string }[] {
     return this.#open ? [...this.#open.slots.values()].map((s) => ({ clientId: s.clientId, rank: s.rank, status: s.status })) : [];
   }
-  /** Is this participant's personal set relevant to the global adapter? (refactoring must not rotate what someone keeps) */
-  #personalSomewhere(name: string, extra: readonly Slot[]): boolean {
+  /** Does any participant keep this tensor personal? (refactoring must not rotate what someone keeps) */
+  #personalSomewhere(name: string): boolean {
     for (const m of this.#members.values()) if (m.personal(name)) return true;
-    return extra.some((s) => this.#members.get(s.clientId)?.personal(name) ?? false);
+    return false;
   }
 
   // ------------------------------------------------------------------ events
@@ -536,7 +536,7 @@ export class RoundEngine {
     const next = aggregateRound(i.server, {
       sum: res.sum, layout: i.layout, previous: this.#global, maxRank: c.maxRank, refactor: c.refactor,
       contributors: contributors.map((s) => ({ rank: s.rank, weight: s.weight, personal: this.#members.get(s.clientId)?.personal ?? (() => false) })),
-      keepUnrotated: (n) => this.#personalSomewhere(n, contributors),
+      keepUnrotated: (n) => this.#personalSomewhere(n),
     });
     const record = this.#baseRecord(a, 'completed', contributors.length);
     if (res.secure && record.secure) {

@@ -4,8 +4,7 @@
  * request (bad input gets `{ ok:false, code, message }`), and close() drops the peer. socket.io is
  * the one transport today (`socketIoLink`); nothing above this file names a socket.
  */
-import { ProtocolError, errorMessage } from '../errors.js';
-import { decode } from '../codec/index.js';
+import { ProtocolError } from '../errors.js';
 import { errorReply, parseReply, requestEncoded, serveRequest, type AckEmitter } from '../protocol/rpc.js';
 
 export type RequestHandler = (msg: unknown, bytes: number) => Promise<Record<string, unknown> | Uint8Array> | Record<string, unknown> | Uint8Array;
@@ -119,9 +118,4 @@ export function socketIoLink(socket: SocketLike, opts: SocketIoLinkOptions): Lin
       socket.disconnect(true);
     },
   };
-}
-
-/** Decodes a notice payload without trusting it: bounded, to `unknown`. */
-export function decodeNotice(payload: unknown, maxBytes: number): unknown {
-  try { return decode(payload, maxBytes); } catch (e) { throw new ProtocolError('BAD_MESSAGE', `notice: ${errorMessage(e)}`); }
 }

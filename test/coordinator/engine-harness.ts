@@ -5,6 +5,7 @@
  * Commands are queued and carried out after the engine call that emitted them returns, as the
  * socket.io host does, so participants never re-enter the engine from inside it.
  */
+import { rng } from '../aggregation/helpers.js';
 import { createHash } from 'node:crypto';
 import { RoundEngine, type Command, type EngineConfig, type EngineInit } from '../../coordinator/engine/round-engine.js';
 import type { RoundRecord } from '../../coordinator/metrics.js';
@@ -39,16 +40,9 @@ export class FakeClock {
 
 // ------------------------------------------------------------------------------ contributions
 
+/** A per-label stream from the aggregation tests' independent PRNG. */
 function seeded(label: string): () => number {
-  let s = createHash('sha256').update(label).digest().readUInt32LE(0);
-  return () => {
-    // mulberry32
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
+  return rng(createHash('sha256').update(label).digest().readUInt32LE(0));
 }
 
 /**
