@@ -18,7 +18,7 @@ import { EV, LIMITS, PROTOCOL_VERSION, globMatcher, parseChunkRequest, parseHell
 import { chooseQuantParams, formatPublicKey, loadOrCreateIdentity, type AuthorizedClients, type Identity } from '../shared/crypto/index.js';
 import { elementSlots, getStrategy, makeLayout, type Strategy, type StrategyName } from '../shared/aggregation/index.js';
 import type { LoraAdapter } from '../shared/lora/adapter.js';
-import { savePeftAdapter } from '../shared/lora/peft.js';
+import { baseModelName, savePeftAdapter } from '../shared/lora/peft.js';
 import { socketIoLink, type Link } from '../shared/link/index.js';
 import { readModelInfo, targetShapes, defaultTargetModules } from '../shared/model/model-info.js';
 import { ModelStore } from './model-store.js';
@@ -65,6 +65,8 @@ export interface CoordinatorOptions {
   refactor?: boolean;
   /** How long a participant that lost its connection may take to come back before the round moves on without it. */
   rejoinGraceMs?: number;
+  /** Keep the newest N checkpoint folders under stateDir (0: every one). Default 2 (this round's and the previous). */
+  keepCheckpoints?: number;
   /** Disconnect a client after this many refused requests. */
   maxStrikes?: number;
   /** Declared example counts are cut to this (round weights are public and bounded). Default 10,000. */
@@ -109,8 +111,9 @@ export interface CoordinatorStatus {
   phase: Phase;
   /** Secure-aggregation (or plain upload) phase of the open attempt. */
   collecting: string | null;
-  connected: { clientId: string; ready: boolean; maxRank: number; backend: string; examples: number }[];
-  participating: { clientId: string; rank: number; status: string }[];
+  /** `name`: the enrollment name of the client's key (absent for keys without one); `backend`: the tfjs backend the client reports in use. */
+  connected: { clientId: string; name?: string; ready: boolean; maxRank: number; backend: string; examples: number }[];
+  participating: { clientId: string; name?: string; rank: number; status: string }[];
   lastRound: RoundRecord | null;
   bytes: { up: number; down: number; modelServed: number; fullModel: number };
 }
@@ -119,6 +122,7 @@ export interface CoordinatorStatus {
 interface Conn {
   link: Link;
   clientId?: string;
+  name?: string;
   maxRank: number;
   backend: string;
   challenges: number;
@@ -142,6 +146,10 @@ export class Coordinator {
   #identity?: Identity;
   #conns = new Set<Conn>();
   #byClient = new Map<string, Conn>();
+  /** Enrollment names of the ids that joined (kept after a disconnect, for /status of a running round). */
+  #names = new Map<string, string>();
+  /** Option keys the caller set (the rest are defaults): only those are compared with a resumed state. */
+  readonly #explicit: Set<string>;
   #errors = new Map<string, number>();
   #modelServed = 0;
   #maxMessageBytes = 1 << 20;
@@ -157,10 +165,12 @@ export class Coordinator {
       maxRank: 8, loraAlpha: 16, localSteps: 20, localEpochs: 0, lr: 1e-3, batchSize: 4, seed: 42, joinWaitMs: 3000,
       requestTimeoutMs: 30_000, chunkSize: 1 << 20, refactor: true, maxStrikes: 50, rejoinGraceMs: 3000,
       maxExamplesPerClient: DEFAULT_MAX_EXAMPLES_PER_CLIENT, joinTimeoutMs: 30_000, maxChunksInFlight: 4, maxReadyPerWindow: 5, readyWindowMs: 10_000,
+      keepCheckpoints: 2,
       ...stripUndefined(opts),
       modelDir: opts.modelDir, stateDir: opts.stateDir,
     };
     const o = this.options;
+    this.#explicit = new Set(Object.keys(stripUndefined(opts)));
     const posInt = (v: number, flag: string, min = 1) => { if (!Number.isInteger(v) || v < min) throw new ConfigError(`${flag} must be an integer ≥ ${min}, got ${v}`); };
     posInt(o.rounds, '--rounds');
     posInt(o.minClients, '--min-clients');
@@ -172,6 +182,7 @@ export class Coordinator {
     if (o.localSteps === 0 && o.localEpochs === 0) throw new ConfigError('one of --local-steps or --local-epochs must be positive');
     if (o.chunkSize < 1024 || o.chunkSize > LIMITS.maxChunkBytes) throw new ConfigError(`chunk size must be in [1024, ${LIMITS.maxChunkBytes}]`);
     posInt(o.maxExamplesPerClient, '--max-examples-per-client');
+    posInt(o.keepCheckpoints, '--keep-checkpoints', 0);
     posInt(o.maxChunksInFlight, 'maxChunksInFlight');
     posInt(o.maxReadyPerWindow, 'maxReadyPerWindow');
     if (!(o.joinTimeoutMs > 0)) throw new ConfigError('--join-timeout must be positive');
@@ -222,12 +233,27 @@ export class Coordinator {
     if (!this.#secure) log.warn('--insecure-aggregation: client updates reach the coordinator in the clear (each is still clipped to ±c)');
     log.info(`coordinator key ${formatPublicKey(this.#identity.publicKey)}${enrolled !== null ? `, ${enrolled} enrolled client key(s)` : ''}`);
 
+    const loaded = await loadState(o.stateDir);
+    // a rank above min(d_in, d_out) of a module adds parameters and no expressiveness: the global rank is capped at the smallest module's
+    const targetsNow = loaded ? loaded.state.targetModules : this.#targetModules;
+    const shapesNow = targetShapes(info, targetsNow);
+    const cap = Math.min(...[...shapesNow.values()].map((d) => Math.min(d.in, d.out)));
+    if (Number.isFinite(cap) && o.maxRank > cap) {
+      const small = [...shapesNow].filter(([, d]) => Math.min(d.in, d.out) === cap).map(([m]) => m);
+      log.warn(`--max-rank ${o.maxRank} is above min(d_in, d_out) = ${cap} of ${small.length} adapted module(s) (e.g. ${small.slice(0, 2).join(', ')}): using rank ${cap} for every module (clients train at min(their --max-rank, ${cap}))`);
+      o.maxRank = cap;
+    }
     const server = this.strategy.createServer({ maxRank: o.maxRank, seed: o.seed });
     let global: LoraAdapter, completed = 0, history: RoundRecord[] = [];
-    const loaded = await loadState(o.stateDir);
+    const baseName = await baseModelName(o.modelDir);
     if (loaded) {
-      checkResumable(loaded.state, { modelId: store.modelId, strategy: o.strategy, maxRank: o.maxRank });
+      checkResumable(loaded.state, {
+        modelId: store.modelId, strategy: o.strategy, maxRank: o.maxRank,
+        ...(this.#explicit.has('loraAlpha') ? { loraAlpha: o.loraAlpha } : {}),
+        ...(o.targetModules?.length ? { targetModules: [...o.targetModules].sort() } : {}),
+      });
       global = loaded.adapter;
+      if (global.config.baseModelNameOrPath == null) global = { ...global, config: { ...global.config, baseModelNameOrPath: baseName } };
       completed = loaded.state.completedRounds;
       history = loaded.state.history;
       this.#targetModules = loaded.state.targetModules;
@@ -236,7 +262,7 @@ export class Coordinator {
     } else {
       const shapes = targetShapes(info, this.#targetModules);
       global = this.strategy.init(shapes, o.maxRank, o.loraAlpha, o.seed, {
-        targetModules: this.#targetModules, fanInFanOut: info.fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM', baseModelNameOrPath: null,
+        targetModules: this.#targetModules, fanInFanOut: info.fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM', baseModelNameOrPath: baseName,
       });
       log.info(`fresh run: ${shapes.size} modules, strategy ${o.strategy}, max rank ${o.maxRank}`);
     }
@@ -310,8 +336,10 @@ export class Coordinator {
       protocolVersion: PROTOCOL_VERSION, sessionId: this.sessionId, modelId: this.#store?.modelId ?? '', strategy: this.strategy.name,
       maxRank: this.options.maxRank, round: e?.round ?? 1, rounds: this.options.rounds, completedRounds: this.completedRounds, phase: this.phase,
       collecting: e?.collecting ?? null,
-      connected: [...this.#byClient.values()].map((c) => ({ clientId: c.clientId!, ready: e?.isReady(c.clientId!) ?? false, maxRank: c.maxRank, backend: c.backend, examples: e?.examplesOf(c.clientId!) ?? 0 })),
-      participating: e?.participating() ?? [],
+      connected: [...this.#byClient.values()].map((c) => ({
+        clientId: c.clientId!, ...(c.name ? { name: c.name } : {}), ready: e?.isReady(c.clientId!) ?? false, maxRank: c.maxRank, backend: c.backend, examples: e?.examplesOf(c.clientId!) ?? 0,
+      })),
+      participating: (e?.participating() ?? []).map((p) => { const name = this.#names.get(p.clientId); return name ? { ...p, name } : p; }),
       lastRound: history.at(-1) ?? null,
       bytes,
     };
@@ -372,7 +400,7 @@ export class Coordinator {
         saveState(o.stateDir, {
           modelId: this.#store!.modelId, strategy: this.strategy.name, maxRank: o.maxRank, seed: o.seed, loraAlpha: o.loraAlpha,
           targetModules: this.#targetModules, completedRounds: round, strategyState: cmd.strategyState, history: [...cmd.history],
-        }, cmd.adapter).then(
+        }, cmd.adapter, { keep: o.keepCheckpoints }).then(
           () => { if (!this.#closed) this.#drive(() => this.#engine!.checkpointed(round)); },
           (e: unknown) => { if (!this.#closed) this.#drive(() => this.#engine!.checkpointFailed(round, e)); },
         );
@@ -452,6 +480,7 @@ export class Coordinator {
         prev.link.close();
       }
       conn.clientId = h.clientId;
+      if (a.name) { conn.name = a.name; this.#names.set(h.clientId, a.name); }
       conn.maxRank = h.capabilities.maxRank;
       conn.backend = h.capabilities.backend;
       this.#byClient.set(h.clientId, conn);

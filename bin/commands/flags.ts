@@ -8,6 +8,8 @@ export interface FlagSpec {
   default?: string;
   multiple?: boolean;
   short?: string;
+  /** What --help shows after a string flag: N, DIR, FILE, URL, GLOB, DURATION, … (default VALUE). */
+  placeholder?: string;
 }
 
 export interface Command {
@@ -20,23 +22,69 @@ export interface Command {
 
 export function helpText(cmd: Command): string {
   const rows = Object.entries(cmd.flags).map(([k, f]) => {
-    const left = `  --${k}${f.type === 'string' ? ` ${k === 'personal' ? 'GLOB' : 'VALUE'}` : ''}`;
-    return `${`${left} `.padEnd(30)}${f.help}${f.default !== undefined ? ` (default: ${f.default})` : ''}${f.multiple ? ' [repeatable]' : ''}`;
+    const left = `  --${k}${f.type === 'string' ? ` ${f.placeholder ?? 'VALUE'}` : ''}`;
+    return `${`${left} `.padEnd(34)}${f.help}${f.default !== undefined ? ` (default: ${f.default})` : ''}${f.multiple ? ' [repeatable]' : ''}`;
   });
-  return `${cmd.summary}\n\nUsage: ${cmd.usage}\n\nOptions:\n${rows.join('\n')}\n  --help                      show this help\n`;
+  return `${cmd.summary}\n\nUsage: ${cmd.usage}\n\nOptions:\n${rows.join('\n')}\n  --help                          show this help\n`;
+}
+
+/** Levenshtein distance, for "did you mean" on unknown flags. */
+function distance(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0]!;
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const up = prev[j]!;
+      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = up;
+    }
+  }
+  return prev[b.length]!;
+}
+
+/** The known flag closest to `given` (a prefix, a typo within a third of its length), or undefined. */
+export function suggestFlag(given: string, known: string[]): string | undefined {
+  const g = given.replace(/^-+/, '').split('=')[0]!.toLowerCase();
+  if (!g) return undefined;
+  const prefixed = known.filter((k) => k.startsWith(g) || g.startsWith(k));
+  if (prefixed.length === 1) return prefixed[0];
+  let best: string | undefined, bestD = Infinity;
+  for (const k of known) {
+    const d = distance(g, k);
+    if (d < bestD) { best = k; bestD = d; }
+  }
+  return bestD <= Math.max(2, Math.floor(g.length / 3)) ? best : undefined;
 }
 
 export function parseFlags(cmd: Command, argv: string[]): Record<string, string | boolean | string[] | undefined> {
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = { help: { type: 'boolean' } };
   for (const [k, f] of Object.entries(cmd.flags)) options[k] = { type: f.type, ...(f.multiple ? { multiple: true } : {}), ...(f.short ? { short: f.short } : {}) };
+  let values;
   try {
-    const { values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
-    const out = values as Record<string, string | boolean | string[] | undefined>;
-    for (const [k, f] of Object.entries(cmd.flags)) if (out[k] === undefined && f.default !== undefined) out[k] = f.type === 'boolean' ? f.default === 'true' : f.default;
-    return out;
+    ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }));
   } catch (e) {
-    throw new ConfigError(`${cmd.name}: ${(e as Error).message}`);
+    // the caller prefixes "fedlora <command>: "; parseArgs' own text is kept, with a suggestion for an unknown flag
+    const err = e as Error & { code?: string };
+    let msg = err.message;
+    if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      const m = /Unknown option '([^']+)'/.exec(msg);
+      const given = m?.[1] ?? '';
+      msg = `unknown option ${given || '(?)'}`;
+      const s = suggestFlag(given, Object.keys(options));
+      if (s) msg += `; did you mean --${s}?`;
+    } else if (err.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+      const m = /Unexpected argument '([^']+)'/.exec(msg);
+      msg = `unexpected argument${m ? ` ${JSON.stringify(m[1])}` : ''}: this command takes no positional arguments (every value follows its --flag)`;
+    } else if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+      const m = /^Option '(-[^' ]+)[^']*' argument (missing|is ambiguous)/.exec(msg);
+      if (m) msg = m[2] === 'missing' ? `option ${m[1]} needs a value` : `option ${m[1]}: its value starts with "-"; write ${m[1]}=VALUE`;
+    }
+    throw new ConfigError(msg);
   }
+  const out = values as Record<string, string | boolean | string[] | undefined>;
+  for (const [k, f] of Object.entries(cmd.flags)) if (out[k] === undefined && f.default !== undefined) out[k] = f.type === 'boolean' ? f.default === 'true' : f.default;
+  return out;
 }
 
 export function str(v: unknown, flag: string, required = false): string | undefined {
@@ -44,10 +92,12 @@ export function str(v: unknown, flag: string, required = false): string | undefi
   return String(v);
 }
 
-export function intFlag(v: unknown, flag: string, min = 0): number | undefined {
+export function intFlag(v: unknown, flag: string, min = 0, max = Number.MAX_SAFE_INTEGER): number | undefined {
   if (v === undefined) return undefined;
   const s = String(v);
-  if (!/^-?\d+$/.test(s) || Number(s) < min) throw new ConfigError(`--${flag} must be an integer ≥ ${min}, got ${JSON.stringify(s)}`);
+  if (!/^-?\d+$/.test(s) || Number(s) < min || Number(s) > max) {
+    throw new ConfigError(`--${flag} must be an integer ${max < Number.MAX_SAFE_INTEGER ? `in [${min}, ${max}]` : `≥ ${min}`}, got ${JSON.stringify(s)}`);
+  }
   return Number(s);
 }
 

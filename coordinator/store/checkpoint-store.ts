@@ -139,19 +139,52 @@ function checkFinite(g: Guard, name: string, data: Float32Array, where: string):
   }
 }
 
-/** Refuses to resume a state written for a different model or federation setup. */
-export function checkResumable(s: PersistedState, want: Pick<PersistedState, 'modelId' | 'strategy' | 'maxRank'>): void {
-  for (const k of ['modelId', 'strategy', 'maxRank'] as const) {
-    if (s[k] !== want[k]) throw new ConfigError(`--state holds a run with ${k}=${String(s[k])}, but this coordinator has ${k}=${String(want[k])}; use a fresh --state directory`);
-  }
+/** What a coordinator start asks of an existing state; the optional fields are checked only when given. */
+export type ResumeSettings = Pick<PersistedState, 'modelId' | 'strategy' | 'maxRank'> & Partial<Pick<PersistedState, 'loraAlpha' | 'targetModules'>>;
+
+/**
+ * Refuses to resume a state written for a different model or federation setup. Every mismatch is
+ * reported at once, with the flags that resume the stored run (or the advice to use a fresh --state).
+ */
+export function checkResumable(s: PersistedState, want: ResumeSettings): void {
+  const diffs: string[] = [], resume: string[] = [];
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  const check = (field: keyof ResumeSettings, shown: (v: unknown) => string, resumeFlag: (v: unknown) => string) => {
+    if (want[field] === undefined || same(s[field], want[field])) return;
+    diffs.push(`${field}: the state has ${shown(s[field])}, this start ${shown(want[field])}`);
+    resume.push(resumeFlag(s[field]));
+  };
+  const plain = (v: unknown) => String(v);
+  check('modelId', plain, (v) => `--model <the folder of base model ${String(v).slice(0, 19)}…>`);
+  check('strategy', plain, (v) => `--strategy ${String(v)}`);
+  check('maxRank', plain, (v) => `--max-rank ${String(v)}`);
+  check('loraAlpha', plain, (v) => `--lora-alpha ${String(v)}`);
+  check('targetModules', (v) => (v as string[]).join(','), (v) => `--target-modules ${(v as string[]).join(',')}`);
+  if (!diffs.length) return;
+  throw new ConfigError(`--state holds a run (${s.completedRounds} round(s) done) with other settings:\n  ${diffs.join('\n  ')}\n`
+    + `resume it with: ${resume.join(' ')}; or start a new run with a fresh --state directory`);
+}
+
+/** Checkpoint folders kept by default: this round's and the previous one (a fallback). */
+export const DEFAULT_KEEP_CHECKPOINTS = 2;
+
+export interface SaveOptions {
+  /**
+   * Keep the newest `keep` checkpoint folders (this round's included) and remove older ones; 0 keeps
+   * every one. Default DEFAULT_KEEP_CHECKPOINTS. Only folders of rounds before this one are removed.
+   */
+  keep?: number;
 }
 
 /**
  * Writes round `state.completedRounds`: its checkpoint folder, then state.json. Everything is
  * validated by the same rules loadState applies before anything touches the disk, so a save never
- * produces a state that cannot be resumed. Keeps the previous checkpoint as a fallback.
+ * produces a state that cannot be resumed. Keeps the previous checkpoint as a fallback (retention:
+ * SaveOptions.keep).
  */
-export async function saveState(stateDir: string, state: StateToSave, adapter: LoraAdapter): Promise<PersistedState> {
+export async function saveState(stateDir: string, state: StateToSave, adapter: LoraAdapter, opts: SaveOptions = {}): Promise<PersistedState> {
+  const keep = opts.keep ?? DEFAULT_KEEP_CHECKPOINTS;
+  if (!Number.isSafeInteger(keep) || keep < 0) throw new ConfigError(`checkpoint retention must be an integer ≥ 0 (0 keeps every checkpoint), got ${keep}`);
   const file = join(stateDir, STATE_FILE);
   const g = new Guard(file);
   const checkpoint = checkpointName(state.completedRounds);
@@ -190,7 +223,7 @@ export async function saveState(stateDir: string, state: StateToSave, adapter: L
   await rename(tmp, final);
   await writeFlushed(file, text);
   await flushDir(stateDir);
-  await sweep(stateDir, state.completedRounds);
+  await sweep(stateDir, state.completedRounds, keep);
   return { ...onDisk, strategyState: { meta: onDisk.strategyState.meta, tensors }, history };
 }
 
@@ -244,13 +277,17 @@ async function flushDir(dir: string): Promise<void> {
 const TEMP_RE = /^(?:\.checkpoint-\d+\.tmp-(\d+)|state\.json\.tmp-(\d+)-[a-z0-9]*)$/;
 
 /**
- * Drops checkpoints older than the previous one (kept as a fallback) and temp entries orphaned by a
+ * Drops checkpoints beyond the newest `keep` (0: none dropped) and temp entries orphaned by a
  * crashed process. Temp entries of a live process are left alone: it may be mid-write.
  */
-async function sweep(stateDir: string, round: number): Promise<void> {
-  for (const n of await readdir(stateDir)) {
+async function sweep(stateDir: string, round: number, keep: number): Promise<void> {
+  const names = await readdir(stateDir);
+  // rounds up to this one, newest first; a checkpoint of a later round (from an older run) is never touched
+  const rounds = names.map((n) => /^checkpoint-(\d+)$/.exec(n)).filter((c): c is RegExpExecArray => !!c).map((c) => Number(c[1])).filter((r) => r <= round).sort((a, b) => b - a);
+  const drop = new Set(keep === 0 ? [] : rounds.slice(keep));
+  for (const n of names) {
     const c = /^checkpoint-(\d+)$/.exec(n);
-    if (c && Number(c[1]) < round - 1) {
+    if (c && drop.has(Number(c[1])) && Number(c[1]) < round) {
       await rm(join(stateDir, n), { recursive: true, force: true });
       continue;
     }
