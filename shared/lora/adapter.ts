@@ -17,6 +17,8 @@ export interface LoraConfig {
   /** Optional per-module rank / alpha overrides (PEFT `rank_pattern` / `alpha_pattern`). */
   rankPattern?: Record<string, number>;
   alphaPattern?: Record<string, number>;
+  /** DoRA (PEFT `use_dora`): each module also carries a magnitude vector m [out]. Absent = false. */
+  useDora?: boolean;
 }
 
 export interface LoraAdapter {
@@ -29,6 +31,20 @@ export const PEFT_PREFIX = 'base_model.model.';
 
 export function loraAName(module: string): string { return `${PEFT_PREFIX}${module}.lora_A.weight`; }
 export function loraBName(module: string): string { return `${PEFT_PREFIX}${module}.lora_B.weight`; }
+
+/** DoRA magnitude vector of a module, [out], under the name PEFT's save_pretrained writes. */
+export function loraMName(module: string): string { return `${PEFT_PREFIX}${module}.lora_magnitude_vector`; }
+
+/** Module path of a DoRA magnitude name (saved form, or the live `.weight` / `.default.weight` forms), or null. */
+export function parseMagnitudeName(name: string): { module: string } | null {
+  const m = /^base_model\.model\.(.+)\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$/.exec(name);
+  return m ? { module: m[1]! } : null;
+}
+
+/** A tensor an adapter may hold: a LoRA factor or a DoRA magnitude vector. */
+export function isAdapterTensorName(name: string): boolean {
+  return parseLoraName(name) !== null || parseMagnitudeName(name) !== null;
+}
 
 /** Splits a PEFT tensor name into module path and factor, or null if it is not a LoRA A/B weight. */
 export function parseLoraName(name: string): { module: string; factor: 'A' | 'B' } | null {

@@ -1,6 +1,8 @@
 /**
  * Decoder-only causal LM in TensorFlow.js, with LoRA applied on the fly:
- * y = x W + b + scale · (x Aᵀ) Bᵀ. Base weights are loaded once, frozen, and shared by every
+ * y = x W + b + scale · (x Aᵀ) Bᵀ, or under DoRA (PEFT `use_dora`)
+ * y = g ⊙ (x W + scale · (x Aᵀ) Bᵀ) + b with g = m / ‖W + scale·B A‖ per output feature, the norm
+ * computed from the current A, B but detached (no gradient flows through it, as in PEFT). Base weights are loaded once, frozen, and shared by every
  * adapter; an adapter is a set of small A/B tensors passed to each call. Tensor names, weight
  * layout and the block forward come from the config's family descriptor (families/).
  */
@@ -11,10 +13,10 @@ import { loadConfig, linearModules, linearHasBias, linearWeightShape, type Model
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
 import { mm, frozenMatMul, t2 } from './ops.js';
-import { adapterModules, matchesTarget, loraAName, loraBName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
+import { adapterModules, matchesTarget, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
 
-/** LoRA factors of one module as live tensors: A [r, in], B [out, r]. */
-export interface LoraFactors { A: tf.Tensor2D; B: tf.Tensor2D; scale: number }
+/** LoRA factors of one module as live tensors: A [r, in], B [out, r]; under DoRA also the magnitude m [out]. */
+export interface LoraFactors { A: tf.Tensor2D; B: tf.Tensor2D; scale: number; m?: tf.Tensor1D }
 export type LoraRuntime = Map<string, LoraFactors>;
 
 export interface LoadOptions {
@@ -151,6 +153,10 @@ export class CausalLM {
       const r = A.shape[0]!;
       if (A.shape.length !== 2 || A.shape[1] !== s.in) throw new ModelFormatError(`${loraAName(m)} has shape [${A.shape}], model needs [${r}, ${s.in}]`, where);
       if (B.shape.length !== 2 || B.shape[0] !== s.out || B.shape[1] !== r) throw new ModelFormatError(`${loraBName(m)} has shape [${B.shape}], model needs [${s.out}, ${r}]`, where);
+      const M = adapter.tensors.get(loraMName(m));
+      if (adapter.config.useDora === true && !M) throw new ModelFormatError(`module "${m}" has no ${loraMName(m)} (use_dora: true)`, where);
+      if (M && adapter.config.useDora !== true) throw new ModelFormatError(`${loraMName(m)} in an adapter without use_dora`, where);
+      if (M && (M.shape.length !== 1 || M.shape[0] !== s.out)) throw new ModelFormatError(`${loraMName(m)} has shape [${M.shape}], model needs [${s.out}]`, where);
     }
   }
 
@@ -159,11 +165,12 @@ export class CausalLM {
     this.validateAdapter(adapter);
     const rt: LoraRuntime = new Map();
     for (const m of adapterModules(adapter)) {
-      const A = adapter.tensors.get(loraAName(m))!, B = adapter.tensors.get(loraBName(m))!;
+      const A = adapter.tensors.get(loraAName(m))!, B = adapter.tensors.get(loraBName(m))!, M = adapter.tensors.get(loraMName(m));
       rt.set(m, {
         A: tf.tensor2d(A.data, A.shape as [number, number]),
         B: tf.tensor2d(B.data, B.shape as [number, number]),
         scale: moduleScale(adapter.config, m, A.shape[0]),
+        ...(M ? { m: tf.tensor1d(M.data) } : {}),
       });
     }
     return rt;
@@ -189,12 +196,40 @@ export class CausalLM {
     return r;
   }
 
+  /** W as [in, out] (a view of the trainable variable when the base is trainable). */
+  #weightIo(l: Linear): tf.Tensor2D {
+    return this.#trainable && l.wOi ? (t2(l.wOi) as tf.Tensor2D) : l.wIo;
+  }
+
+  /**
+   * DoRA's ‖W + scale·B A‖ per output feature, as [out]. Detached as PEFT detaches it: the result
+   * carries no gradient to A, B or W (only the magnitude and the LoRA branch are trained through g).
+   */
+  #doraNorm(l: Linear, f: LoraFactors): tf.Tensor1D {
+    const wIo = this.#weightIo(l);
+    const norm = tf.customGrad(((a: tf.Tensor, b: tf.Tensor) => ({
+      value: tf.tidy(() => {
+        const w = tf.add(wIo, tf.mul(tf.matMul(t2(a) as tf.Tensor2D, t2(b) as tf.Tensor2D), f.scale)); // [in, out]
+        return tf.sqrt(tf.sum(tf.square(w), 0));
+      }),
+      gradFunc: () => [tf.zerosLike(a), tf.zerosLike(b)],
+    })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+    return norm(f.A, f.B) as tf.Tensor1D;
+  }
+
   #linear(x: tf.Tensor2D, path: string, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor2D {
     const l = this.#lin.get(path)!;
     const mw = merged?.get(path);
     let y: tf.Tensor2D = mw ? tf.matMul(x, mw) : this.#trainable ? (mm(x, l.wOi ? t2(l.wOi) : l.wIo) as tf.Tensor2D) : frozenMatMul(x, l.wIo, l.wOi);
-    if (l.b) y = tf.add(y, l.b) as tf.Tensor2D;
     const f = mw ? undefined : lora?.get(path);
+    if (f?.m) {
+      // DoRA: base + (g − 1)·base_without_bias + g·scale·lora = g ⊙ (x W + scale·lora) + b
+      const g = tf.div(f.m, this.#doraNorm(l, f));
+      const lo = mm(mm(x, t2(f.A)), t2(f.B));
+      y = tf.mul(tf.add(y, tf.mul(lo, f.scale)), g) as tf.Tensor2D;
+      return (l.b ? tf.add(y, l.b) : y) as tf.Tensor2D;
+    }
+    if (l.b) y = tf.add(y, l.b) as tf.Tensor2D;
     if (f) {
       const h = mm(x, t2(f.A));
       y = tf.add(y, tf.mul(mm(h, t2(f.B)), f.scale)) as tf.Tensor2D;
@@ -272,14 +307,17 @@ export class CausalLM {
     return tf.reshape(logits, [Bsz, T, c.vocabSize]);
   }
 
-  /** Merged linear weights W + scale·ΔW in the layout #linear multiplies by ([in, out]). */
+  /** Merged linear weights W + scale·ΔW (DoRA: m/‖W + scale·ΔW‖ · (W + scale·ΔW), per output feature)
+   *  in the layout #linear multiplies by ([in, out]). The bias is untouched. */
   mergedWeights(lora: LoraRuntime): Map<string, tf.Tensor2D> {
     const out = new Map<string, tf.Tensor2D>();
     for (const [m, f] of lora) {
       const l = this.#lin.get(m)!;
       out.set(m, tf.tidy(() => {
         const delta = tf.mul(tf.matMul(t2(f.A) as tf.Tensor2D, t2(f.B) as tf.Tensor2D), f.scale); // [in, out]
-        return tf.add(l.wIo, delta) as tf.Tensor2D;
+        const w = tf.add(this.#weightIo(l), delta) as tf.Tensor2D;
+        if (!f.m) return w;
+        return tf.mul(w, tf.div(f.m, tf.sqrt(tf.sum(tf.square(w), 0)))) as tf.Tensor2D;
       }));
     }
     return out;
@@ -330,17 +368,18 @@ export class CausalLM {
     const maskT = opts.mask ? tf.tensor2d(opts.mask.flat(), [B, T], 'float32') : null;
     const lmT = tf.tensor2d(opts.lossMask ? opts.lossMask.flat() : new Array(B * T).fill(1), [B, T], 'float32');
     const rt = this.runtime(opts.adapter);
-    const names: string[] = [], xs: tf.Tensor[] = [], mods: Array<[string, 'A' | 'B']> = [];
+    const names: string[] = [], xs: tf.Tensor[] = [], mods: Array<[string, 'A' | 'B' | 'm']> = [];
     for (const [m, f] of rt) {
       names.push(loraAName(m), loraBName(m)); xs.push(f.A, f.B); mods.push([m, 'A'], [m, 'B']);
+      if (f.m) { names.push(loraMName(m)); xs.push(f.m); mods.push([m, 'm']); }
     }
     try {
       const { value, grads } = tf.tidy(() => tf.valueAndGrads((...ts: tf.Tensor[]) => {
         const live: LoraRuntime = new Map();
         ts.forEach((t, i) => {
           const [m, which] = mods[i]!;
-          const cur = live.get(m) ?? { A: t as tf.Tensor2D, B: t as tf.Tensor2D, scale: rt.get(m)!.scale };
-          cur[which] = t as tf.Tensor2D;
+          const cur: LoraFactors = live.get(m) ?? { A: t as tf.Tensor2D, B: t as tf.Tensor2D, scale: rt.get(m)!.scale };
+          if (which === 'm') cur.m = t as tf.Tensor1D; else cur[which] = t as tf.Tensor2D;
           live.set(m, cur);
         });
         return this.causalLoss(this.forward(idsT, maskT, live), idsT, lmT, maskT);
@@ -402,7 +441,7 @@ export class CausalLM {
 }
 
 export function disposeRuntime(rt: LoraRuntime): void {
-  for (const f of rt.values()) { f.A.dispose(); f.B.dispose(); }
+  for (const f of rt.values()) { f.A.dispose(); f.B.dispose(); f.m?.dispose(); }
 }
 
 /** model.safetensors, or the shards listed by model.safetensors.index.json. */

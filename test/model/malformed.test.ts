@@ -83,8 +83,11 @@ describe('malformed model, config and adapter files', () => {
     const cfg = JSON.parse(await readFile(cfgPath, 'utf8'));
     await writeFile(cfgPath, JSON.stringify({ ...cfg, peft_type: 'IA3' }));
     await rejects(loadPeftAdapter(dir), /peft_type "IA3" is not supported/);
+    // use_dora is supported, but then every module needs its magnitude vector (this file has none)
     await writeFile(cfgPath, JSON.stringify({ ...cfg, use_dora: true }));
-    await rejects(loadPeftAdapter(dir), /DoRA/);
+    await rejects(loadPeftAdapter(dir), /has no lora_magnitude_vector \(use_dora: true needs one per module\)/);
+    await writeFile(cfgPath, JSON.stringify({ ...cfg, use_dora: 'yes' }));
+    await rejects(loadPeftAdapter(dir), /"use_dora" must be true or false/);
     await writeFile(cfgPath, JSON.stringify({ ...cfg, r: 0 }));
     await rejects(loadPeftAdapter(dir), /"r" must be a positive integer/);
     await writeFile(cfgPath, '{ not json');
@@ -102,6 +105,50 @@ describe('malformed model, config and adapter files', () => {
     await rejects(loadPeftAdapter(dir), /non-finite/);
     await writeFile(stPath, encodeSafetensors(new Map([...good.tensors, ['base_model.model.lm_head.weight', { shape: [2, 2], data: new Float32Array(4) }]])));
     await rejects(loadPeftAdapter(dir), /unexpected tensor "base_model\.model\.lm_head\.weight"/);
+  });
+
+  it('DoRA adapter files: magnitude without use_dora, wrong magnitude shape, stray magnitude, NaN, shape against the model', async () => {
+    const good = await loadPeftAdapter(`${FIX}/llama-tiny/dora/adapter`);
+    await savePeftAdapter(good, dir);
+    const cfgPath = join(dir, 'adapter_config.json'), stPath = join(dir, 'adapter_model.safetensors');
+    const cfg = JSON.parse(await readFile(cfgPath, 'utf8'));
+    const { encodeSafetensors } = await import('../../shared/model/safetensors.js');
+    await writeFile(cfgPath, JSON.stringify({ ...cfg, use_dora: false }));
+    await rejects(loadPeftAdapter(dir), /DoRA magnitude in an adapter without use_dora/);
+    await writeFile(cfgPath, JSON.stringify(cfg));
+    const mag = 'base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector';
+    const bad = new Map(good.tensors);
+    bad.set(mag, { shape: [65], data: new Float32Array(65).fill(1) });
+    await writeFile(stPath, encodeSafetensors(bad));
+    await rejects(loadPeftAdapter(dir), /down_proj": lora_magnitude_vector has 65 entries, lora_B has 64 output features/);
+    bad.set(mag, { shape: [8, 8], data: new Float32Array(64).fill(1) });
+    await writeFile(stPath, encodeSafetensors(bad));
+    await rejects(loadPeftAdapter(dir), /must be 1-D/);
+    bad.set(mag, { shape: [64], data: new Float32Array(64).map((_, i) => (i === 5 ? Infinity : 1)) });
+    await writeFile(stPath, encodeSafetensors(bad));
+    await rejects(loadPeftAdapter(dir), /non-finite/);
+    const stray = new Map(good.tensors);
+    stray.set('base_model.model.model.layers.0.mlp.nope.lora_magnitude_vector', { shape: [4], data: new Float32Array(4) });
+    await writeFile(stPath, encodeSafetensors(stray));
+    await rejects(loadPeftAdapter(dir), /mlp\.nope\.lora_magnitude_vector" has no lora_A\/lora_B/);
+    // the live PEFT name (…lora_magnitude_vector.default.weight) is read as the saved one; both at once are refused
+    const live = new Map([...good.tensors].map(([k, t]) => [k === mag ? `${mag}.default.weight` : k, t]));
+    await writeFile(stPath, encodeSafetensors(live));
+    expect((await loadPeftAdapter(dir)).tensors.has(mag)).to.equal(true);
+    await writeFile(stPath, encodeSafetensors(new Map([...good.tensors, [`${mag}.weight`, good.tensors.get(mag)!]])));
+    await rejects(loadPeftAdapter(dir), /appears twice/);
+    // a magnitude that does not fit the model is named by validateAdapter
+    const lm = await loadCausalLM(`${FIX}/llama-tiny/base`, { backend: 'cpu' });
+    try {
+      const a = await loadPeftAdapter(`${FIX}/llama-tiny/dora/adapter`);
+      a.tensors.delete(mag);
+      expect(() => lm.validateAdapter(a)).to.throw(ModelFormatError, /has no .*down_proj\.lora_magnitude_vector \(use_dora: true\)/);
+      const b = await loadPeftAdapter(`${FIX}/llama-tiny/dora/adapter`);
+      b.config.useDora = false;
+      expect(() => lm.validateAdapter(b)).to.throw(ModelFormatError, /without use_dora/);
+    } finally {
+      lm.dispose();
+    }
   });
 
   it('rank ops: pad then truncate is the identity and keeps alpha/r', async () => {
