@@ -5,7 +5,7 @@
  */
 import { tf } from '../backend/index.js';
 import type { CausalLM, LoraRuntime } from '../model/causal-lm.js';
-import { adapterModules, loraAName, loraBName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
+import { adapterModules, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
 import type { TensorMap } from '../tensor.js';
 
 export type Schedule = 'cosine' | 'linear' | 'constant';
@@ -170,7 +170,9 @@ export class LoraTrainer {
     const train = new Map<string, tf.Variable>();
     for (const m of adapterModules(start)) {
       this.#scales.set(m, moduleScale(start.config, m, start.tensors.get(loraAName(m))!.shape[0]));
-      for (const name of [loraAName(m), loraBName(m)]) {
+      // DoRA: the magnitude vector is a variable like A and B (rank 1, so AdamW never decays it)
+      const names = [loraAName(m), loraBName(m), ...(start.tensors.has(loraMName(m)) ? [loraMName(m)] : [])];
+      for (const name of names) {
         const t = start.tensors.get(name)!;
         const v = ownVariable(tf.tensor(t.data, t.shape), trainable(name));
         this.#vars.set(name, v);
@@ -191,7 +193,10 @@ export class LoraTrainer {
 
   #runtime(): LoraRuntime {
     const rt: LoraRuntime = new Map();
-    for (const [m, scale] of this.#scales) rt.set(m, { A: this.#vars.get(loraAName(m)) as unknown as tf.Tensor2D, B: this.#vars.get(loraBName(m)) as unknown as tf.Tensor2D, scale });
+    for (const [m, scale] of this.#scales) {
+      const mag = this.#vars.get(loraMName(m)) as unknown as tf.Tensor1D | undefined;
+      rt.set(m, { A: this.#vars.get(loraAName(m)) as unknown as tf.Tensor2D, B: this.#vars.get(loraBName(m)) as unknown as tf.Tensor2D, scale, ...(mag ? { m: mag } : {}) });
+    }
     return rt;
   }
 
