@@ -3,10 +3,10 @@
  * than in the coordinator so that it runs in unit tests without sockets and every strategy goes
  * through the same grouping, refactor and server step.
  */
-import { loraAName, loraBName, adapterModules, type LoraAdapter } from '../lora/adapter.js';
+import { loraAName, loraBName, type LoraAdapter } from '../lora/adapter.js';
 import type { TensorMap } from '../tensor.js';
 import { unflatten, type FlatLayout } from './layout.js';
-import { refactorAdapter } from './refactor.js';
+import { refactorAdapterWithTransforms } from './refactor.js';
 import { slotWeightSums, type Participant, type StrategyServer } from './strategy.js';
 
 /** Public facts about one contributor to the round's sum. */
@@ -32,7 +32,13 @@ export interface RoundInput {
 
 /**
  * The next global adapter: strategy.finalize once per group of tensors shared by the same
- * contributors, the optional refactor, then the strategy server's step.
+ * contributors, the strategy server's step, then the optional refactor, whose slot transforms the
+ * server gets (rebase) so that state it keeps per rank slot follows the adapter into the new basis.
+ *
+ * Order: the server steps in the basis the clients trained in (the previous round's), where
+ * `averaged − previous` is a meaningful pseudo-gradient; refactoring first would compare factors in
+ * two different slot bases. For servers whose step is the identity this gives exactly what
+ * refactoring the average gives.
  *
  * Grouping: a tensor a client declared personal arrives as zeros from it, so each tensor is averaged
  * only over the clients that share it and personal layers never drag the global one toward zero.
@@ -65,18 +71,10 @@ export function aggregateRound(server: StrategyServer, input: RoundInput): LoraA
       trained.set(n, covered);
     }
   }
-  let next: LoraAdapter = { config: previous.config, tensors };
-  if (input.refactor && strategy.refactorable) {
-    const refactored = refactorAdapter(next);
-    const keep = (n: string) => input.keepUnrotated(n) || contributors.some((c) => c.personal(n));
-    for (const m of adapterModules(next)) {
-      const a = loraAName(m), b = loraBName(m);
-      if (keep(a) || keep(b)) {
-        refactored.tensors.set(a, next.tensors.get(a)!);
-        refactored.tensors.set(b, next.tensors.get(b)!);
-      }
-    }
-    next = refactored;
-  }
-  return server.step(previous, next, trained);
+  const stepped = server.step(previous, { config: previous.config, tensors }, trained);
+  if (!(input.refactor && strategy.refactorable)) return stepped;
+  const keep = (n: string) => input.keepUnrotated(n) || contributors.some((c) => c.personal(n));
+  const { adapter, transforms } = refactorAdapterWithTransforms(stepped, (m) => !keep(loraAName(m)) && !keep(loraBName(m)));
+  server.rebase?.(transforms);
+  return adapter;
 }

@@ -26,6 +26,8 @@ import { parseLoraName, resizeCols, resizeRows, type LoraAdapter, type LoraConfi
 import type { Tensor32, TensorMap } from '../tensor.js';
 import { initLoraAdapter } from './init.js';
 import { makeLayout, type FlatLayout } from './layout.js';
+import type { ModuleTransforms } from './refactor.js';
+import { checkServerOpt, withServerOptimizer, type ServerOptConfig } from './server-opt.js';
 
 const log = logger('fedlora:aggregation');
 
@@ -52,6 +54,11 @@ export interface ServerOptions {
   maxRank: number;
   /** Run seed, for strategies whose server update is randomised. */
   seed: number;
+  /**
+   * Server optimiser (FedAvgM, FedAdam, FedYogi; server-opt.ts) wrapped around the strategy's own
+   * server by createServer; absent or `{ name: 'none' }`: none.
+   */
+  optimizer?: ServerOptConfig;
 }
 
 /**
@@ -73,6 +80,11 @@ export interface StrategyServer {
   serialize(): SavedServerState;
   /** Replaces this server's state with a saved one; refuses state saved under another configuration. */
   restore(saved: SavedServerState): void;
+  /**
+   * Called after the step's result was refactored: the per-module slot transforms (B' = B·tB,
+   * A' = tA·A) for state kept per rank slot to follow. Servers without such state leave it out.
+   */
+  rebase?(transforms: ModuleTransforms): void;
 }
 
 export interface Strategy {
@@ -174,6 +186,7 @@ export function checkServerOptions(options: ServerOptions): void {
   if (typeof options !== 'object' || options === null) throw new ConfigError('server options must be an object { maxRank, seed }');
   checkMaxRank(options.maxRank);
   if (!Number.isSafeInteger(options.seed) || options.seed < 0) throw new ConfigError(`seed must be a non-negative safe integer, got ${options.seed}`);
+  if (options.optimizer !== undefined) checkServerOpt(options.optimizer);
 }
 
 /** The server of a linear strategy: nothing to remember, the average is the next global adapter. */
@@ -196,6 +209,8 @@ class StatelessServer implements StrategyServer {
   restore(saved: SavedServerState): void {
     // meta is ignored on purpose: checkpoints written before servers existed carry unrelated fields there
     if (!saved || !(saved.tensors instanceof Map)) throw new ConfigError(`${this.strategy.name}: saved server state must be { meta, tensors: Map }`);
+    const opt = typeof saved.meta === 'object' && saved.meta !== null && !Array.isArray(saved.meta) ? saved.meta.serverOptimizer : undefined;
+    if (opt !== undefined) throw new ConfigError(`${this.strategy.name}: the state was saved with server optimizer ${JSON.stringify(opt)}; this run has none (pass the same --server-opt settings to resume)`);
     if (saved.tensors.size > 0) throw new ConfigError(`${this.strategy.name} keeps no server state, but the saved state holds ${saved.tensors.size} tensors (saved under another strategy?)`);
   }
 }
@@ -284,8 +299,13 @@ class LinearStrategy implements Strategy {
   }
 
   createServer(options: ServerOptions): StrategyServer {
+    checkServerOptions(options);
     const make = this.#spec.server;
-    return make ? make(this, options) : new StatelessServer(this, options);
+    const { optimizer, ...plain } = options;
+    const opt = optimizer === undefined ? null : checkServerOpt(optimizer);
+    if (opt && make) throw new ConfigError(`strategy ${this.name} keeps its own server state; a server optimiser would stack on it (use a linear strategy such as rank-aware with the optimiser instead)`);
+    const inner = make ? make(this, plain) : new StatelessServer(this, plain);
+    return opt ? withServerOptimizer(inner, opt, plain) : inner;
   }
 }
 
