@@ -8,8 +8,9 @@
  */
 import nacl from 'tweetnacl';
 import { pack } from 'msgpackr';
+import { xsalsa20 } from '@noble/ciphers/salsa.js';
 import {
-  SecAggClient, SecAggServer, identityFromSeed, signSecAggParams, defaultSecAggSizes, deriveMaskKey, addMask, xsalsa20Keystream,
+  SecAggClient, SecAggServer, identityFromSeed, signSecAggParams, defaultSecAggSizes, deriveMaskKey, addMask, chacha20Keystream,
   expandMaskWebCrypto, type SecAggParams,
 } from '../shared/crypto/index.js';
 import { setLogLevel } from '../shared/log.js';
@@ -25,10 +26,12 @@ const out = (s: string) => process.stdout.write(s + '\n');
 async function prgBench(): Promise<void> {
   const key = nacl.randomBytes(32), acc = new Uint32Array(L_FULL), reps = 5;
   const time = async (f: () => unknown) => { await f(); const t = performance.now(); for (let i = 0; i < reps; i++) await f(); return (performance.now() - t) / reps; };
-  const xs = await time(() => { const b = xsalsa20Keystream(key, L_FULL * 4); const m = new Uint32Array(b.buffer); for (let i = 0; i < L_FULL; i++) acc[i] = (acc[i]! + m[i]!) >>> 0; });
+  const addStream = (b: Uint8Array) => { const m = new Uint32Array(b.buffer, b.byteOffset, L_FULL); for (let i = 0; i < L_FULL; i++) acc[i] = (acc[i]! + m[i]!) >>> 0; };
+  const cc = await time(() => addStream(chacha20Keystream(key, L_FULL * 4)));
+  const xs = await time(() => addStream(xsalsa20(key, new Uint8Array(24), new Uint8Array(L_FULL * 4))));
   const aes = await time(() => addMask(acc, key, 1));
   const wc = await time(async () => { const m = await expandMaskWebCrypto(key, L_FULL); for (let i = 0; i < L_FULL; i++) acc[i] = (acc[i]! + m[i]!) >>> 0; });
-  out(`PRG + add over ${L_FULL.toLocaleString()} uint32 (ms): XSalsa20/tweetnacl ${xs.toFixed(1)} | AES-256-CTR/node:crypto ${aes.toFixed(1)} | AES-256-CTR/WebCrypto ${wc.toFixed(1)}`);
+  out(`PRG + add over ${L_FULL.toLocaleString()} uint32 (ms): ChaCha20/@noble/ciphers ${cc.toFixed(1)} | XSalsa20/@noble/ciphers ${xs.toFixed(1)} | AES-256-CTR/node:crypto ${aes.toFixed(1)} | AES-256-CTR/WebCrypto ${wc.toFixed(1)}`);
 }
 
 function bytes(v: unknown): number { return pack(v).length; }

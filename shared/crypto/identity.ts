@@ -1,7 +1,7 @@
 import nacl from 'tweetnacl';
 import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { sign as nodeSign, verify as nodeVerify } from 'node:crypto';
-import { rawKeyObjects } from './node-keys.js';
+import { KeyObjectCache } from './node-keys.js';
 import { dirname, basename, join } from 'node:path';
 import { logger } from '../log.js';
 import { fail, cryptoError } from './errors.js';
@@ -203,14 +203,14 @@ function signedBytes(domain: string, obj: Canonical): Uint8Array {
 // Ed25519 is deterministic (RFC 8032), so OpenSSL (node:crypto) and tweetnacl produce and accept
 // the same signatures; OpenSSL verifies ~35× faster, which matters when a coordinator checks
 // thousands of signatures per round. tweetnacl remains the fallback and the reference in tests.
-const edKeys = rawKeyObjects([0x06, 0x03, 0x2b, 0x65, 0x70], 4096);
+const edKeys = new KeyObjectCache('Ed25519', 4096);
 let nodeEd25519 = true;
 
 /** Raw Ed25519 detached signature (tweetnacl 64-byte secret key form). */
 export function ed25519Sign(data: Uint8Array, secretKey: Uint8Array): Uint8Array {
   if (nodeEd25519) {
     try {
-      return new Uint8Array(nodeSign(null, data, edKeys.privateKey(secretKey)));
+      return new Uint8Array(nodeSign(null, data, edKeys.privateKey(secretKey, () => secretKey.subarray(32, 64))));
     } catch { nodeEd25519 = false; }
   }
   return nacl.sign.detached(data, secretKey);

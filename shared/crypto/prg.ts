@@ -1,19 +1,22 @@
 import { createCipheriv } from 'node:crypto';
-import nacl from 'tweetnacl';
+import { hkdf } from '@noble/hashes/hkdf.js';
+import { sha256 } from '@noble/hashes/sha2.js';
+import { chacha20 } from '@noble/ciphers/chacha.js';
 import { fail } from './errors.js';
-import { hashCanonical, isBytes } from './encoding.js';
+import { canonicalEncode, concatBytes, domainPrefix, isBytes } from './encoding.js';
 
 /**
  * Mask PRG: AES-256-CTR keystream (zero IV, fresh key per use) read as little-endian uint32 words.
  *
- * The key is SHA-512/256-style derived from the 32-byte seed (pairwise X25519 secret or self-mask
- * seed) and a domain: session, round, pair or owner, purpose, optional tensor name. Every mask in a
- * session therefore has its own key, so a zero IV never repeats under one key.
+ * The key is HKDF-SHA256 (RFC 5869, @noble/hashes) of the 32-byte seed (pairwise X25519 secret or
+ * self-mask seed) with the domain as `info`: session, round, pair or owner, purpose, optional tensor
+ * name. Every mask in a session therefore has its own key, so a zero IV never repeats under one key.
  *
- * Chosen over XSalsa20 (tweetnacl) after measuring on 1,179,648 words (see docs/SECURITY.md): Node's
- * AES-NI path in 64 KiB chunks is ~5× faster. The byte stream is identical to WebCrypto AES-CTR
- * (counter block 0, 64-bit counter), so a browser client can expand the same masks with
- * `expandMaskWebCrypto`.
+ * AES-256-CTR comes from node:crypto (OpenSSL, AES-NI): measured against the audited pure-JS
+ * stream ciphers of @noble/ciphers (ChaCha20) and tweetnacl's XSalsa20 on 1,179,648 words it is
+ * several times faster (docs/SECURITY.md, `npm run bench:secagg`). The byte stream is identical to
+ * WebCrypto AES-CTR (counter block 0, 64-bit counter), so a browser client can expand the same masks
+ * with `expandMaskWebCrypto`.
  */
 export interface MaskDomain {
   session: string | Uint8Array;
@@ -24,13 +27,22 @@ export interface MaskDomain {
   tensor?: string;                    // optional per-tensor separation
 }
 
+/** HKDF `info` prefix of mask keys: "fedlora-hkdf-v1" ‖ 0x00 ‖ u32be(len) ‖ "fedlora/prg/v2". */
+export const MASK_KEY_INFO_DOMAIN = 'fedlora/prg/v2';
+const MASK_KEY_INFO_PREFIX = domainPrefix('fedlora-hkdf-v1', MASK_KEY_INFO_DOMAIN);
+
+/**
+ * key = HKDF-SHA256(IKM = seed, salt = none (32 zero bytes), info = prefix ‖ canonical(domain), L = 32)
+ * with canonical(domain) = canonicalEncode({session, round, purpose, pair?, owner?, tensor?}).
+ */
 export function deriveMaskKey(seed: Uint8Array, d: MaskDomain): Uint8Array {
   if (!isBytes(seed, 32)) fail('CRYPTO_BAD_ENCODING', 'mask seed must be 32 bytes');
   if (!Number.isSafeInteger(d.round) || d.round < 0) fail('CRYPTO_BAD_ENCODING', 'mask domain: bad round');
-  return hashCanonical('fedlora/prg/v1', {
-    seed, session: d.session, round: d.round, purpose: d.purpose,
+  const info = concatBytes(MASK_KEY_INFO_PREFIX, canonicalEncode({
+    session: d.session, round: d.round, purpose: d.purpose,
     pair: d.pair ? [d.pair[0], d.pair[1]] : undefined, owner: d.owner, tensor: d.tensor,
-  });
+  }));
+  return hkdf(sha256, seed, undefined, info, 32);
 }
 
 const CHUNK = 64 * 1024;
@@ -82,10 +94,7 @@ export async function expandMaskWebCrypto(key: Uint8Array, length: number): Prom
   return words(ks, new Uint32Array(length)).slice();
 }
 
-/** XSalsa20 keystream (tweetnacl), kept for the PRG benchmark in bench/secagg.ts. Not used for masks. */
-export function xsalsa20Keystream(key: Uint8Array, bytes: number): Uint8Array {
-  const out = new Uint8Array(bytes);
-  (nacl as unknown as { lowlevel: { crypto_stream(c: Uint8Array, cpos: number, b: number, n: Uint8Array, k: Uint8Array): number } })
-    .lowlevel.crypto_stream(out, 0, bytes, new Uint8Array(24), key);
-  return out;
+/** ChaCha20 keystream (@noble/ciphers, zero nonce), kept for the PRG comparison in bench/secagg.ts. Not used for masks. */
+export function chacha20Keystream(key: Uint8Array, bytes: number): Uint8Array {
+  return chacha20(key, new Uint8Array(12), new Uint8Array(bytes));
 }

@@ -1,7 +1,9 @@
 import nacl from 'tweetnacl';
+import { hkdf } from '@noble/hashes/hkdf.js';
+import { sha256 } from '@noble/hashes/sha2.js';
 import { fail } from './errors.js';
-import { bytesEqual, concatBytes, fromUtf8, isBytes, toBase64Url, utf8 } from './encoding.js';
-import { boxBefore, x25519KeyPair } from './x25519.js';
+import { bytesEqual, concatBytes, domainPrefix, fromUtf8, isBytes, toBase64Url, utf8 } from './encoding.js';
+import { x25519, x25519KeyPair } from './x25519.js';
 import { type Identity, keyFingerprint, signMessage, verifyMessage, SIGNING_DOMAINS } from './identity.js';
 
 /**
@@ -41,10 +43,23 @@ export function generateBoxKeyPair(): BoxKeyPair {
   return x25519KeyPair();
 }
 
-/** X25519 + HSalsa20 precomputed key shared by (my secret, their public). */
+/** HKDF `info` of the seal key: "fedlora-hkdf-v1" ‖ 0x00 ‖ u32be(len) ‖ "fedlora/seal-key/v2". */
+export const SEAL_KEY_INFO_DOMAIN = 'fedlora/seal-key/v2';
+const SEAL_KEY_INFO = domainPrefix('fedlora-hkdf-v1', SEAL_KEY_INFO_DOMAIN);
+
+/**
+ * Key shared by (my secret, their public): HKDF-SHA256(IKM = X25519(sk, pk), salt = none,
+ * info = SEAL_KEY_INFO, L = 32). A low-order public key (all-zero X25519 output) is refused.
+ */
 export function sharedKey(theirPublicKey: Uint8Array, mySecretKey: Uint8Array): Uint8Array {
   if (!isBytes(theirPublicKey, 32) || !isBytes(mySecretKey, 32)) fail('CRYPTO_BAD_ENCODING', 'X25519 keys must be 32 bytes');
-  return boxBefore(theirPublicKey, mySecretKey);
+  const s = x25519(mySecretKey, theirPublicKey);
+  let z = 0;
+  for (let i = 0; i < 32; i++) z |= s[i]!;
+  if (z === 0) fail('CRYPTO_BAD_ENCODING', 'X25519 public key is a low-order point (all-zero shared secret)');
+  const key = hkdf(sha256, s, undefined, SEAL_KEY_INFO, 32);
+  s.fill(0);
+  return key;
 }
 
 function ctxArray(c: SealContext): unknown[] {
@@ -56,7 +71,8 @@ function ctxArray(c: SealContext): unknown[] {
   return [CTX_VERSION, session, c.round, c.sender, c.recipient, c.kind];
 }
 
-function frame(payload: Uint8Array, ctx: SealContext): Uint8Array {
+/** The plaintext that gets sealed: u32be(len(context)) ‖ context (JSON array, UTF-8) ‖ payload. */
+export function sealFrame(payload: Uint8Array, ctx: SealContext): Uint8Array {
   if (!(payload instanceof Uint8Array)) fail('CRYPTO_BAD_ENCODING', 'seal: payload must be a Uint8Array');
   if (payload.length > MAX_SEALED_PAYLOAD) fail('CRYPTO_BAD_ENCODING', 'seal: payload too large');
   const c = utf8(JSON.stringify(ctxArray(ctx)));
@@ -93,7 +109,7 @@ function checkSealed(s: unknown): asserts s is Sealed {
 export function sealWithKey(payload: Uint8Array, ctx: SealContext, key: Uint8Array): Sealed {
   if (!isBytes(key, 32)) fail('CRYPTO_BAD_ENCODING', 'seal key must be 32 bytes');
   const nonce = nacl.randomBytes(nacl.secretbox.nonceLength);
-  return { nonce, box: nacl.secretbox(frame(payload, ctx), nonce, key) };
+  return { nonce, box: nacl.secretbox(sealFrame(payload, ctx), nonce, key) };
 }
 
 export function openWithKey(sealed: unknown, expected: SealContext, key: Uint8Array): Uint8Array {

@@ -5,7 +5,7 @@
  */
 
 /** Bumped on any incompatible change to events or payloads. Checked in the socket.io handshake and in `hello`. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 export type Ack = (reply: Uint8Array) => void;
 export type Request = (payload: Uint8Array, ack: Ack) => void;

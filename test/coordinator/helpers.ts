@@ -41,7 +41,7 @@ export async function pullTrainer(target: number, examples = 10): Promise<LocalT
 
 import type { Socket } from 'socket.io-client';
 import { decode, encode } from '../../shared/codec/index.js';
-import { parseAuthChallengeReply, type AuthChallengeReply } from '../../shared/protocol/index.js';
+import { PROTOCOL_VERSION, parseAuthChallengeReply, type AuthChallengeReply } from '../../shared/protocol/index.js';
 import { proveJoin, verifyCoordinatorBoxKey, type Identity } from '../../shared/crypto/index.js';
 
 export type Reply = { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
@@ -57,7 +57,7 @@ export async function rawJoin(s: Socket, identity: Identity, clientId: string, e
   const challenge = parseAuthChallengeReply(c);
   const boxKey = verifyCoordinatorBoxKey(challenge.boxKey, challenge.challenge.coordinator);
   const proof = proveJoin(challenge.challenge, s.id!, identity);
-  const hello = await ask(s, 'hello', encode({ protocolVersion: 2, clientId, capabilities: { maxRank, backend: 'cpu', examples }, personal: [], proof }));
+  const hello = await ask(s, 'hello', encode({ protocolVersion: PROTOCOL_VERSION, clientId, capabilities: { maxRank, backend: 'cpu', examples }, personal: [], proof }));
   return { hello, challenge, boxKey };
 }
 

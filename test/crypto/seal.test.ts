@@ -1,9 +1,10 @@
 import { expect } from 'chai';
 import nacl from 'tweetnacl';
+import { hkdfSync } from 'node:crypto';
 import type { CryptoError } from '../../shared/errors.js';
 import {
   type SealContext, generateBoxKeyPair, sealTo, openFrom, sealAnonymous, openAnonymous, sharedKey, sealWithKey, openWithKey,
-  makeCoordinatorBoxKey, verifyCoordinatorBoxKey, generateIdentity, ReplayGuard, boxBefore, x25519, x25519Base,
+  makeCoordinatorBoxKey, verifyCoordinatorBoxKey, generateIdentity, ReplayGuard, x25519, x25519Base, x25519KeyPair, SEAL_KEY_INFO_DOMAIN, domainPrefix,
 } from '../../shared/crypto/index.js';
 import { seededBytes, testRng } from './seed.js';
 
@@ -19,11 +20,30 @@ describe('crypto/seal', () => {
   const ctx: SealContext = { session: seededBytes(rng, 32), round: 7, sender: 'alice', recipient: 'coordinator', kind: 'secagg/masked' };
   const payload = seededBytes(rng, 300);
 
-  it('round-trips and agrees with tweetnacl box.before / scalarMult', () => {
+  it('round-trips; X25519 agrees with tweetnacl, the seal key with node:crypto HKDF', () => {
     expect([...openFrom(sealTo(payload, ctx, bob.publicKey, alice.secretKey), ctx, alice.publicKey, bob.secretKey)]).to.deep.equal([...payload]);
-    expect([...boxBefore(bob.publicKey, alice.secretKey)]).to.deep.equal([...nacl.box.before(bob.publicKey, alice.secretKey)]);
+    const info = domainPrefix('fedlora-hkdf-v1', SEAL_KEY_INFO_DOMAIN);
+    const ref = new Uint8Array(hkdfSync('sha256', nacl.scalarMult(alice.secretKey, bob.publicKey), new Uint8Array(0), info, 32));
+    expect([...sharedKey(bob.publicKey, alice.secretKey)]).to.deep.equal([...ref]);
+    expect([...sharedKey(alice.publicKey, bob.secretKey)]).to.deep.equal([...ref]);
     expect([...x25519(alice.secretKey, bob.publicKey)]).to.deep.equal([...nacl.scalarMult(alice.secretKey, bob.publicKey)]);
     expect([...x25519Base(alice.secretKey)]).to.deep.equal([...nacl.scalarMult.base(alice.secretKey)]);
+  });
+
+  it('generated key pairs agree with tweetnacl; a wiped secret key is not served its cached KeyObject', () => {
+    const kp = x25519KeyPair();
+    expect([...kp.publicKey]).to.deep.equal([...nacl.scalarMult.base(kp.secretKey)]);
+    expect([...x25519(kp.secretKey, bob.publicKey)]).to.deep.equal([...nacl.scalarMult(kp.secretKey, bob.publicKey)]);
+    kp.secretKey.set(seededBytes(rng, 32));
+    expect([...x25519(kp.secretKey, bob.publicKey)]).to.deep.equal([...nacl.scalarMult(kp.secretKey, bob.publicKey)]);
+  });
+
+  it('refuses a low-order public key (all-zero shared secret) instead of deriving a known key', () => {
+    const lowOrder = [new Uint8Array(32), Uint8Array.of(1, ...new Array<number>(31).fill(0))];
+    for (const pk of lowOrder) {
+      expect([...x25519(alice.secretKey, pk)]).to.deep.equal(new Array(32).fill(0));
+      expect(code(() => sealTo(payload, ctx, pk, alice.secretKey))).to.equal('CRYPTO_BAD_ENCODING');
+    }
   });
 
   it('every message kind: any flipped byte (nonce, MAC, ciphertext, ephemeral key) is rejected', () => {
