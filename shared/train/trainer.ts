@@ -123,7 +123,7 @@ export class AdamW {
     const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999, eps = o.eps ?? 1e-8, wd = o.weightDecay ?? 0;
     const count = this.#count;
     const names = [...this.#accum.keys()];
-    const normT = tf.tidy(() => tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(this.#accum.get(n)!))))).div(count));
+    const normT = tf.tidy(() => tf.div(tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(this.#accum.get(n)!))))), count));
     const gradNorm = (await normT.data())[0]!;
     normT.dispose();
     const clip = o.maxGradNorm ?? 1.0;
