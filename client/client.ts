@@ -7,11 +7,11 @@
  * upload: their layout positions are zero, and the coordinator averages them only over clients
  * that share them.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { io, type Socket } from 'socket.io-client';
-import { ConfigError, FedloraError, ProtocolError, errorMessage } from '../shared/errors.js';
+import { ConfigError, DataError, FedloraError, ProtocolError, errorMessage } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
 import { decode } from '../shared/codec/index.js';
 import {
@@ -27,9 +27,11 @@ import { getStrategy, type Strategy } from '../shared/aggregation/index.js';
 import { parseLoraName, resizeCols, resizeRows, type LoraAdapter } from '../shared/lora/adapter.js';
 import { atomicWrite, loadSafetensors, readFloatTensor, saveSafetensors } from '../shared/model/safetensors.js';
 import type { Tensor32, TensorMap } from '../shared/tensor.js';
+import type { Example } from '../shared/data/jsonl.js';
 import { ensureModel } from './model-cache.js';
 import type { LocalTrainer, EvalMetrics } from './trainer.js';
 import { Progress } from './progress.js';
+import { diagnoseConnectError, nextRetryMs, parseCoordinatorUrl } from './connect-error.js';
 import { ParticipantRound, type LocalResult, type ParticipantHost, type SecAggNotice } from './participant/round.js';
 import type { ClientObservers, ClientRoundSummary } from './participant/observe.js';
 import { personalRule, type UploadMod } from './upload/index.js';
@@ -38,7 +40,16 @@ export type { ClientRoundSummary } from './participant/observe.js';
 
 const log = logger('fedlora:client');
 
-export interface TrainerFactoryOptions { modelDir: string; dataFile: string; backend: string; evalFraction: number; seed: number }
+export interface TrainerFactoryOptions {
+  modelDir: string; dataFile: string; backend: string; evalFraction: number; seed: number;
+  /** The dataset, already read and validated before connecting (the default factory passes it on). */
+  examples?: Example[];
+}
+
+/** Backend names the client accepts (shared/backend's BACKEND_CHOICES, without importing tfjs up front). */
+const BACKEND_NAMES = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
+/** Connection failures with the same cause are logged at most this often. */
+const RETRY_LOG_MS = 30_000;
 export type TrainerFactory = (o: TrainerFactoryOptions) => Promise<LocalTrainer>;
 
 /** Fault injection for tests and simulations, handed in rather than exposed as public methods. */
@@ -114,7 +125,12 @@ export class Client {
   #stopped = false;
   #resolveRun!: (v: { completedRounds: number; roundsTrained: number }) => void;
   #rejectRun!: (e: unknown) => void;
-  #roundsTrained = 0;
+  /** Round numbers this client trained for (a retried or resumed round counts once). */
+  #roundsTrained = new Set<number>();
+  /** The backend in use once resolved (before connecting, unless a trainerFactory is given). */
+  #backend = 'auto';
+  #examples?: Example[];
+  #globsChecked = false;
   #handshaking: Promise<void> | null = null;
   #identity?: Identity;
   #coordinatorKey?: Uint8Array;
@@ -124,6 +140,8 @@ export class Client {
 
   constructor(o: ClientOptions) {
     if (!o.coordinatorUrl) throw new ConfigError('--coordinator URL is required');
+    parseCoordinatorUrl(o.coordinatorUrl);
+    if (o.backend !== undefined && !BACKEND_NAMES.includes(o.backend)) throw new ConfigError(`--backend must be one of ${BACKEND_NAMES.join(', ')}, got ${JSON.stringify(o.backend)}`);
     if (!o.dataFile) throw new ConfigError('--data FILE is required');
     if (!o.stateDir) throw new ConfigError('--state DIR is required');
     const maxRank = o.maxRank ?? 8;
@@ -167,11 +185,11 @@ export class Client {
   /** Participates until the coordinator declares the session done (or `stop()`). */
   async run(): Promise<{ completedRounds: number; roundsTrained: number }> {
     const o = this.options;
+    const url = parseCoordinatorUrl(o.coordinatorUrl);
+    const ca = await this.prepare();
     await mkdir(o.stateDir, { recursive: true });
-    this.#clientId = o.clientId ?? (await this.#loadOrCreateId());
     await this.loadIdentity();
-    if (o.coordinatorKey !== undefined) this.#coordinatorKey = typeof o.coordinatorKey === 'string' ? parsePublicKey(o.coordinatorKey.trim()) : o.coordinatorKey;
-    const ca = o.tlsCa === undefined ? undefined : typeof o.tlsCa !== 'string' ? Buffer.from(o.tlsCa).toString('utf8') : o.tlsCa.includes('-----BEGIN') ? o.tlsCa : await readFile(o.tlsCa, 'utf8');
+    this.#clientId = o.clientId ?? (await this.#loadOrCreateId());
     const done = new Promise<{ completedRounds: number; roundsTrained: number }>((res, rej) => { this.#resolveRun = res; this.#rejectRun = rej; });
     const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(o.coordinatorUrl, {
       auth: { protocolVersion: PROTOCOL_VERSION },
@@ -185,9 +203,10 @@ export class Client {
     });
     this.#socket = socket;
     o.faults?.onSocket?.(() => socket.io.engine?.close());
-    let attempts = 0;
+    let attempts = 0, lastLog = 0, lastCause = '';
     socket.on('connect', () => {
-      attempts = 0;
+      if (attempts > 1) log.info(`${this.#clientId}: reached ${o.coordinatorUrl} after ${attempts} failed attempt(s)`);
+      attempts = 0; lastCause = '';
       log.info(`${this.#clientId}: connected to ${o.coordinatorUrl}`);
       this.#handshaking = this.#handshake().catch((e: unknown) => this.#onHandshakeError(e)).finally(() => { this.#handshaking = null; });
     });
@@ -196,8 +215,18 @@ export class Client {
         this.#fail(new ProtocolError('VERSION_MISMATCH', `coordinator refused this client: ${e.message}`));
         return;
       }
-      attempts++;
-      if (attempts === 1 || attempts % 10 === 0) log.info(`${this.#clientId}: cannot reach ${o.coordinatorUrl} (${e.message}); retrying with backoff (attempt ${attempts})`);
+      const n = ++attempts;
+      void diagnoseConnectError(e, url, ca !== undefined).then((d) => {
+        if (this.#stopped) return;
+        if (d.fatal) { this.#fail(new ConfigError(`cannot connect to ${o.coordinatorUrl}: ${d.message}`)); return; }
+        // the first failure, a new cause, and then at most every RETRY_LOG_MS: the cause and when the next try comes
+        const now = Date.now();
+        if (n === 1 || d.code !== lastCause || now - lastLog >= RETRY_LOG_MS) {
+          lastLog = now; lastCause = d.code;
+          const next = nextRetryMs(n, o.reconnectInitialMs ?? 500, o.reconnectMaxMs ?? 10_000) / 1000;
+          log.warn(`${this.#clientId}: cannot reach ${o.coordinatorUrl}: ${d.message}; still retrying (attempt ${n}), next in about ${next < 10 ? next.toFixed(1) : Math.round(next)} s`);
+        }
+      });
     });
     socket.on('disconnect', (reason) => { if (!this.#stopped) log.info(`${this.#clientId}: disconnected (${reason}); will reconnect`); });
     const on = socket.on.bind(socket) as (ev: string, fn: (...a: unknown[]) => void) => void;
@@ -219,11 +248,13 @@ export class Client {
   }
 
   #fail(e: unknown): void {
-    log.error(`${this.#clientId}: ${errorMessage(e)}`);
+    // configuration problems reach the caller (the CLI prints them once); the rest is logged here too
+    if (!(e instanceof FedloraError && e.code === 'CONFIG')) log.error(`${this.#clientId}: ${errorMessage(e)}`);
     void this.stop().then(() => this.#rejectRun(e));
   }
 
   #onHandshakeError(e: unknown): void {
+    if (e instanceof FedloraError && e.code === 'IDENTITY_MISMATCH') { this.#fail(new FedloraError('IDENTITY_MISMATCH', this.#identityHint(errorMessage(e)))); return; }
     // integrity, data and config problems do not get better by reconnecting
     if (e instanceof FedloraError && ['VERSION_MISMATCH', 'MODEL_FORMAT', 'DATA', 'CONFIG', 'MODEL_MISMATCH', 'BACKEND', 'CRYPTO_UNKNOWN_KEY',
       'CRYPTO_REVOKED', 'CRYPTO_BAD_SIGNATURE', 'IDENTITY_MISMATCH', 'BAD_SIGNATURE', 'AUTH_REQUIRED'].includes(e.code)) { this.#fail(e); return; }
@@ -233,13 +264,84 @@ export class Client {
     setTimeout(() => { if (!this.#stopped) s?.connect(); }, 1000 + Math.random() * 1000);
   }
 
+  /**
+   * The id kept in <state>/client-id; a new state derives it from the identity key, so the same
+   * identity gets the same id under any --state (a client restarted on a fresh --state rejoins as itself).
+   */
   async #loadOrCreateId(): Promise<string> {
     const f = join(this.options.stateDir, 'client-id');
     const have = (await readFile(f, 'utf8').catch(() => '')).trim();
     if (ID_RE.test(have)) return have;
-    const id = `client-${randomBytes(6).toString('hex')}`;
+    const id = idForKey(this.#identity!.publicKey);
     await atomicWrite(f, `${id}\n`);
     return id;
+  }
+
+  /** The coordinator binds one id to one key; say which id and --state it knows, and how to rejoin. */
+  #identityHint(msg: string): string {
+    const state = this.options.stateDir;
+    const joined = /already joined as (\S+?)[;,.]?(?:\s|$)/.exec(msg)?.[1];
+    if (joined) {
+      return `${msg}. This identity (${this.publicKey}) is known to the coordinator as ${joined}, but --state ${state} holds id ${this.#clientId}: `
+        + `restart with the --state folder whose client-id file holds ${joined}, or keep this --state and pass --id ${joined}`;
+    }
+    return `${msg}. The id ${this.#clientId} (from ${this.options.clientId ? '--id' : join(state, 'client-id')}) is bound to another identity on this coordinator: `
+      + 'use the identity that joined under it, or another id (--id, or a fresh --state)';
+  }
+
+  /** Reads --tls-ca (contents or a file) and checks it holds a PEM certificate. */
+  async #readCa(): Promise<string | undefined> {
+    const c = this.options.tlsCa;
+    if (c === undefined) return undefined;
+    let pem: string;
+    if (typeof c !== 'string') pem = Buffer.from(c).toString('utf8');
+    else if (c.includes('-----BEGIN')) pem = c;
+    else pem = await readFile(c, 'utf8').catch((e: NodeJS.ErrnoException) => { throw new ConfigError(`cannot read --tls-ca ${c}: ${e.code ?? e.message}`); });
+    if (!pem.includes('-----BEGIN CERTIFICATE')) throw new ConfigError(`--tls-ca ${typeof c === 'string' && !c.includes('-----BEGIN') ? c : ''} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`.replace('  ', ' '));
+    return pem;
+  }
+
+  #prepared?: Promise<string | undefined>;
+
+  /**
+   * Checks every local input before anything is written, connected or downloaded: the coordinator key
+   * pin, the --tls-ca file, and (without an injected trainer) the dataset (JSON, fields, at least 2
+   * examples) and the backend, resolved to the one in use. run() calls it; the CLI calls it first so a
+   * bad input leaves no state folder behind. Returns the CA certificate (PEM), if any.
+   */
+  prepare(): Promise<string | undefined> {
+    this.#prepared ??= (async () => {
+      const o = this.options;
+      if (o.coordinatorKey !== undefined) this.#coordinatorKey = typeof o.coordinatorKey === 'string' ? parsePublicKey(o.coordinatorKey.trim()) : o.coordinatorKey;
+      const ca = await this.#readCa();
+      if (ca && !/^https:/i.test(o.coordinatorUrl.trim())) log.warn(`--tls-ca is given but ${o.coordinatorUrl} is not https://: the certificate is not used`);
+      await this.#checkLocalInputs();
+      return ca;
+    })();
+    return this.#prepared;
+  }
+
+  async #checkLocalInputs(): Promise<void> {
+    const o = this.options;
+    if (o.trainerFactory) { this.#backend = o.backend ?? 'auto'; return; }
+    const { loadJsonlDataset } = await import('../shared/data/jsonl.js');
+    const examples = await loadJsonlDataset(o.dataFile);
+    if (examples.length < 2) throw new DataError(`${o.dataFile}: need at least 2 examples, got ${examples.length}`);
+    this.#examples = examples;
+    const { selectBackend } = await import('../shared/backend/index.js');
+    this.#backend = (await selectBackend(o.backend ?? 'auto')).name;
+  }
+
+  /** Once, at the first round start: a --personal glob that matches no tensor of the adapter keeps nothing. */
+  #checkPersonalGlobs(rs: RoundStart): void {
+    if (this.#globsChecked) return;
+    this.#globsChecked = true;
+    const names = [...roundStartTensors(rs).keys()];
+    for (const g of this.options.personal ?? []) {
+      const m = globMatcher([g]);
+      if (names.some((n) => m(n))) continue;
+      log.warn(`${this.#clientId}: --personal ${JSON.stringify(g)} matches none of the ${names.length} adapter tensors, so it keeps nothing personal; tensor names look like ${names.slice(0, 3).map((n) => JSON.stringify(n)).join(', ')}`);
+    }
   }
 
   #timeout(): number { return this.options.requestTimeoutMs ?? 30_000; }
@@ -280,7 +382,7 @@ export class Client {
     const proof = proveJoin(ch.challenge, socket.id ?? '', this.#identity!);
     const hello = parseHelloReply(await request(socket, EV.hello, {
       protocolVersion: PROTOCOL_VERSION, clientId: this.#clientId,
-      capabilities: { maxRank: o.maxRank!, backend: o.backend ?? 'auto', examples: this.#trainer?.trainExamples ?? 0, gpu: false },
+      capabilities: { maxRank: o.maxRank!, backend: this.#backend, examples: this.#trainer?.trainExamples ?? 0, gpu: false },
       personal: o.personal ?? [], proof,
     }, this.#timeout()));
     if (hello.protocolVersion !== PROTOCOL_VERSION) throw new ProtocolError('VERSION_MISMATCH', `coordinator speaks protocol ${hello.protocolVersion}, this client ${PROTOCOL_VERSION}`);
@@ -300,10 +402,14 @@ export class Client {
     }
     if (!this.#trainer) {
       const factory = o.trainerFactory ?? (async (f: TrainerFactoryOptions) => (await import('./trainer.js')).createTrainer(f));
-      this.#trainer = await factory({ modelDir: this.#modelDir, dataFile: o.dataFile, backend: o.backend ?? 'auto', evalFraction: o.evalFraction!, seed: o.seed ?? 0 });
+      this.#trainer = await factory({
+        modelDir: this.#modelDir, dataFile: o.dataFile, backend: this.#backend, evalFraction: o.evalFraction!, seed: o.seed ?? 0, ...(this.#examples ? { examples: this.#examples } : {}),
+      });
+      this.#examples = undefined;
     }
     await request(socket, EV.ready, { modelId: hello.modelId, examples: this.#trainer.trainExamples }, this.#timeout());
-    log.info(`${this.#clientId}: ready (${this.#trainer.trainExamples} training examples, rank ≤ ${o.maxRank}, ${hello.completedRounds}/${hello.rounds} rounds done)`);
+    const rank = Math.min(o.maxRank!, hello.maxRank);
+    log.info(`${this.#clientId}: ready (${this.#trainer.trainExamples} training examples, rank ≤ ${rank}${rank < o.maxRank! ? ` (the coordinator's max rank; --max-rank ${o.maxRank} is above it)` : ''}, ${hello.completedRounds}/${hello.rounds} rounds done)`);
   }
 
   #onRoundStart(payload: unknown, ack: unknown): void {
@@ -320,6 +426,7 @@ export class Client {
       if (rs.strategy !== this.#strategy.name) throw new ProtocolError('BAD_MESSAGE', `round strategy ${rs.strategy} differs from the session's ${this.#strategy.name}`);
       if (rs.rank > this.options.maxRank!) throw new ProtocolError('BAD_MESSAGE', `assigned rank ${rs.rank} exceeds this client's ${this.options.maxRank}`);
       const me = rs.participants.find((p) => p.id === this.#clientId);
+      this.#checkPersonalGlobs(rs);
       if (!me || !bytesEqual(me.key, this.#identity!.publicKey) || me.rank !== rs.rank) throw new ProtocolError('BAD_MESSAGE', 'round start does not list this client with its key and rank');
       const insecureOk = this.options.insecureAggregation === true || this.options.secureAggregation === false;
       if (!rs.secure && !insecureOk) throw new ProtocolError('INSECURE_REFUSED', 'the coordinator runs without secure aggregation; this client only joins secure rounds (--insecure-aggregation to allow)');
@@ -364,7 +471,8 @@ export class Client {
       const d = parseSessionDone(this.#open(SIGNED_DOMAINS.sessionDone, payload));
       reply(okReply());
       log.info(`${this.#clientId}: session done after ${d.completedRounds} round(s)`);
-      void this.stop().then(() => this.#resolveRun({ completedRounds: d.completedRounds, roundsTrained: this.#roundsTrained }));
+      const trained = [...this.#roundsTrained].filter((r) => r <= d.completedRounds).length;
+      void this.stop().then(() => this.#resolveRun({ completedRounds: d.completedRounds, roundsTrained: trained }));
     } catch (err) {
       log.warn(`bad session:done from coordinator: ${errorMessage(err)}`);
       reply(errorReply(err));
@@ -446,7 +554,7 @@ export class Client {
     bar?.done();
     const personalMetrics = evaluate ? await trainer.evaluate(res.adapter) : undefined;
     await this.#savePersonal(res.adapter.tensors);
-    this.#roundsTrained++;
+    this.#roundsTrained.add(rs.round);
     const metrics: UpdateMetrics = { trainLoss: Math.min(1e6, Math.max(0, finiteOr(res.trainLoss, 0))), steps: res.steps, trainMs: trainMs };
     if (global) metrics.global = cleanEval(global);
     if (personalMetrics) metrics.personal = cleanEval(personalMetrics);
@@ -475,7 +583,9 @@ export class Client {
 
 /** A stored personal factor brought to this round's rank (slots beyond the stored rank come from the global). */
 function atRank(name: string, t: Tensor32, rank: number, global: Tensor32): Tensor32 {
-  const p = parseLoraName(name)!;
+  const p = parseLoraName(name);
+  // a DoRA magnitude has no rank slots: the stored one is used as is when it still fits
+  if (!p) return t.shape.length === global.shape.length && t.shape.every((d, i) => d === global.shape[i]) ? t : global;
   const cur = p.factor === 'A' ? t.shape[0]! : t.shape[1]!;
   if (cur === rank) return t;
   const resized = p.factor === 'A' ? resizeRows(t, rank) : resizeCols(t, rank);
@@ -500,6 +610,11 @@ function cleanEval(m: EvalMetrics): { loss: number; accuracy: number; f1?: numbe
 }
 
 function finiteOr(x: number, d: number): number { return Number.isFinite(x) ? x : d; }
+
+/** The default client id of an identity: `client-` and 12 hex digits of the key's SHA-256. */
+export function idForKey(publicKey: Uint8Array): string {
+  return `client-${createHash('sha256').update(publicKey).digest('hex').slice(0, 12)}`;
+}
 
 function hash32(s: string): number {
   let h = 0x811c9dc5;

@@ -1,6 +1,12 @@
 /**
  * Who may join: the signed join challenge bound to one link, the enrollment allowlist, and the
  * one-id-per-key binding for the coordinator's lifetime. Knows nothing about rounds.
+ *
+ * The binding stays strict: one enrolled key may not appear under two ids (it would count as two
+ * participants of a secure round, and a second id could take the first one's seat). Rejoining with
+ * the same identity is supported by keeping the id: a client's default id is derived from its key
+ * (client/client.ts idForKey), so a fresh --state with the same identity file gets the same id, and
+ * `--id` names it explicitly. The refusal says which id the key holds.
  */
 import { readFile } from 'node:fs/promises';
 import { ConfigError, ProtocolError, errorMessage } from '../shared/errors.js';
@@ -57,7 +63,7 @@ export class Admission {
     const boundKey = this.#keyOfId.get(h.clientId);
     const boundId = this.#idOfKey.get(who.key);
     if ((boundKey && boundKey !== who.key) || (boundId && boundId !== h.clientId)) {
-      throw new ProtocolError('IDENTITY_MISMATCH', boundKey && boundKey !== who.key ? `client id ${h.clientId} belongs to another key` : `this key already joined as ${boundId}`);
+      throw new ProtocolError('IDENTITY_MISMATCH', boundKey && boundKey !== who.key ? `client id ${h.clientId} belongs to another key` : `this key already joined as ${boundId}; rejoin under that id (client --id ${boundId})`);
     }
     this.#keyOfId.set(h.clientId, who.key);
     this.#idOfKey.set(who.key, h.clientId);

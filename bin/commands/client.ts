@@ -6,21 +6,21 @@ export const clientCommand: Command = {
   summary: 'Join a federation: fetch the base model once, train LoRA on local data each round, upload only shared adapter tensors.',
   usage: 'fedlora client --coordinator URL --data FILE --state DIR [options]',
   flags: {
-    coordinator: { type: 'string', help: 'coordinator URL, e.g. http://10.0.0.5:7777; required' },
-    data: { type: 'string', help: 'JSONL training data: {"text"} or {"prompt","completion"} per line (loss on completion only); required' },
-    state: { type: 'string', help: 'client folder: id, model cache, personal tensors; required' },
-    'max-rank': { type: 'string', help: 'largest LoRA rank this machine can train', default: '8' },
-    backend: { type: 'string', help: 'tfjs backend: auto | tensorflow | webgpu | wasm | cpu', default: 'auto' },
-    personal: { type: 'string', help: 'glob over PEFT tensor names kept on this client, e.g. "*.layers.11.*" (comma-separated or repeated)', multiple: true },
-    'eval-fraction': { type: 'string', help: 'fraction of local data held out to evaluate global and personalized adapters', default: '0.2' },
-    model: { type: 'string', help: 'folder already holding the base model (verified against the coordinator\'s hash; skips download)' },
-    id: { type: 'string', help: 'client id (default: generated once, kept in the state folder)' },
-    seed: { type: 'string', help: 'local seed (data split, batch order)', default: '0' },
-    identity: { type: 'string', help: 'client identity file (created on first run; its public key is printed for enrollment); default: <state>/client.identity' },
-    'coordinator-key': { type: 'string', help: 'pin the coordinator key (ed25519:…); without it the first key seen is trusted and stored under --state' },
+    coordinator: { type: 'string', placeholder: 'URL', help: 'coordinator URL with its scheme: http://10.0.0.5:7777, or https://… for a coordinator started with --tls-cert; required' },
+    data: { type: 'string', placeholder: 'FILE', help: 'JSONL training data: {"text"} or {"prompt","completion"} per line (loss on completion only); required' },
+    state: { type: 'string', placeholder: 'DIR', help: 'client folder: id, model cache, personal tensors; required' },
+    'max-rank': { type: 'string', placeholder: 'N', help: 'largest LoRA rank this machine can train', default: '8' },
+    backend: { type: 'string', placeholder: 'NAME', help: 'tfjs backend: auto | tensorflow | webgpu | wasm | cpu', default: 'auto' },
+    personal: { type: 'string', placeholder: 'GLOB', help: 'glob over PEFT tensor names kept on this client, e.g. "*.layers.11.*" (comma-separated or repeated)', multiple: true },
+    'eval-fraction': { type: 'string', placeholder: 'X', help: 'fraction of local data held out to evaluate global and personalized adapters', default: '0.2' },
+    model: { type: 'string', placeholder: 'DIR', help: 'folder already holding the base model (verified against the coordinator\'s hash; skips download)' },
+    id: { type: 'string', placeholder: 'ID', help: 'client id (default: derived from the identity key, kept in the state folder); to rejoin under the id a key already holds, pass it here' },
+    seed: { type: 'string', placeholder: 'N', help: 'local seed (data split, batch order)', default: '0' },
+    identity: { type: 'string', placeholder: 'FILE', help: 'client identity file (created on first run; its public key is printed for enrollment); default: <state>/client.identity' },
+    'coordinator-key': { type: 'string', placeholder: 'KEY', help: 'pin the coordinator key (ed25519:…); without it the first key seen is trusted and stored under --state' },
     'insecure-aggregation': { type: 'boolean', help: 'also take part in rounds without secure aggregation (the update then reaches the coordinator in the clear)' },
-    'tls-ca': { type: 'string', help: 'PEM CA certificate to trust for an https:// coordinator' },
-    'debug-dump-contributions': { type: 'string', help: 'TEST ONLY: also write each round\'s plaintext contribution to DIR/debug-contribution-<round>.msgpack (defeats secure aggregation)' },
+    'tls-ca': { type: 'string', placeholder: 'FILE', help: 'PEM certificate (or CA) to trust for an https:// coordinator with a self-signed or private-CA certificate' },
+    'debug-dump-contributions': { type: 'string', placeholder: 'DIR', help: 'TEST ONLY: also write each round\'s plaintext contribution to DIR/debug-contribution-<round>.msgpack (defeats secure aggregation)' },
   },
   async run(v) {
     const dumpDir = str(v['debug-dump-contributions'], 'debug-dump-contributions');
@@ -34,13 +34,14 @@ export const clientCommand: Command = {
       ...(dumpDir ? { observe: { contribution: dumpContributions(dumpDir) } } : {}),
     });
     if (dumpDir) process.stderr.write(`warning: --debug-dump-contributions writes this client's plaintext updates to ${dumpDir} (tests only)\n`);
+    await client.prepare(); // dataset, backend, CA file, key pin: checked before the state folder is created or anything connects
     const me = await client.loadIdentity();
     process.stdout.write(`client public key ${me.publicKey}${me.created ? ' (new identity: enroll it on the coordinator)' : ''}\n`);
     const stop = () => { void client.stop().then(() => process.exit(130)); };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
     const r = await client.run();
-    process.stdout.write(`done: trained ${r.roundsTrained} of ${r.completedRounds} rounds\n`);
+    process.stdout.write(`done: trained in ${r.roundsTrained} of the ${r.completedRounds} completed rounds\n`);
     return 0;
   },
 };

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { ConfigError } from '../../shared/errors.js';
 import { loadState } from '../../coordinator/state-store.js';
-import { savePeftAdapter } from '../../shared/lora/peft.js';
+import { baseModelName, savePeftAdapter } from '../../shared/lora/peft.js';
 import { mergeAdapterIntoModel } from '../../shared/lora/merge.js';
 import { str, type Command } from './flags.js';
 
@@ -10,11 +10,11 @@ export const exportCommand: Command = {
   summary: 'Write the global adapter of a coordinator --state as a PEFT adapter, and optionally a merged model.',
   usage: 'fedlora export --state DIR --out DIR [--merged-model DIR --model DIR]',
   flags: {
-    state: { type: 'string', help: 'coordinator state folder (its latest completed round is exported); required' },
-    out: { type: 'string', help: 'folder for adapter_config.json + adapter_model.safetensors (PEFT format); required' },
-    model: { type: 'string', help: 'base model folder (needed for --merged-model)' },
-    'merged-model': { type: 'string', help: 'also write base + adapter merged into a standalone Hugging Face model folder here' },
-    backend: { type: 'string', default: 'auto', help: 'tfjs backend for merging: auto | tensorflow | webgpu | wasm | cpu' },
+    state: { type: 'string', placeholder: 'DIR', help: 'coordinator state folder (its latest completed round is exported); required' },
+    out: { type: 'string', placeholder: 'DIR', help: 'folder for adapter_config.json + adapter_model.safetensors (PEFT format); required' },
+    model: { type: 'string', placeholder: 'DIR', help: 'base model folder (needed for --merged-model)' },
+    'merged-model': { type: 'string', placeholder: 'DIR', help: 'also write base + adapter merged into a standalone Hugging Face model folder here' },
+    backend: { type: 'string', placeholder: 'NAME', default: 'auto', help: 'tfjs backend for merging: auto | tensorflow | webgpu | wasm | cpu' },
   },
   async run(v) {
     const stateDir = str(v.state, 'state', true)!;
@@ -24,7 +24,10 @@ export const exportCommand: Command = {
     if (mergedDir && !model) throw new ConfigError('--merged-model needs --model (the base model folder)');
     const loaded = await loadState(stateDir);
     if (!loaded) throw new ConfigError(`${join(stateDir, 'state.json')} not found: no completed round to export`);
-    await savePeftAdapter(loaded.adapter, out);
+    // base_model_name_or_path: what the coordinator recorded; else --model's name; else the base model's content hash
+    const recorded = loaded.adapter.config.baseModelNameOrPath;
+    const baseName = recorded ?? (model ? await baseModelName(model) : loaded.state.modelId);
+    await savePeftAdapter({ ...loaded.adapter, config: { ...loaded.adapter.config, baseModelNameOrPath: baseName } }, out);
     process.stderr.write(`wrote the global adapter after round ${loaded.state.completedRounds} (${loaded.state.strategy}, r=${loaded.adapter.config.r}) to ${out}\n`);
     if (mergedDir) {
       const { merged } = await mergeAdapterIntoModel(model!, loaded.adapter, mergedDir, { backend: str(v.backend, 'backend') ?? 'auto' });

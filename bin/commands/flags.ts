@@ -20,9 +20,19 @@ export interface Command {
   run(values: Record<string, string | boolean | string[] | undefined>): Promise<number>;
 }
 
+/** Placeholders for common flag names, for tables that do not set one. */
+const PLACEHOLDERS: Record<string, string> = {
+  out: 'DIR', state: 'DIR', model: 'DIR', rounds: 'N', clients: 'N', seed: 'N', workers: 'N', port: 'N', backend: 'NAME', scenario: 'FILE|PRESET',
+  data: 'FILE', identity: 'FILE', personal: 'GLOB', strategy: 'NAME', name: 'NAME',
+};
+
+export function placeholderOf(name: string, f: FlagSpec): string {
+  return f.placeholder ?? PLACEHOLDERS[name] ?? (/-(dir|folder)$/.test(name) ? 'DIR' : /-(file|cert|key|ca)$/.test(name) ? 'FILE' : /-(count|rank|steps|size)$/.test(name) ? 'N' : 'VALUE');
+}
+
 export function helpText(cmd: Command): string {
   const rows = Object.entries(cmd.flags).map(([k, f]) => {
-    const left = `  --${k}${f.type === 'string' ? ` ${f.placeholder ?? 'VALUE'}` : ''}`;
+    const left = `  --${k}${f.type === 'string' ? ` ${placeholderOf(k, f)}` : ''}`;
     return `${`${left} `.padEnd(34)}${f.help}${f.default !== undefined ? ` (default: ${f.default})` : ''}${f.multiple ? ' [repeatable]' : ''}`;
   });
   return `${cmd.summary}\n\nUsage: ${cmd.usage}\n\nOptions:\n${rows.join('\n')}\n  --help                          show this help\n`;

@@ -8,8 +8,8 @@ export const keygenCommand: Command = {
   summary: 'Create an Ed25519 identity (client or coordinator); prints the public key line for enrollment.',
   usage: 'fedlora keygen --out FILE [--name NAME]',
   flags: {
-    out: { type: 'string', help: 'identity file to create (mode 0600); refuses to overwrite; required' },
-    name: { type: 'string', help: 'name to print after the key in the enrollment line' },
+    out: { type: 'string', placeholder: 'FILE', help: 'identity file to create (mode 0600); refuses to overwrite; required' },
+    name: { type: 'string', placeholder: 'NAME', help: 'name to print after the key in the enrollment line' },
   },
   async run(v) {
     const out = str(v.out, 'out', true)!;

@@ -3,11 +3,15 @@
  * webgpu through Dawn for Node, wasm, pure-JS cpu — and records why each earlier one was skipped.
  * All fedlora tensor code imports tfjs from here so there is one tfjs-core instance.
  */
-// The union package's node build registers every gradient (tfjs-core's ESM register_all_gradients
-// cannot be imported by Node's ESM loader: it uses directory imports).
-import * as tf from '@tensorflow/tfjs';
+// tfjs-core alone (no @tensorflow/tfjs union): the backends below register into its engine, and
+// gradients.ts registers the gradients training needs (see there why that takes a bundle).
+import * as tf from '@tensorflow/tfjs-core';
+import { readdirSync } from 'node:fs';
 import { BackendError, errorMessage } from '../errors.js';
 import { logger } from '../log.js';
+import { registerGradients } from './gradients.js';
+
+await registerGradients();
 
 export { tf };
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
@@ -26,17 +30,33 @@ export interface BackendSelection {
 let current: BackendSelection | null = null;
 let lastAuto: BackendSelection | null = null;
 
+/** Imports an optional dependency; a missing one becomes a one-line reason, not a stack trace. */
+async function optional(name: string): Promise<unknown> {
+  try {
+    return await import(/* webpackIgnore: true */ name);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if ((code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && errorMessage(e).includes(name)) {
+      throw new Error(`${name} is not installed (an optional dependency)`);
+    }
+    throw e;
+  }
+}
+
 async function tryTensorflow(): Promise<void> {
   // Optional dependency: absent where its install could not download libtensorflow.
-  const mod = '@tensorflow/tfjs-node-gpu';
-  await import(/* webpackIgnore: true */ mod);
+  await optional('@tensorflow/tfjs-node-gpu');
   if (!tf.findBackend('tensorflow')) throw new Error('tfjs-node-gpu loaded but registered no "tensorflow" backend');
 }
 
 async function tryWebgpu(): Promise<void> {
   const g = globalThis as unknown as { navigator?: { gpu?: unknown } };
   if (!g.navigator?.gpu) {
-    const dawn = (await import('webgpu')) as unknown as { create: (o: string[]) => unknown; globals: Record<string, unknown> };
+    // loading Dawn where no GPU can exist prints Vulkan/XDG warnings straight to stderr: look for a device first
+    const none = noGpuDevice();
+    if (none) throw new Error(none);
+    // optional dependencies: Dawn for Node (webgpu) and tfjs-backend-webgpu; either missing → next backend
+    const dawn = (await optional('webgpu')) as { create: (o: string[]) => unknown; globals: Record<string, unknown> };
     Object.assign(globalThis, dawn.globals);
     const gpu = dawn.create([]) as { requestAdapter(): Promise<unknown> };
     const adapter = await gpu.requestAdapter();
@@ -44,7 +64,20 @@ async function tryWebgpu(): Promise<void> {
     // tfjs-backend-webgpu registers itself only if navigator.gpu exists at import time.
     Object.defineProperty(globalThis, 'navigator', { value: { ...(g.navigator ?? {}), gpu }, configurable: true, writable: true });
   }
-  await import('@tensorflow/tfjs-backend-webgpu');
+  await optional('@tensorflow/tfjs-backend-webgpu');
+}
+
+/**
+ * On Linux, Dawn needs a GPU device node (DRM render node, NVIDIA device, or WSL's /dev/dxg);
+ * without one it can only fail, noisily. Returns why webgpu is skipped, or null to try it.
+ * FEDLORA_WEBGPU_PROBE=0 skips this check (e.g. a software Vulkan driver).
+ */
+function noGpuDevice(): string | null {
+  if (process.platform !== 'linux' || process.env.FEDLORA_WEBGPU_PROBE === '0') return null;
+  const list = (dir: string) => { try { return readdirSync(dir); } catch { return []; } };
+  if (list('/dev/dri').some((n) => n.startsWith('renderD'))) return null;
+  if (list('/dev').some((n) => /^nvidia\d+$/.test(n) || n === 'dxg')) return null;
+  return 'no GPU device (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg); Dawn not loaded';
 }
 
 async function tryWasm(): Promise<void> {
@@ -58,6 +91,8 @@ async function tryCpu(): Promise<void> {
 const LOADERS: Record<BackendName, () => Promise<void>> = { tensorflow: tryTensorflow, webgpu: tryWebgpu, wasm: tryWasm, cpu: tryCpu };
 
 async function activate(name: BackendName): Promise<void> {
+  // the cpu backend's "install tfjs-node" banner is a console.warn that tfjs leaves out in PROD mode
+  if (name === 'cpu') tf.env().set('PROD', true);
   await LOADERS[name]();
   const ok = await tf.setBackend(name);
   if (!ok) throw new Error(`tf.setBackend('${name}') failed to initialise`);
@@ -82,8 +117,8 @@ export async function selectBackend(choice: BackendChoice | string = 'auto'): Pr
       await activate(name);
       current = { name, skipped };
       if (choice === 'auto') lastAuto = current;
-      for (const s of skipped) log.info(`backend ${s.name} skipped: ${s.reason}`);
-      log.info(`using tfjs backend "${name}"`);
+      // one quiet line: the backend in use and why the earlier ones were skipped
+      log.info(`using tfjs backend "${name}"${skipped.length ? ` (skipped ${skipped.map((x) => `${x.name}: ${x.reason}`).join('; ')})` : ''}`);
       return current;
     } catch (e) {
       skipped.push({ name, reason: firstLine(errorMessage(e)) });
