@@ -5,22 +5,29 @@
  * naming the offending field.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, errorMessage } from '../shared/errors.js';
 import { Rng } from '../shared/data/random.js';
 import { hasStrategy, strategyNames, type StrategyName } from '../shared/aggregation/index.js';
+import { packagePath, packageRoot } from '../shared/package-root.js';
 
 /** Any registered aggregation strategy. */
 export type ScenarioStrategy = StrategyName;
 
-export const PRESETS_DIR = join(dirname(fileURLToPath(import.meta.url)), 'scenarios');
+/** The bundled presets, inside the package (not the working directory). */
+export const PRESETS_DIR = packagePath('simulations', 'scenarios');
+/** The bundled base model: the default `model` of every scenario (an absolute path inside the package). */
+export const BUNDLED_MODEL_DIR = packagePath('simulations', 'models', 'spam-llama');
 const MAX_SCENARIO_BYTES = 1 << 20;
 
 export interface Scenario {
   name: string;
   description: string;
-  /** Base model folder (HF layout). Relative paths resolve against the working directory. */
+  /**
+   * Base model folder (HF layout). Omitted: the bundled model. Relative paths in a bundled preset
+   * resolve against the package root; everywhere else (user files, overrides) against the working
+   * directory (docs/SCENARIOS.md, "Paths").
+   */
   model: string;
   /** `"spam"` (the bundled SpamAssassin corpus) or a JSONL file of {"prompt","completion"} / {"text"}. */
   dataset: string;
@@ -69,7 +76,7 @@ export interface Scenario {
 export const DEFAULTS: Scenario = {
   name: 'custom',
   description: '',
-  model: 'simulations/models/spam-llama',
+  model: BUNDLED_MODEL_DIR,
   dataset: 'spam',
   maxExamples: 0,
   partition: { kind: 'dirichlet', alpha: 0.5 },
@@ -317,5 +324,16 @@ export async function loadScenario(ref: string): Promise<Scenario> {
   }
   let raw: unknown;
   try { raw = JSON.parse(text); } catch (e) { throw new ConfigError(`scenario ${file} is not valid JSON: ${errorMessage(e)}`); }
+  if (isPreset) raw = presetPaths(raw);
   return parseScenario(raw, isPreset ? ref : 'custom');
+}
+
+/** A bundled preset's relative `model` / `dataset` paths name files inside the package. */
+function presetPaths(raw: unknown): unknown {
+  if (!isObj(raw)) return raw;
+  const out: Obj = { ...raw };
+  const inPackage = (v: unknown): unknown => (typeof v === 'string' && v !== '' && !isAbsolute(v) ? resolve(packageRoot(), v) : v);
+  if (out.model !== undefined) out.model = inPackage(out.model);
+  if (out.dataset !== undefined && out.dataset !== 'spam') out.dataset = inPackage(out.dataset);
+  return out;
 }

@@ -5,13 +5,19 @@ import { existsSync } from 'node:fs';
 import { FedloraError } from '../../shared/errors.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
 
+/**
+ * The worker's entry point. Compiled (dist/, an installed package): worker.js next to this file,
+ * run by plain node: no TypeScript loader, tsx is a devDependency. From source (a clone, through
+ * tsx): worker.ts with tsx as the child's loader.
+ */
 function workerEntry(): { file: string; execArgv: string[] } {
+  if (import.meta.url.endsWith('.js')) {
+    const js = fileURLToPath(new URL('./worker.js', import.meta.url));
+    if (!existsSync(js)) throw new FedloraError('SIMULATION', `simulation worker ${js} is missing (an incomplete build?)`);
+    return { file: js, execArgv: [] };
+  }
   const ts = fileURLToPath(new URL('./worker.ts', import.meta.url));
-  const js = fileURLToPath(new URL('./worker.js', import.meta.url));
-  if (import.meta.url.endsWith('.js') && existsSync(js)) return { file: js, execArgv: [] };
-  // running from source: the child needs the TypeScript loader too
-  const tsx = import.meta.resolve('tsx');
-  return { file: ts, execArgv: ['--import', tsx] };
+  return { file: ts, execArgv: ['--import', import.meta.resolve('tsx')] };
 }
 
 type Job = Extract<ToWorker, { jobId: string }>;

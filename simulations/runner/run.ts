@@ -6,7 +6,7 @@
  * the report (report.json / .html / .png via simulations/report).
  */
 import { availableParallelism, cpus, platform, arch } from 'node:os';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Coordinator, type CoordinatorOptions, type RoundRecord as CoordRound } from '../../coordinator/index.js';
 import { FedloraError, errorMessage } from '../../shared/errors.js';
@@ -19,6 +19,7 @@ import { REPORT_SCHEMA_VERSION, writeReport, type Report, type RoundRecord, type
 import { maxRankOf, type Scenario, type ScenarioStrategy } from '../scenario.js';
 import { prepareClients, type SimClient } from './data.js';
 import { SimWorker } from './pool.js';
+import { packageVersion } from '../../shared/package-root.js';
 import type { CentralResult, ClientRoundMsg, EvalFigures, EvalResult, FedClientSpec, FromWorker, LocalResult, WorkerInit } from './messages.js';
 
 const log = logger('fedlora:simulate');
@@ -96,9 +97,6 @@ export function dropoutSchedule(s: Scenario, clients: SimClient[], exclude: Set<
   return out;
 }
 
-async function packageVersion(): Promise<string> {
-  try { return (JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string }).version ?? '0.0.0'; } catch { return '0.0.0'; }
-}
 
 export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResult> {
   const t0 = Date.now();
@@ -342,7 +340,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       title: `fedlora simulation: ${s.name}${s.description ? ` — ${s.description}` : ''}`,
       createdAt: new Date().toISOString(),
       scenario: { ...(s as unknown as Record<string, unknown>), name: s.name, strategy: s.strategy, seed: s.seed },
-      versions: { fedlora: await packageVersion(), node: process.version, protocol: PROTOCOL_VERSION },
+      versions: { fedlora: packageVersion(), node: process.version, protocol: PROTOCOL_VERSION },
       environment: { platform: `${platform()}-${arch()}`, cpus: cpus().length, ...(cpu ? { cpuModel: cpu } : {}), backend: workers[0]!.backend, workers: workers.length },
       model: { name: s.model, parameters: workers[0]!.parameters, adapterParameters, fullModelBytes },
       metricsNote: 'Accuracy by scoring each candidate completion; F1 is macro-F1 over the candidates; loss is mean completion-token cross-entropy (nats). Means are unweighted over clients.',
