@@ -10,16 +10,18 @@ import { keygenCommand } from './commands/keygen.js';
 import { exportCommand } from './commands/export.js';
 import { simulateCommand } from './commands/simulate.js';
 import { helpText, parseFlags, type Command } from './commands/flags.js';
+import { packageVersion } from '../shared/package-root.js';
 
 export const COMMANDS: Command[] = [coordinatorCommand, clientCommand, simulateCommand, keygenCommand, exportCommand];
 
 function usage(): string {
-  return `fedlora — federated LoRA fine-tuning\n\nUsage: fedlora <command> [options]\n\nCommands:\n${COMMANDS.map((c) => `  ${c.name.padEnd(14)}${c.summary}`).join('\n')}\n\nRun \`fedlora <command> --help\` for the options of a command.\n`;
+  return `fedlora — federated LoRA fine-tuning\n\nUsage: fedlora <command> [options]\n\nCommands:\n${COMMANDS.map((c) => `  ${c.name.padEnd(14)}${c.summary}`).join('\n')}\n\nRun \`fedlora <command> --help\` for the options of a command; \`fedlora --version\` prints the version.\n`;
 }
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') { process.stdout.write(usage()); return name ? 0 : 2; }
+  if (name === '--version' || name === '-v' || name === 'version') { process.stdout.write(`${packageVersion()}\n`); return 0; }
   const cmd = COMMANDS.find((c) => c.name === name);
   if (!cmd) { process.stderr.write(`fedlora: unknown command ${JSON.stringify(name)}\n\n${usage()}`); return 2; }
   let values;
