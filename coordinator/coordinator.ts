@@ -16,9 +16,11 @@ import { ConfigError, ProtocolError, errorMessage } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
 import { EV, LIMITS, PROTOCOL_VERSION, globMatcher, parseChunkRequest, parseHello, parseReady, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/index.js';
 import { chooseQuantParams, formatPublicKey, loadOrCreateIdentity, type AuthorizedClients, type Identity } from '../shared/crypto/index.js';
-import { elementSlots, getStrategy, makeLayout, type Strategy, type StrategyName } from '../shared/aggregation/index.js';
-import type { LoraAdapter } from '../shared/lora/adapter.js';
+import { elementSlots, getStrategy, makeLayout, type Strategy, type StrategyName, needsXsFactors, xsInitFromCheckpoint } from '../shared/aggregation/index.js';
+import { adapterModules, parseMagnitudeName, type LoraAdapter } from '../shared/lora/adapter.js';
+import { initDoraFromCheckpoint } from '../shared/lora/dora.js';
 import { baseModelName, savePeftAdapter } from '../shared/lora/peft.js';
+import { hasXs, xsToLora } from '../shared/lora/xs.js';
 import { socketIoLink, type Link } from '../shared/link/index.js';
 import { readModelInfo, targetShapes, defaultTargetModules } from '../shared/model/model-info.js';
 import { ModelStore } from './model-store.js';
@@ -63,6 +65,9 @@ export interface CoordinatorOptions {
   chunkSize?: number;
   /** Refactor (QR+SVD) the global adapter after aggregation when the strategy allows it. */
   refactor?: boolean;
+  /** DoRA (PEFT use_dora): the global adapter carries a magnitude vector per module, initialised to the
+   *  base weight's row norms, shared and averaged like the factors; clients follow the round config. */
+  dora?: boolean;
   /** How long a participant that lost its connection may take to come back before the round moves on without it. */
   rejoinGraceMs?: number;
   /** Keep the newest N checkpoint folders under stateDir (0: every one). Default 2 (this round's and the previous). */
@@ -163,7 +168,7 @@ export class Coordinator {
     this.options = {
       host: '127.0.0.1', rounds: 3, clientsPerRound: 3, minClients: 2, roundTimeoutMs: 600_000, strategy: 'rank-aware',
       maxRank: 8, loraAlpha: 16, localSteps: 20, localEpochs: 0, lr: 1e-3, batchSize: 4, seed: 42, joinWaitMs: 3000,
-      requestTimeoutMs: 30_000, chunkSize: 1 << 20, refactor: true, maxStrikes: 50, rejoinGraceMs: 3000,
+      requestTimeoutMs: 30_000, chunkSize: 1 << 20, refactor: true, dora: false, maxStrikes: 50, rejoinGraceMs: 3000,
       maxExamplesPerClient: DEFAULT_MAX_EXAMPLES_PER_CLIENT, joinTimeoutMs: 30_000, maxChunksInFlight: 4, maxReadyPerWindow: 5, readyWindowMs: 10_000,
       keepCheckpoints: 2,
       ...stripUndefined(opts),
@@ -220,18 +225,6 @@ export class Coordinator {
     const store = this.#store = await ModelStore.open(o.modelDir);
     const info = await readModelInfo(o.modelDir);
     this.#targetModules = o.targetModules?.length ? o.targetModules : defaultTargetModules(info.config);
-    if (o.identity && typeof o.identity === 'object') this.#identity = o.identity;
-    else {
-      const file = (o.identity as string | undefined) ?? join(o.stateDir, 'coordinator.identity');
-      const r = await loadOrCreateIdentity(file);
-      if (r.created) log.info(`created coordinator identity ${file}`);
-      this.#identity = r.identity;
-    }
-    const { admission, enrolled } = await Admission.create({ identity: this.#identity, ...(o.authorizedClients ? { authorizedClients: o.authorizedClients } : {}), allowAnyClient: o.allowAnyClient === true });
-    this.#admission = admission;
-    if (o.allowAnyClient) log.warn('--allow-any-client: any key that proves possession may join (development only)');
-    if (!this.#secure) log.warn('--insecure-aggregation: client updates reach the coordinator in the clear (each is still clipped to ±c)');
-    log.info(`coordinator key ${formatPublicKey(this.#identity.publicKey)}${enrolled !== null ? `, ${enrolled} enrolled client key(s)` : ''}`);
 
     const loaded = await loadState(o.stateDir);
     // a rank above min(d_in, d_out) of a module adds parameters and no expressiveness: the global rank is capped at the smallest module's
@@ -258,14 +251,46 @@ export class Coordinator {
       history = loaded.state.history;
       this.#targetModules = loaded.state.targetModules;
       server.restore(loaded.state.strategyState);
+      if ((global.config.useDora === true) !== o.dora) throw new ConfigError(`--state holds a ${global.config.useDora ? 'DoRA' : 'LoRA'} run; resume it ${global.config.useDora ? 'with' : 'without'} --dora`);
       log.info(`resuming from ${o.stateDir}: ${completed} round(s) completed`);
     } else {
       const shapes = targetShapes(info, this.#targetModules);
-      global = this.strategy.init(shapes, o.maxRank, o.loraAlpha, o.seed, {
-        targetModules: this.#targetModules, fanInFanOut: info.fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM', baseModelNameOrPath: baseName,
-      });
-      log.info(`fresh run: ${shapes.size} modules, strategy ${o.strategy}, max rank ${o.maxRank}`);
+      const base = { targetModules: this.#targetModules, fanInFanOut: info.fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM', baseModelNameOrPath: baseName };
+      if (needsXsFactors(this.strategy)) {
+        // LoRA-XS: the frozen factors come from the base weights' truncated SVD, computed once here and
+        // shipped inside the signed global adapter, so every participant holds the same bytes
+        if (o.dora) throw new ConfigError('--dora cannot be combined with --strategy lora-xs');
+        const t0 = Date.now();
+        global = await xsInitFromCheckpoint(o.modelDir, o.maxRank, o.loraAlpha, base);
+        log.info(`LoRA-XS factors for ${shapes.size} modules at rank ${o.maxRank} from the base weights' truncated SVD (${Date.now() - t0} ms)`);
+      } else {
+        global = this.strategy.init(shapes, o.maxRank, o.loraAlpha, o.seed, base);
+      }
+      if (o.dora) {
+        if (!adapterModules(global).length) throw new ConfigError(`--dora needs a strategy that trains LoRA A/B factors; ${o.strategy} does not`);
+        global = await initDoraFromCheckpoint(o.modelDir, global);
+      }
+      log.info(`fresh run: ${shapes.size} modules, strategy ${o.strategy}, max rank ${o.maxRank}${o.dora ? ', DoRA' : ''}`);
     }
+    if (o.dora) {
+      // uploads are clipped to ±clip entry-wise (plain and secure); a magnitude beyond it would be cut
+      let big = 0;
+      for (const [n, t] of global.tensors) if (parseMagnitudeName(n)) for (const v of t.data) big = Math.max(big, Math.abs(v));
+      if (big > this.#clip) throw new ConfigError(`--dora: a magnitude vector entry is ${big.toPrecision(4)}, above the upload clip ${this.#clip}; raise --secagg-clip above it`);
+    }
+    // the identity is created only once the state is known to be resumable (a refused start writes nothing)
+    if (o.identity && typeof o.identity === 'object') this.#identity = o.identity;
+    else {
+      const file = (o.identity as string | undefined) ?? join(o.stateDir, 'coordinator.identity');
+      const r = await loadOrCreateIdentity(file);
+      if (r.created) log.info(`created coordinator identity ${file}`);
+      this.#identity = r.identity;
+    }
+    const { admission, enrolled } = await Admission.create({ identity: this.#identity, ...(o.authorizedClients ? { authorizedClients: o.authorizedClients } : {}), allowAnyClient: o.allowAnyClient === true });
+    this.#admission = admission;
+    if (o.allowAnyClient) log.warn('--allow-any-client: any key that proves possession may join (development only)');
+    if (!this.#secure) log.warn('--insecure-aggregation: client updates reach the coordinator in the clear (each is still clipped to ±c)');
+    log.info(`coordinator key ${formatPublicKey(this.#identity.publicKey)}${enrolled !== null ? `, ${enrolled} enrolled client key(s)` : ''}`);
     const layout = makeLayout([...global.tensors].filter(([n]) => this.strategy.isShared(n)).map(([name, t]) => ({ name, shape: t.shape })));
     // an upload is 4 bytes per element plus a little framing; the global adapter goes the other way
     this.#maxMessageBytes = Math.max(1 << 20, layout.size * 4 + (1 << 16), o.chunkSize + (1 << 16));
@@ -419,7 +444,8 @@ export class Coordinator {
     const o = this.options;
     try {
       if (o.exportDir) {
-        await savePeftAdapter(global, o.exportDir);
+        // a LoRA-XS global is exported as the plain LoRA it equals (lora_B = U_r Σ_r R, lora_A = V_rᵀ)
+        await savePeftAdapter(hasXs(global) ? xsToLora(global) : global, o.exportDir);
         log.info(`exported the global adapter to ${o.exportDir}`);
       }
     } catch (e) {

@@ -48,6 +48,18 @@ describe('low-rank refactor', () => {
       expect(Math.sqrt(c2) / (frob(a.data) / Math.sqrt(r))).to.be.closeTo(1, 1e-5);
     });
 
+    it(`exposes its slot transforms: B' = B·tB, A' = tA·A, tB·tA = tA·tB = I (out=${out}, in=${inF}, r=${r})`, () => {
+      const { b, a } = pair(out, inF, r, out * 31 + inF);
+      const res = refactorModule(b, a);
+      expect(res.tA).to.not.equal(null);
+      const bt = matmul(b.data, res.tB, out, r, r), ta = matmul(res.tA!, a.data, r, r, inF);
+      expect(maxAbsDiff(bt, res.b.data) / frob(res.b.data)).to.be.below(1e-5);
+      expect(maxAbsDiff(ta, res.a.data) / frob(res.a.data)).to.be.below(1e-5);
+      const eye = Float64Array.from({ length: r * r }, (_, k) => (Math.floor(k / r) === k % r ? 1 : 0));
+      expect(maxAbsDiff(matmul(res.tB, res.tA!, r, r, r), eye)).to.be.below(1e-9);
+      expect(maxAbsDiff(matmul(res.tA!, res.tB, r, r, r), eye)).to.be.below(1e-9);
+    });
+
     it(`truncation to every r' < r is the best rank-r' approximation of B·A by a dense eigen-SVD (out=${out}, in=${inF}, r=${r})`, () => {
       const { b, a } = pair(out, inF, r, out * 7 + inF * 3 + r);
       const res = refactorModule(b, a);
@@ -105,6 +117,16 @@ describe('low-rank refactor', () => {
     const twice = refactorModule(once.b, once.a);
     expect(maxAbsDiff(twice.sigma, once.sigma) / once.sigma[0]!).to.be.below(1e-6);
     expect(diffFrob(ba, product(twice.b, twice.a)) / frob(ba)).to.be.below(1e-5);
+  });
+
+  it('a rank-deficient A has no tA (null); tB still maps B to B\'', () => {
+    const { b, a } = pair(9, 8, 4, 5);
+    a.data.copyWithin(8, 0, 8); // row 1 = row 0
+    const res = refactorModule(b, a);
+    expect(res.tA).to.equal(null);
+    expect(maxAbsDiff(matmul(b.data, res.tB, 9, 4, 4), res.b.data) / frob(res.b.data)).to.be.below(1e-5);
+    const zero = refactorModule(b, { shape: [4, 8], data: new Float32Array(32) });
+    expect(zero.tA).to.equal(null);
   });
 
   it('refactorAdapter: every module refactored, other tensors and over-ranked modules copied, config kept', () => {
