@@ -4,7 +4,8 @@
  * shape × itemsize must equal the byte length. Everything decodes to Float32Array (floats) or
  * Int32Array (ints, I64 range-checked).
  */
-import { readFile, writeFile, rename, open } from 'node:fs/promises';
+import { readFile, open } from 'node:fs/promises';
+import { atomicWrite } from '../fs/atomic.js';
 import { ModelFormatError } from '../errors.js';
 import { numel } from '../tensor.js';
 
@@ -186,12 +187,8 @@ export function encodeSafetensors(tensors: Map<string, WritableTensor> | Record<
   return out;
 }
 
-/** Atomic write: temp file in the same directory, then rename. */
-export async function atomicWrite(path: string, data: Uint8Array | string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
-}
+/** Atomic, durable write (temp file, fsync, rename, fsync of the directory): see shared/fs/atomic.ts. */
+export { atomicWrite };
 
 export async function saveSafetensors(path: string, tensors: Map<string, WritableTensor> | Record<string, WritableTensor>, metadata?: Record<string, string>): Promise<void> {
   await atomicWrite(path, encodeSafetensors(tensors, metadata));

@@ -1,30 +1,33 @@
 /**
  * Simulation reports: `writeReport(dir, report)` writes report.json, report.html (self-contained) and
- * report.png (the accuracy chart, rasterised by our own painter), and returns their paths.
+ * report.png (the HTML's accuracy chart, the same SVG rendered by resvg), and returns their paths.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { atomicWrite } from '../../shared/model/safetensors.js';
-import { drawLineChart } from './chart.js';
-import { RasterPainter } from './raster.js';
+import { atomicWrite } from '../../shared/fs/atomic.js';
 import { renderReportHtml } from './html.js';
-import { accuracyChart } from './specs.js';
+import { svgToPng } from './raster.js';
 import type { Report } from './types.js';
 
 export * from './types.js';
 export { renderReportHtml } from './html.js';
 export { formatSummaryTable, finalRows, totals, gaps } from './summary.js';
 export { sampleReport } from './sample.js';
-export { encodePng } from './png.js';
+export { reportFont, svgToPng } from './raster.js';
 
+/** report.png width in pixels; the height follows the chart's aspect ratio in report.html. */
 export const PNG_WIDTH = 1200;
-export const PNG_HEIGHT = 675;
 
-/** The main chart (accuracy per round: global, personalized, baselines) as PNG bytes. */
-export function renderMainChartPng(report: Report, width = PNG_WIDTH, height = PNG_HEIGHT): Uint8Array {
-  const p = new RasterPainter(width, height);
-  drawLineChart(p, accuracyChart(report));
-  return p.toPng();
+/** The main chart (accuracy per round: global, personalized, baselines) exactly as report.html draws it. */
+export function mainChartSvg(report: Report, html = renderReportHtml(report)): string {
+  const m = /<figure id="chart-accuracy">(<svg[\s\S]*?<\/svg>)<\/figure>/.exec(html);
+  if (!m) throw new Error('report.html has no accuracy chart (<figure id="chart-accuracy"><svg>…)');
+  return m[1]!;
+}
+
+/** The main chart as PNG bytes, `width` pixels wide. */
+export function renderMainChartPng(report: Report, width = PNG_WIDTH, html?: string): Uint8Array {
+  return svgToPng(mainChartSvg(report, html), width);
 }
 
 export interface WrittenReport {
@@ -36,8 +39,9 @@ export interface WrittenReport {
 export async function writeReport(dir: string, report: Report): Promise<WrittenReport> {
   await mkdir(dir, { recursive: true });
   const out = { json: join(dir, 'report.json'), html: join(dir, 'report.html'), png: join(dir, 'report.png') };
+  const html = renderReportHtml(report);
   await atomicWrite(out.json, JSON.stringify(report, null, 2) + '\n');
-  await atomicWrite(out.html, renderReportHtml(report));
-  await atomicWrite(out.png, renderMainChartPng(report));
+  await atomicWrite(out.html, html);
+  await atomicWrite(out.png, renderMainChartPng(report, PNG_WIDTH, html));
   return out;
 }
