@@ -14,3 +14,4 @@ export {
   checkServerOpt, describeServerOpt, serverOptimizerOf, withServerOptimizer, SERVER_OPT_NAMES, SERVER_OPT_DEFAULTS,
   type ServerOptConfig, type ServerOptName, type ResolvedServerOpt,
 } from './server-opt.js';
+export { LORA_XS, LoraXsStrategy, loraXsStrategy, needsXsFactors } from './lora-xs.js';

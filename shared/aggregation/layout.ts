@@ -6,7 +6,7 @@
  * coordinator can apply per-slot weight sums to the unmasked sum.
  */
 import { ProtocolError } from '../errors.js';
-import { parseLoraName } from '../lora/adapter.js';
+import { parseLoraName, parseXsName } from '../lora/adapter.js';
 import type { TensorMap } from '../tensor.js';
 
 export interface LayoutEntry {
@@ -15,8 +15,9 @@ export interface LayoutEntry {
   /** First element of this tensor in the flat vector. */
   readonly offset: number;
   readonly size: number;
-  /** Which axis indexes rank slots: 0 for lora_A [r, in], 1 for lora_B [out, r], −1 if none. */
-  readonly slotAxis: 0 | 1 | -1;
+  /** Which axis indexes rank slots: 0 for lora_A [r, in], 1 for lora_B [out, r], 2 for both (a LoRA-XS
+   *  core R [r, r]: element (i, j) belongs to slot max(i, j), trained by clients of rank > max(i, j)), −1 if none. */
+  readonly slotAxis: 0 | 1 | 2 | -1;
 }
 
 export interface FlatLayout {
@@ -42,7 +43,7 @@ export function makeLayout(entries: readonly { name: string; shape: readonly num
     let size = 1;
     for (const d of shape) size *= d;
     const p = parseLoraName(name);
-    const slotAxis: 0 | 1 | -1 = p && shape.length === 2 ? (p.factor === 'A' ? 0 : 1) : -1;
+    const slotAxis: 0 | 1 | 2 | -1 = p && shape.length === 2 ? (p.factor === 'A' ? 0 : 1) : parseXsName(name) && shape.length === 2 ? 2 : -1;
     out.push({ name, shape: [...shape], offset, size, slotAxis });
     offset += size;
     if (offset > MAX_LAYOUT_ELEMENTS) throw new ProtocolError('LAYOUT', `layout exceeds ${MAX_LAYOUT_ELEMENTS} elements`);
@@ -95,6 +96,7 @@ export function slotOf(layout: FlatLayout, index: number): number {
   const local = index - e.offset;
   if (e.slotAxis === 0) return Math.floor(local / e.shape[1]!);
   if (e.slotAxis === 1) return local % e.shape[1]!;
+  if (e.slotAxis === 2) return Math.max(Math.floor(local / e.shape[1]!), local % e.shape[1]!);
   return -1;
 }
 
@@ -105,7 +107,7 @@ export function elementSlots(layout: FlatLayout): Int32Array {
     if (e.slotAxis === -1) continue;
     const [rows, cols] = e.shape as [number, number];
     for (let i = 0; i < rows; i++) {
-      for (let j = 0; j < cols; j++) slots[e.offset + i * cols + j] = e.slotAxis === 0 ? i : j;
+      for (let j = 0; j < cols; j++) slots[e.offset + i * cols + j] = e.slotAxis === 0 ? i : e.slotAxis === 1 ? j : Math.max(i, j);
     }
   }
   return slots;

@@ -5,6 +5,7 @@
  */
 import { ConfigError } from '../errors.js';
 import { fedAvgMStrategy } from './fedavgm.js';
+import { loraXsStrategy } from './lora-xs.js';
 import { linearStrategy, type Strategy } from './strategy.js';
 
 /** Lower-case, CLI- and wire-safe (fits the protocol's ID_RE), never an Object.prototype key. */
@@ -81,6 +82,7 @@ const BUILT_INS: Strategy[] = [
     shareA: true, shareB: false, personalA: false, personalB: true, trainA: true, divisor: 'slot', refactorable: false,
   }),
   fedAvgMStrategy(),
+  loraXsStrategy(),
 ];
 
 for (const s of BUILT_INS) {

@@ -52,6 +52,15 @@ export function parseLoraName(name: string): { module: string; factor: 'A' | 'B'
   return m ? { module: m[1]!, factor: m[2] as 'A' | 'B' } : null;
 }
 
+/** LoRA-XS core R [r, r] of a module (shared/lora/xs.ts): ΔW = s · B R A with A, B frozen. */
+export function xsRName(module: string): string { return `${PEFT_PREFIX}${module}.lora_R.weight`; }
+
+/** Module path of a LoRA-XS core name, or null. */
+export function parseXsName(name: string): { module: string } | null {
+  const m = /^base_model\.model\.(.+)\.lora_R(?:\.default)?\.weight$/.exec(name);
+  return m ? { module: m[1]! } : null;
+}
+
 /** Module paths present in an adapter, sorted. */
 export function adapterModules(adapter: { tensors: TensorMap }): string[] {
   const mods = new Set<string>();
@@ -108,6 +117,14 @@ function changeRank(adapter: LoraAdapter, r: number, mode: 'pad' | 'truncate'): 
   if (!Number.isInteger(r) || r < 1) throw new RangeError(`rank must be a positive integer, got ${r}`);
   const tensors: TensorMap = new Map();
   for (const [name, t] of adapter.tensors) {
+    if (parseXsName(name)) {
+      // a LoRA-XS core [r, r] keeps its leading r×r block (zero-padded when growing)
+      const cur = t.shape[0]!;
+      if (mode === 'pad' && r < cur) throw new RangeError(`padRank: ${name} already has rank ${cur} > ${r}`);
+      if (mode === 'truncate' && r > cur) throw new RangeError(`truncateRank: ${name} has rank ${cur} < ${r}`);
+      tensors.set(name, resizeCols(resizeRows(t, r), r));
+      continue;
+    }
     const p = parseLoraName(name);
     if (!p) { tensors.set(name, { shape: [...t.shape], data: new Float32Array(t.data) }); continue; }
     const cur = p.factor === 'A' ? t.shape[0]! : t.shape[1]!;

@@ -7,7 +7,7 @@ import { parseHelloReply } from '../../shared/protocol/index.js';
 import { parseScenario } from '../../simulations/scenario.js';
 import { loraAName, loraBName } from '../../shared/lora/adapter.js';
 
-const BUILT_INS = ['fedit', 'ffa', 'rank-aware', 'fedsa', 'fedavgm'];
+const BUILT_INS = ['fedit', 'ffa', 'rank-aware', 'fedsa', 'fedavgm', 'lora-xs'];
 
 /** B-only, slot-divided: a strategy none of the built-ins is. */
 function toy(name = 'toy-b-slot'): Strategy {
@@ -63,7 +63,7 @@ describe('strategy registry', () => {
     } catch (e) {
       expect(e).to.be.instanceOf(ConfigError);
       expect((e as FedloraError).code).to.equal('CONFIG');
-      expect((e as Error).message).to.contain('"fedprox"').and.contain('fedit, ffa, rank-aware, fedsa, fedavgm, toy-two');
+      expect((e as Error).message).to.contain('"fedprox"').and.contain('fedit, ffa, rank-aware, fedsa, fedavgm, lora-xs, toy-two');
     }
     for (const bad of ['', '__proto__', 'constructor', 'toString']) expect(() => getStrategy(bad), bad).to.throw(ConfigError);
     expect(() => getStrategy(undefined as unknown as string)).to.throw(ConfigError);

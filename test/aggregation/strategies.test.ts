@@ -2,9 +2,9 @@ import { expect } from 'chai';
 import {
   getStrategy, strategyNames, aggregatePlain, aggregateRound, sharedLayout, slotWeightSums, type Strategy, type StrategyServer, type ClientUpdate,
 } from '../../shared/aggregation/index.js';
-import { flatten, unflatten } from '../../shared/aggregation/layout.js';
+import { flatten, makeLayout, slotOf, unflatten } from '../../shared/aggregation/layout.js';
 import { ConfigError, FedloraError, ProtocolError } from '../../shared/errors.js';
-import { loraAName, loraBName, parseLoraName, type LoraAdapter, type LoraConfig } from '../../shared/lora/adapter.js';
+import { loraAName, loraBName, parseLoraName, parseXsName, xsRName, type LoraAdapter, type LoraConfig } from '../../shared/lora/adapter.js';
 import type { Tensor32, TensorMap } from '../../shared/tensor.js';
 import { rng, randTensor, product, diffFrob, frob, maxAbsDiff, mapClone } from './helpers.js';
 import { contributorsOf, flatSum, sameBits, throughJson, type SimClient } from './round-helpers.js';
@@ -13,22 +13,29 @@ const BASE: Omit<LoraConfig, 'r' | 'loraAlpha'> = { targetModules: ['q', 'v'], f
 const SHAPES = new Map([['layers.0.q', { in: 5, out: 4 }], ['layers.0.v', { in: 3, out: 6 }]]);
 const MAX = 4;
 
-/** Global adapter with random (non-zero) B too, so "kept from previous" is observable. */
+/** Global adapter with random (non-zero) B and LoRA-XS cores too, so "kept from previous" is observable. */
 function makePrevious(strategy: Strategy, maxRank = MAX, seed = 7): LoraAdapter {
   const g = strategy.init(SHAPES, maxRank, 2 * maxRank, seed, BASE);
   const next = rng(seed + 1000);
-  for (const [name, t] of g.tensors) if (parseLoraName(name)!.factor === 'B') t.data.set(randTensor(t.shape as [number, number], next).data);
+  for (const [name, t] of g.tensors) if (parseLoraName(name)?.factor === 'B' || parseXsName(name)) t.data.set(randTensor(t.shape as [number, number], next).data);
   return g;
 }
 
+/** A client's trained tensors at `rank`: A, B and a LoRA-XS core R per module (each strategy reads what it shares). */
 function makeUpdate(rank: number, weight: number, seed: number, shapes = SHAPES): ClientUpdate {
-  const next = rng(seed);
+  const next = rng(seed), nextR = rng(seed + 7777);
   const tensors: TensorMap = new Map();
   for (const [m, s] of shapes) {
     tensors.set(loraAName(m), randTensor([rank, s.in], next));
     tensors.set(loraBName(m), randTensor([s.out, rank], next));
+    tensors.set(xsRName(m), randTensor([rank, rank], nextR));
   }
   return { tensors, rank, weight };
+}
+
+/** Rank slot of element i of a tensor (row of A, column of B, max(row, col) of a LoRA-XS core), as the layout assigns it. */
+function slotAt(name: string, shape: readonly number[], i: number): number {
+  return slotOf(makeLayout([{ name, shape }]), i);
 }
 
 function expectSameAdapter(x: LoraAdapter, y: LoraAdapter, tol = 0): void {
@@ -144,15 +151,12 @@ describe('aggregation strategies: contract suite', () => {
         const low = [makeUpdate(2, 1, 51), makeUpdate(1, 4, 52), makeUpdate(4, 0, 53)]; // the rank-4 client has weight 0
         const out = aggregatePlain(strategy, low, prev, MAX);
         for (const k of shared) {
-          const factor = parseLoraName(k)!.factor;
           const t = out.tensors.get(k)!, p = prev.tensors.get(k)!;
-          const cols = t.shape[1]!;
           for (let i = 0; i < t.data.length; i++) {
-            const slot = factor === 'A' ? Math.floor(i / cols) : i % cols;
-            if (slot >= 2) expect(t.data[i], `${k}[${i}]`).to.equal(p.data[i]);
+            if (slotAt(k, t.shape, i) >= 2) expect(t.data[i], `${k}[${i}]`).to.equal(p.data[i]);
           }
           // and slots 0–1 were trained: at least one element moved
-          const moved = [...t.data].some((v, i) => (factor === 'A' ? Math.floor(i / cols) : i % cols) < 2 && v !== p.data[i]);
+          const moved = [...t.data].some((v, i) => slotAt(k, t.shape, i) < 2 && v !== p.data[i]);
           expect(moved, k).to.equal(true);
         }
         expectSameAdapter(prev, aggregatePlain(strategy, [], prev, MAX));
@@ -181,8 +185,9 @@ describe('aggregation strategies: contract suite', () => {
         expectThrowsCode(() => aggregatePlain(strategy, [{ ...makeUpdate(2, 1, 63), rank: 3 }], prev, MAX), ProtocolError, 'BAD_SHAPE');
         expectThrowsCode(() => aggregatePlain(strategy, [makeUpdate(2, -1, 64)], prev, MAX), ProtocolError, 'BAD_WEIGHT');
         expectThrowsCode(() => aggregatePlain(strategy, [makeUpdate(2, Infinity, 64)], prev, MAX), ProtocolError, 'BAD_WEIGHT');
+        // (a LoRA-XS core is [rank, rank] whatever the module's in/out, so only A/B can be mis-sized there)
         const wrongIn = makeUpdate(2, 1, 65, new Map([['layers.0.q', { in: 6, out: 5 }], ['layers.0.v', { in: 3, out: 6 }]]));
-        expectThrowsCode(() => aggregatePlain(strategy, [wrongIn], prev, MAX), ProtocolError, 'BAD_SHAPE');
+        if (shared.some((k) => parseLoraName(k))) expectThrowsCode(() => aggregatePlain(strategy, [wrongIn], prev, MAX), ProtocolError, 'BAD_SHAPE');
         const missing = makeUpdate(2, 1, 66);
         missing.tensors.delete(shared[0]!);
         expectThrowsCode(() => aggregatePlain(strategy, [missing], prev, MAX), ProtocolError, 'MISSING_TENSOR');
@@ -211,13 +216,13 @@ describe('aggregation strategies: contract suite', () => {
         for (const k of shared) {
           const t = u.tensors.get(k)!;
           const c = strategy.contribution(k, t, 2.5, MAX);
-          const factor = parseLoraName(k)!.factor;
-          expect(c.shape).to.deep.equal(factor === 'A' ? [MAX, t.shape[1]] : [t.shape[0], MAX]);
+          const factor = parseLoraName(k)?.factor;
+          expect(c.shape).to.deep.equal([factor === 'B' ? t.shape[0] : MAX, factor === 'A' ? t.shape[1] : MAX]);
           const cols = c.shape[1]!;
           for (let i = 0; i < c.data.length; i++) {
             const row = Math.floor(i / cols), col = i % cols;
-            const slot = factor === 'A' ? row : col;
-            const src = factor === 'A' ? t.data[row * t.shape[1]! + col] : t.data[row * t.shape[1]! + col];
+            const slot = slotAt(k, c.shape, i);
+            const src = row < t.shape[0]! && col < t.shape[1]! ? t.data[row * t.shape[1]! + col] : undefined;
             expect(c.data[i]).to.equal(slot < 2 ? Math.fround(src! * 2.5) : 0);
           }
         }
@@ -256,9 +261,8 @@ describe('aggregation strategies: contract suite', () => {
           expect(sameBits(roundOn(server, [], g1), g1)).to.equal(true);
           const g2 = roundOn(server, [makeUpdate(2, 1, 91), makeUpdate(1, 4, 92), makeUpdate(4, 0, 93)], g1);
           for (const [k, x] of g2.tensors) {
-            const p = parseLoraName(k)!, cols = x.shape[1]!;
             x.data.forEach((v, i) => {
-              const slot = p.factor === 'A' ? Math.floor(i / cols) : i % cols;
+              const slot = slotAt(k, x.shape, i);
               if (slot >= 2 || !strategy.isShared(k)) expect(Object.is(v, g1.tensors.get(k)!.data[i]), `${k}[${i}]`).to.equal(true);
             });
           }
@@ -288,12 +292,14 @@ describe('aggregation strategies: contract suite', () => {
         });
       });
 
-      it('inits deterministically: A from the seed, B zero, config at maxRank', () => {
+      it('inits deterministically: A from the seed, B zero (LoRA-XS: seeded factors, R zero), config at maxRank', () => {
         const a = strategy.init(SHAPES, MAX, 16, 5, BASE), b = strategy.init(SHAPES, MAX, 16, 5, BASE), c = strategy.init(SHAPES, MAX, 16, 6, BASE);
         expectSameAdapter(a, b);
         expect(a.config).to.deep.equal({ ...BASE, r: MAX, loraAlpha: 16 });
+        const xs = [...a.tensors.keys()].some((k) => parseXsName(k));
         for (const [k, t] of a.tensors) {
-          if (parseLoraName(k)!.factor === 'B') expect(t.data.every((v) => v === 0), k).to.equal(true);
+          // the product starts at zero: B = 0, or under LoRA-XS the core R = 0 between non-zero factors
+          if (parseXsName(k) || (!xs && parseLoraName(k)!.factor === 'B')) expect(t.data.every((v) => v === 0), k).to.equal(true);
           else expect(maxAbsDiff(t.data, c.tensors.get(k)!.data), k).to.be.greaterThan(0);
         }
       });
@@ -311,7 +317,10 @@ describe('aggregation strategies: specifics', () => {
       ['rank-aware', true, true, true, false],
       ['fedsa', true, false, false, false],
       ['fedavgm', true, true, false, false],
+      ['lora-xs', false, false, false, false],
     ]);
+    // LoRA-XS shares (and trains) only its r×r cores
+    expect(strategyNames().map(getStrategy).filter((s) => s.isShared(xsRName('m'))).map((s) => s.name)).to.deep.equal(['lora-xs']);
   });
 
   it('keeps personal and trains exactly what each strategy says', () => {
@@ -323,6 +332,7 @@ describe('aggregation strategies: specifics', () => {
       ['rank-aware', false, false, true, true],
       ['fedsa', false, true, true, true],
       ['fedavgm', false, false, true, true],
+      ['lora-xs', false, false, false, false],
     ]);
   });
 
