@@ -38,6 +38,17 @@ export interface Scenario {
   evalFraction: number;
   /** Cap on eval examples per client (keeps per-round evaluation cheap). */
   maxEvalPerClient: number;
+  /**
+   * Size of the pooled test set: emails drawn from the corpus before the subsample and the partition,
+   * with a fixed seed (the same set for every seed, run and baseline). The global adapter and the
+   * centralized baseline are measured on it, once per round. 0 = none (the global adapter is then
+   * measured on the clients' eval splits).
+   */
+  testSet: number;
+  /** Final figures are the mean over this many last evaluated rounds (clamped to the rounds there are). */
+  finalWindow: number;
+  /** More than one seed: run the scenario once per seed and report mean ± sd of every figure (`seed` is then unused). */
+  seeds: number[];
   clients: number;
   clientsPerRound: number;
   minClients: number;
@@ -82,6 +93,9 @@ export const DEFAULTS: Scenario = {
   partition: { kind: 'dirichlet', alpha: 0.5 },
   evalFraction: 0.25,
   maxEvalPerClient: 32,
+  testSet: 0,
+  finalWindow: 3,
+  seeds: [],
   clients: 8,
   clientsPerRound: 8,
   minClients: 2,
@@ -150,7 +164,7 @@ function strategy(v: unknown, field: string, dflt: ScenarioStrategy): ScenarioSt
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'seed', 'backend', 'workers']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'seed', 'backend', 'workers']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -197,6 +211,14 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     }
     if (Math.abs(sum - 1) > 1e-6) fail('rankMix', `fractions must sum to 1, got ${sum}`);
   }
+
+  let seeds: number[] = [];
+  if (raw.seeds !== undefined) {
+    if (!Array.isArray(raw.seeds) || raw.seeds.length > 32) fail('seeds', 'must be a list of at most 32 seeds');
+    seeds = raw.seeds.map((x, i) => int(x, `seeds[${i}]`, 0, 2 ** 31 - 1, 0));
+    if (new Set(seeds).size !== seeds.length) fail('seeds', `must not repeat a seed, got ${JSON.stringify(raw.seeds)}`);
+  }
+  if (raw.extends !== undefined) fail('extends', 'is resolved when a scenario is loaded from a file (loadScenario), not by parseScenario');
 
   let personal: string[] = [];
   if (raw.personal !== undefined) {
@@ -255,6 +277,9 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     partition,
     evalFraction: num(raw.evalFraction, 'evalFraction', 0, 0.9, d.evalFraction, true),
     maxEvalPerClient: int(raw.maxEvalPerClient, 'maxEvalPerClient', 1, 100_000, d.maxEvalPerClient),
+    testSet: int(raw.testSet, 'testSet', 0, 100_000, d.testSet),
+    finalWindow: int(raw.finalWindow, 'finalWindow', 1, 10_000, d.finalWindow),
+    seeds,
     clients, clientsPerRound, minClients,
     rounds: int(raw.rounds, 'rounds', 1, 10_000, d.rounds),
     strategy: strat,
@@ -307,11 +332,9 @@ export async function presetNames(): Promise<string[]> {
   return (await readdir(PRESETS_DIR)).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
 }
 
-/** Loads a scenario from a preset name (`default`, `tiny-ci`, …) or a JSON file path. */
-export async function loadScenario(ref: string): Promise<Scenario> {
-  let file = ref;
-  const isPreset = /^[\w-]+$/.test(ref) && !ref.endsWith('.json');
-  if (isPreset) file = join(PRESETS_DIR, `${ref}.json`);
+const MAX_EXTENDS_DEPTH = 4;
+
+async function readScenarioJson(file: string, presetRef?: string): Promise<unknown> {
   let text: string;
   try {
     const st = await stat(file);
@@ -319,21 +342,32 @@ export async function loadScenario(ref: string): Promise<Scenario> {
     text = await readFile(file, 'utf8');
   } catch (e) {
     if (e instanceof ConfigError) throw e;
-    if (isPreset) throw new ConfigError(`no scenario preset "${ref}" (presets: ${(await presetNames()).join(', ')}) and no file by that name`);
+    if (presetRef !== undefined) throw new ConfigError(`no scenario preset "${presetRef}" (presets: ${(await presetNames()).join(', ')}) and no file by that name`);
     throw new ConfigError(`cannot read scenario ${resolve(file)}: ${errorMessage(e)}`);
   }
-  let raw: unknown;
-  try { raw = JSON.parse(text); } catch (e) { throw new ConfigError(`scenario ${file} is not valid JSON: ${errorMessage(e)}`); }
-  if (isPreset) raw = presetPaths(raw);
-  return parseScenario(raw, isPreset ? ref : 'custom');
+  try { return JSON.parse(text) as unknown; } catch (e) { throw new ConfigError(`scenario ${file} is not valid JSON: ${errorMessage(e)}`); }
 }
 
-/** A bundled preset's relative `model` / `dataset` paths name files inside the package. */
-function presetPaths(raw: unknown): unknown {
-  if (!isObj(raw)) return raw;
-  const out: Obj = { ...raw };
-  const inPackage = (v: unknown): unknown => (typeof v === 'string' && v !== '' && !isAbsolute(v) ? resolve(packageRoot(), v) : v);
-  if (out.model !== undefined) out.model = inPackage(out.model);
-  if (out.dataset !== undefined && out.dataset !== 'spam') out.dataset = inPackage(out.dataset);
-  return out;
+/**
+ * Resolves `"extends": "<preset>"`: the named preset's fields, then this file's own fields on top
+ * (a top-level field replaces the preset's whole value). Presets may extend presets, 4 levels at most.
+ */
+async function resolveExtends(raw: unknown, chain: string[]): Promise<unknown> {
+  if (!isObj(raw) || raw.extends === undefined) return raw;
+  const base = raw.extends;
+  if (typeof base !== 'string' || !/^[\w-]+$/.test(base)) fail('extends', `must be the name of a preset (${(await presetNames()).join(', ')}), got ${JSON.stringify(base)}`);
+  if (chain.includes(base)) fail('extends', `cycle: ${[...chain, base].join(' → ')}`);
+  if (chain.length > MAX_EXTENDS_DEPTH) fail('extends', `more than ${MAX_EXTENDS_DEPTH} levels (${[...chain, base].join(' → ')})`);
+  const parent = await resolveExtends(await readScenarioJson(join(PRESETS_DIR, `${base}.json`), base), [...chain, base]);
+  const own: Obj = { ...raw };
+  delete own.extends;
+  return { ...(isObj(parent) ? parent : {}), ...own };
+}
+
+/** Loads a scenario from a preset name (`default`, `tiny-ci`, …) or a JSON file path; follows `extends`. */
+export async function loadScenario(ref: string): Promise<Scenario> {
+  const isPreset = /^[\w-]+$/.test(ref) && !ref.endsWith('.json');
+  const file = isPreset ? join(PRESETS_DIR, `${ref}.json`) : ref;
+  const raw = await resolveExtends(await readScenarioJson(file, isPreset ? ref : undefined), [isPreset ? ref : file]);
+  return parseScenario(raw, isPreset ? ref : 'custom');
 }

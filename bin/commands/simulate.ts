@@ -1,7 +1,7 @@
 import { join } from 'node:path';
-import { formatSummaryTable } from '../../simulations/report/index.js';
+import { formatSummaryTable, formatRoundLine } from '../../simulations/report/index.js';
 import { loadScenario, parseScenario, presetNames } from '../../simulations/scenario.js';
-import { runSimulation, type SimEvent } from '../../simulations/runner/run.js';
+import { runScenario, type SimEvent, type SimProgress } from '../../simulations/runner/run.js';
 import { ConfigError } from '../../shared/errors.js';
 import { setLogLevel } from '../../shared/log.js';
 import { intFlag, str, type Command } from './flags.js';
@@ -22,22 +22,39 @@ Scenario files (JSON; docs/SCENARIOS.md has every field and its default):
     "faults": {"dropoutProbability": 0.3, "dropoutsPerRound": 1,
                "stragglers": {"fraction": 0.2, "minDelayMs": 1000, "maxDelayMs": 8000},
                "kill": {"client": 0, "round": 2, "afterMs": 300}},
-    "roundTimeoutMs": 120000, "secureAggregation": true, "seed": 42, "backend": "wasm", "workers": 0
+    "evalFraction": 0.3, "maxEvalPerClient": 32,      each client's held-out split and its cap
+    "testSet": 256,                                  pooled test set (fixed, drawn before the partition; 0 = none)
+    "finalWindow": 3,                                final figures = mean of the last K evaluated rounds
+    "roundTimeoutMs": 120000, "secureAggregation": true, "seed": 42, "backend": "wasm", "workers": 0,
+    "seeds": [42, 43, 44],                           several seeds: one run each, report of mean ± sd
+    "extends": "default"                             start from a preset's fields
   }
 `;
+
+/** Progress lines when stderr is not a terminal (CI logs, pipes): one every this many ms. */
+export const PLAIN_PROGRESS_MS = 15_000;
+
+export function progressLine(p: SimProgress): string {
+  const fed = p.runsDone < p.runsTotal
+    ? `${p.run} round ${p.round}/${p.rounds} ${p.phase}: ${p.uploaded}/${p.participants} uploaded${p.dropped ? `, ${p.dropped} dropped` : ''}`
+    : 'federated runs done';
+  return `[${(p.elapsedMs / 1000).toFixed(0).padStart(4)}s] ${fed} · runs done ${p.runsDone}/${p.runsTotal}${p.detail ? ` · ${p.detail}` : ''}`;
+}
 
 function clear(): void { process.stderr.write('\r\x1b[2K'); }
 
 export const simulateCommand: Command = {
   name: 'simulate',
   summary: 'Run a federation locally: one coordinator per strategy and many clients over the real protocol, with baselines and a report.',
-  usage: 'fedlora simulate [--scenario FILE|PRESET] [--out DIR] [overrides]',
+  usage: 'fedlora simulate [--scenario FILE|PRESET | --preset NAME] [--out DIR] [overrides]',
   flags: {
-    scenario: { type: 'string', help: 'scenario JSON file or preset name (default, dropout30, stragglers, killed-client, tiny-ci)', default: 'default' },
+    scenario: { type: 'string', help: 'scenario JSON file or preset name (default, benchmark, dropout30, stragglers, killed-client, tiny-ci)', default: 'default' },
+    preset: { type: 'string', help: 'a bundled preset by name (same as --scenario NAME), e.g. --preset benchmark (3 seeds, mean ± sd)' },
     out: { type: 'string', help: 'output folder for report.json/.html/.png, client data and checkpoints (default: runs/<timestamp>)' },
     rounds: { type: 'string', help: 'override the scenario\'s rounds' },
     clients: { type: 'string', help: 'override the number of clients (clients per round follows when it was "all")' },
-    seed: { type: 'string', help: 'override the seed (partition, ranks, sampling, faults, init)' },
+    seed: { type: 'string', help: 'override the seed (partition, ranks, sampling, faults, init); runs that one seed only' },
+    seeds: { type: 'string', help: 'comma-separated seeds: one run each and a report of mean ± sd (e.g. 42,43,44)' },
     backend: { type: 'string', help: 'override the tfjs backend: auto | tensorflow | webgpu | wasm | cpu' },
     workers: { type: 'string', help: 'worker processes hosting clients (0 = one per CPU core)' },
     'insecure-aggregation': { type: 'boolean', help: 'turn secure aggregation off (plain sums; faster, for comparison only)' },
@@ -45,7 +62,10 @@ export const simulateCommand: Command = {
   },
   async run(v) {
     if (v['list-presets'] === true) { process.stdout.write(`${(await presetNames()).join('\n')}\n`); return 0; }
-    const base = await loadScenario(str(v.scenario, 'scenario') ?? 'default');
+    const preset = str(v.preset, 'preset');
+    if (preset !== undefined && !/^[\w-]+$/.test(preset)) throw new ConfigError(`--preset ${JSON.stringify(preset)}: a preset name (${(await presetNames()).join(', ')}); use --scenario for a file`);
+    if (preset !== undefined && v.scenario !== undefined && v.scenario !== 'default') throw new ConfigError('give --preset or --scenario, not both');
+    const base = await loadScenario(preset ?? str(v.scenario, 'scenario') ?? 'default');
     const raw: Record<string, unknown> = { ...base };
     const rounds = intFlag(v.rounds, 'rounds', 1);
     const clients = intFlag(v.clients, 'clients', 1);
@@ -58,7 +78,13 @@ export const simulateCommand: Command = {
       raw.minClients = Math.min(base.minClients, raw.clientsPerRound as number);
       if (base.faults.kill && base.faults.kill.client >= clients) throw new ConfigError(`--clients ${clients}: the scenario kills client ${base.faults.kill.client}`);
     }
-    if (seed !== undefined) raw.seed = seed;
+    if (seed !== undefined) { raw.seed = seed; raw.seeds = []; }
+    if (v.seeds !== undefined) {
+      const list = (str(v.seeds, 'seeds') ?? '').split(',').map((x) => x.trim());
+      if (seed !== undefined) throw new ConfigError('give --seed or --seeds, not both');
+      if (!list.every((x) => /^\d{1,10}$/.test(x))) throw new ConfigError(`--seeds must be comma-separated non-negative integers, got ${JSON.stringify(v.seeds)}`);
+      raw.seeds = list.map(Number);
+    }
     if (workers !== undefined) raw.workers = workers;
     if (v.backend !== undefined) raw.backend = str(v.backend, 'backend');
     if (v['insecure-aggregation'] === true) raw.secureAggregation = false;
@@ -66,26 +92,30 @@ export const simulateCommand: Command = {
     const outDir = str(v.out, 'out') ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
     const tty = process.stderr.isTTY === true;
     let live = false;
+    let lastPlain = Date.now();
     const onEvent = (e: SimEvent) => {
       if (e.type === 'progress') {
-        if (!tty) return;
-        const p = e.progress;
-        clear();
-        process.stderr.write(`[${(p.elapsedMs / 1000).toFixed(0).padStart(4)}s] ${p.run} round ${p.round}/${p.rounds} ${p.phase}: ${p.uploaded}/${p.participants} uploaded${p.dropped ? `, ${p.dropped} dropped` : ''} · runs done ${p.runsDone}/${p.runsTotal}`);
-        live = true;
+        if (tty) {
+          clear();
+          process.stderr.write(progressLine(e.progress));
+          live = true;
+        } else if (Date.now() - lastPlain >= PLAIN_PROGRESS_MS) {
+          // not a terminal: no carriage-return line, but a plain line now and then (baselines run for minutes)
+          lastPlain = Date.now();
+          process.stderr.write(`${progressLine(e.progress)}\n`);
+        }
         return;
       }
       if (live) { clear(); live = false; }
+      lastPlain = Date.now();
       if (e.type === 'log') process.stderr.write(`${e.message}\n`);
-      else {
-        const acc = (x: number | null) => (x === null ? '–' : x.toFixed(3));
-        process.stderr.write(`${e.run}: round ${e.round}/${e.rounds} done in ${(e.wallMs / 1000).toFixed(1)}s — ${e.contributors}/${e.participants} updates${e.dropouts.length ? ` (dropped: ${e.dropouts.join(', ')})` : ''}, train loss ${e.trainLoss?.toFixed(3) ?? '–'}, global acc ${acc(e.globalAcc)}, personalized acc ${acc(e.personalAcc)}\n`);
-      }
+      else process.stderr.write(`${formatRoundLine(e)}\n`);
     };
-    process.stderr.write(`fedlora simulate: scenario ${scenario.name}: ${scenario.clients} clients, ${scenario.rounds} rounds, ${[scenario.strategy, ...scenario.compare].join(' + ')}${scenario.secureAggregation ? ', secure aggregation' : ''} → ${outDir}\n`);
+    const seedsNote = scenario.seeds.length > 1 ? `, seeds ${scenario.seeds.join(', ')} (one run each, then mean ± sd)` : '';
+    process.stderr.write(`fedlora simulate: scenario ${scenario.name}: ${scenario.clients} clients, ${scenario.rounds} rounds, ${[scenario.strategy, ...scenario.compare].join(' + ')}${scenario.secureAggregation ? ', secure aggregation' : ''}${seedsNote} → ${outDir}\n`);
     // the runner reports progress itself; library info lines (every join, every phase) would bury it
     if (!process.env.FEDLORA_LOG) setLogLevel('warn');
-    const res = await runSimulation(scenario, { outDir, onEvent });
+    const res = await runScenario(scenario, { outDir, onEvent });
     if (live) clear();
     process.stdout.write(`${formatSummaryTable(res.report)}\n`);
     process.stdout.write(`wall time ${(res.report.wallMs / 1000).toFixed(1)} s\nreport: ${res.files.json}\n        ${res.files.html}\n        ${res.files.png}\n`);

@@ -11,7 +11,8 @@ import type { Report } from './types.js';
 
 export * from './types.js';
 export { renderReportHtml } from './html.js';
-export { formatSummaryTable, finalRows, totals, gaps } from './summary.js';
+export { formatSummaryTable, formatRoundLine, finalRows, totals, gaps, rowCells, fmtPct, windowNote, globalOn, ON_LABEL } from './summary.js';
+export { aggregateReports, aggregateMetrics, aggregateFinal, aggregateCurves, finalFigure, meanSd, meanMetrics } from './stats.js';
 export { sampleReport } from './sample.js';
 export { reportFont, svgToPng } from './raster.js';
 

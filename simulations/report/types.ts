@@ -7,7 +7,7 @@
  * unweighted means of per-client figures, the number the acceptance criterion compares.
  */
 
-export const REPORT_SCHEMA_VERSION = 1;
+export const REPORT_SCHEMA_VERSION = 2;
 
 /** Evaluation of one adapter on one eval set (or the mean over clients' eval sets). */
 export interface EvalMetrics {
@@ -17,6 +17,55 @@ export interface EvalMetrics {
   f1: number | null;
   /** Eval examples behind the figure (summed over clients for a mean). */
   n?: number;
+  /** Sample standard deviation over seeds (multi-seed reports only; absent for a single seed). */
+  sd?: { loss: number | null; accuracy: number | null; f1: number | null };
+  /** Seeds behind a mean ± sd figure (multi-seed reports only). */
+  seeds?: number;
+}
+
+/**
+ * A final figure: `mean` over the last `window` evaluated rounds (the headline number), plus the
+ * last evaluated round alone. Both are EvalMetrics (with `sd` over seeds in a multi-seed report).
+ */
+export interface FinalFigure extends EvalMetrics {
+  /** The last evaluated round alone. */
+  last?: EvalMetrics;
+  /** How many evaluated rounds the mean covers (the scenario's finalWindow, clamped to the rounds there are). */
+  window?: number;
+}
+
+/** Accuracy of label-only predictors, from the data alone: what an adapter must beat. */
+export interface ReferenceRates {
+  /** Always predicting the majority label of the pooled training data (every client's train split). */
+  alwaysMajority: {
+    label: string;
+    /** On the pooled test set (absent without one). */
+    test?: EvalMetrics;
+    /** Mean over clients of the rate on each client's own eval split. */
+    clients: EvalMetrics;
+  };
+  /** Each client predicting its own training majority on its own eval split (mean over clients). */
+  perClientMajority: { clients: EvalMetrics };
+}
+
+/** How the figures were measured. */
+export interface EvaluationInfo {
+  /** Where the global adapter (and the centralized baseline) is measured: the pooled test set, or the mean over clients' eval splits. */
+  global: 'test' | 'clients';
+  /** Size of the pooled test set (0 = none). */
+  testExamples: number;
+  /** Eval examples per client: the smallest, the largest and the total. */
+  perClient: { min: number; max: number; total: number };
+  /** Final figures are the mean over this many last evaluated rounds (the scenario's finalWindow). */
+  finalWindow: number;
+}
+
+/** One seed of a multi-seed report. */
+export interface SeedRun {
+  seed: number;
+  /** The seed's own report folder, relative to the multi-seed report's folder. */
+  dir: string;
+  wallMs: number;
 }
 
 export interface ClientInfo {
@@ -40,7 +89,7 @@ export interface ClientRound {
   rank?: number;
   trainLoss?: number | null;
   localSteps?: number;
-  /** Global adapter (after this round's aggregation) on this client's eval split. */
+  /** Global adapter (after this round's aggregation) on this client's eval split (every round without a pooled test set; the last round only with one). */
   global?: EvalMetrics;
   /** Global adapter + this client's personal tensors on its eval split. */
   personalized?: EvalMetrics;
@@ -55,9 +104,12 @@ export interface RoundRecord {
   stragglers?: string[];
   /** Mean training loss over participants that finished. */
   trainLoss: number | null;
-  /** Mean over clients of the global adapter's eval figures. */
+  /**
+   * The global adapter after this round's aggregation: on the pooled test set when the scenario has
+   * one (evaluation.global = "test"), else the mean over clients of their eval splits.
+   */
   global: EvalMetrics;
-  /** Mean over clients of the personalized figures. */
+  /** Mean over the clients that trained this round of the personalized figures (measured right after local training). */
   personalized: EvalMetrics;
   clients: ClientRound[];
   bytes: {
@@ -76,12 +128,14 @@ export interface CurvePoint {
   loss?: number | null;
   accuracy?: number | null;
   f1?: number | null;
+  /** Sample sd over seeds (multi-seed reports only). */
+  sd?: { loss: number | null; accuracy: number | null; f1: number | null };
 }
 
 export interface StrategyResult {
   strategy: string;
-  final: { global: EvalMetrics; personalized?: EvalMetrics };
-  /** Per-round mean over clients (global adapter; personalized where the strategy has it). */
+  final: { global: FinalFigure; personalized?: FinalFigure };
+  /** Per-round figures (global adapter as in RoundRecord.global; personalized where the strategy has it). */
   curve: CurvePoint[];
   personalizedCurve?: CurvePoint[];
   bytesUpTotal?: number;
@@ -91,12 +145,18 @@ export interface StrategyResult {
 export interface Baselines {
   /** Each client trains alone on its own data with the same local-step budget. */
   localOnly?: {
-    final: EvalMetrics;
+    final: FinalFigure;
     perClient: { clientId: string; metrics: EvalMetrics }[];
     curve?: CurvePoint[];
   };
   /** One LoRA trained on all clients' pooled train data: the upper bound. */
-  centralized?: { final: EvalMetrics; curve?: CurvePoint[] };
+  centralized?: {
+    /** Measured where the global adapter is (evaluation.global). */
+    final: FinalFigure;
+    curve?: CurvePoint[];
+    /** Mean over clients' eval splits, when the headline figure is on the pooled test set. */
+    clients?: { final: FinalFigure; curve: CurvePoint[] };
+  };
   /** Every strategy run on the same partition and budget (including the main one, if repeated). */
   strategies: StrategyResult[];
 }
@@ -115,8 +175,23 @@ export interface Report {
   metricsNote?: string;
   clients: ClientInfo[];
   rounds: RoundRecord[];
-  /** The main run's final figures (last round), repeated for convenience. */
-  final: { global: EvalMetrics; personalized: EvalMetrics; rounds: number };
+  /** The main run's final figures (mean over the last evaluated rounds, and the last one), repeated for convenience. */
+  final: {
+    global: FinalFigure;
+    personalized: FinalFigure;
+    rounds: number;
+    /**
+     * The exported final adapter on every client's eval split (mean over clients): the global adapter
+     * at each client's rank, and with the client's personal tensors in place.
+     */
+    exported?: { global: EvalMetrics; personalized: EvalMetrics };
+  };
+  /** How the figures were measured (absent in reports from before schema 2's runner). */
+  evaluation?: EvaluationInfo;
+  /** Label-only reference rates, drawn as dashed lines on the accuracy charts. */
+  references?: ReferenceRates;
+  /** A multi-seed report: every figure is the mean over these seeds, with `sd`; each seed has its own report. */
+  seeds?: SeedRun[];
   baselines: Baselines;
   wallMs: number;
   notes?: string[];

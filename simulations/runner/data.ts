@@ -1,7 +1,8 @@
 /**
  * Deals a scenario's dataset out to simulated clients and writes each client's private files:
- * `<out>/clients/<id>/train.jsonl` and `eval.jsonl`. Pure function of (scenario, seed): the same
- * seed gives the same partition, ranks and files.
+ * `<out>/clients/<id>/train.jsonl` and `eval.jsonl`, plus the pooled test set `<out>/test.jsonl`
+ * when the scenario has one. Pure function of (scenario, seed): the same seed gives the same
+ * partition, ranks and files; the test set does not depend on the seed at all.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -27,7 +28,21 @@ export interface SimClient {
   labelCounts: Record<string, number>;
   /** Source mailbox histogram (spam dataset only). */
   groupCounts?: Record<string, number>;
+  /** Labels of the train and eval splits, in file order (reference rates). */
+  trainLabels: string[];
+  evalLabels: string[];
 }
+
+/** The pooled test set: held out of the corpus before the subsample and the partition. */
+export interface TestSet {
+  file: string;
+  examples: Example[];
+  labels: string[];
+  labelCounts: Record<string, number>;
+}
+
+/** The test set's draw does not follow the scenario's seed: every seed, run and baseline sees the same emails. */
+export const TEST_SET_SEED = 'fedlora-test-set-v1';
 
 interface Item { ex: Example; label: string; group: string }
 
@@ -46,6 +61,26 @@ async function pooledItems(s: Scenario): Promise<Item[]> {
   }
   const examples = await loadJsonlDataset(s.dataset);
   return examples.map((ex) => ({ ex, label: labelOf(ex), group: labelOf(ex) }));
+}
+
+/**
+ * Holds `n` items out of the pool with a fixed seed, keeping each (group, label) stratum's share
+ * (largest remainder); returns the held-out items and the rest in their original order.
+ */
+export function holdOut<T extends { group: string; label: string }>(items: readonly T[], n: number, seed: string = TEST_SET_SEED): { test: T[]; rest: T[] } {
+  if (n <= 0) return { test: [], rest: [...items] };
+  if (n >= items.length) throw new ConfigError(`scenario field "testSet": ${n} test examples leave nothing to train on (the pool has ${items.length})`);
+  const rng = new Rng(`testset:${seed}`);
+  const strata = new Map<string, number[]>();
+  items.forEach((it, i) => { const k = `${it.group}\u0000${it.label}`; const g = strata.get(k) ?? []; g.push(i); strata.set(k, g); });
+  const keys = [...strata.keys()].sort();
+  const quotas = keys.map((k) => (strata.get(k)!.length * n) / items.length);
+  const take = quotas.map(Math.floor);
+  let left = n - take.reduce((a, b) => a + b, 0);
+  for (const [, i] of quotas.map((q, i) => [q - Math.floor(q), i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1])) { if (left-- <= 0) break; take[i] = take[i]! + 1; }
+  const chosen = new Set<number>();
+  keys.forEach((k, i) => { for (const idx of rng.shuffle(strata.get(k)!).slice(0, take[i]!)) chosen.add(idx); });
+  return { test: rng.shuffle(items.filter((_, i) => chosen.has(i))), rest: items.filter((_, i) => !chosen.has(i)) };
 }
 
 /** Seeded subsample keeping each group's share. */
@@ -74,7 +109,21 @@ export function clientId(i: number): string {
 
 /** Partitions the dataset, assigns ranks and writes every client's files under `<outDir>/clients`. */
 export async function prepareClients(s: Scenario, outDir: string): Promise<SimClient[]> {
-  const items = subsample(await pooledItems(s), s.maxExamples, s.seed);
+  return (await prepareData(s, outDir)).clients;
+}
+
+/** The pooled test set (if the scenario has one), then the clients' files, from one scenario. */
+export async function prepareData(s: Scenario, outDir: string): Promise<{ clients: SimClient[]; test: TestSet | null }> {
+  const { test: held, rest } = holdOut(await pooledItems(s), s.testSet);
+  let test: TestSet | null = null;
+  if (held.length) {
+    const file = join(outDir, 'test.jsonl');
+    await mkdir(outDir, { recursive: true });
+    await atomicWrite(file, held.map((it) => JSON.stringify(it.ex)).join('\n') + '\n');
+    const labels = held.map((it) => it.label);
+    test = { file, examples: held.map((it) => it.ex), labels, labelCounts: histogram(labels.map((l) => l || 'text')) };
+  }
+  const items = subsample(rest, s.maxExamples, s.seed);
   if (items.length < s.clients * 4) throw new ConfigError(`scenario field "clients": ${s.clients} clients need at least ${s.clients * 4} examples, the dataset has ${items.length}`);
   let parts: Item[][];
   if (s.partition.kind === 'dirichlet') {
@@ -93,7 +142,8 @@ export async function prepareClients(s: Scenario, outDir: string): Promise<SimCl
     await mkdir(dir, { recursive: true });
     const sp = splits[i]!;
     const train = sp.train.map((it) => it.ex);
-    const ev = sp.eval.slice(0, s.maxEvalPerClient).map((it) => it.ex);
+    const evItems = sp.eval.slice(0, s.maxEvalPerClient);
+    const ev = evItems.map((it) => it.ex);
     const trainFile = join(dir, 'train.jsonl');
     const evalFile = join(dir, 'eval.jsonl');
     await atomicWrite(trainFile, train.map((e) => JSON.stringify(e)).join('\n') + '\n');
@@ -101,9 +151,10 @@ export async function prepareClients(s: Scenario, outDir: string): Promise<SimCl
     const all = [...sp.train, ...sp.eval];
     out.push({
       id, index: i, rank: ranks[i]!, dir, trainFile, evalFile, train, eval: ev,
+      trainLabels: sp.train.map((it) => it.label), evalLabels: evItems.map((it) => it.label),
       labelCounts: histogram(all.map((it) => it.label || 'text')),
       ...(s.dataset === 'spam' ? { groupCounts: histogram(all.map((it) => it.group)) } : {}),
     });
   }
-  return out;
+  return { clients: out, test };
 }

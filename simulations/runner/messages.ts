@@ -13,6 +13,11 @@ export interface WorkerInit {
   maxRank: number;
   /** Straggler model shared by every federated run in this worker. */
   stragglers: { fraction: number; minDelayMs: number; maxDelayMs: number } | null;
+  /**
+   * Clients skip their own evaluation of the incoming global adapter (the runner measures each
+   * round's global adapter once, in a worker); the personalized evaluation after training stays.
+   */
+  skipClientGlobalEval?: boolean;
 }
 
 export interface FedClientSpec {
@@ -47,8 +52,8 @@ export interface LocalJob {
   type: 'local';
   jobId: string;
   clients: { id: string; trainFile: string; evalFile: string; rank: number }[];
-  rounds: number;
-  steps: number;
+  /** Local steps in each round-sized chunk (evaluated after each); see `localStepsPerRound` in run.ts. */
+  stepsPerRound: number[];
   lr: number;
   batchSize: number;
 }
@@ -58,11 +63,25 @@ export interface CentralJob {
   jobId: string;
   trainFiles: string[];
   evalClients: { id: string; evalFile: string }[];
+  /** The pooled test set, measured after every round-sized chunk as well (absent without one). */
+  testFile?: string;
   rounds: number;
   stepsPerRound: number;
   lr: number;
   batchSize: number;
 }
+
+/** One round's global adapter (a PEFT folder) on the pooled test set, and/or on clients' eval splits at their ranks. */
+export interface GlobalEvalJob {
+  type: 'evalGlobal';
+  jobId: string;
+  adapterDir: string;
+  testFile?: string;
+  clients?: { id: string; evalFile: string; rank: number }[];
+}
+
+/** Progress of a long job (baselines), for the runner's progress lines. */
+export interface JobProgress { type: 'jobProgress'; jobId: string; kind: 'local' | 'central'; done: number; total: number; detail: string }
 
 export interface EvalJob {
   type: 'eval';
@@ -79,6 +98,7 @@ export type ToWorker =
   | LocalJob
   | CentralJob
   | EvalJob
+  | GlobalEvalJob
   | { type: 'roundEnd'; runId: string; round: number }
   | { type: 'fedEnd'; runId: string }
   | { type: 'exit' };
@@ -99,7 +119,14 @@ export interface ClientRoundMsg {
 }
 
 export interface LocalResult { clients: { id: string; curve: EvalFigures[] }[] }
-export interface CentralResult { curve: EvalFigures[]; perClient: { id: string; metrics: EvalFigures }[] }
+export interface CentralResult {
+  /** Mean over the clients' eval splits after each round-sized chunk. */
+  curve: EvalFigures[];
+  /** On the pooled test set after each chunk (empty without one). */
+  testCurve: EvalFigures[];
+  perClient: { id: string; metrics: EvalFigures }[];
+}
+export interface GlobalEvalResult { test?: EvalFigures; clients: { id: string; metrics: EvalFigures }[] }
 export interface EvalResult { clients: { id: string; global: EvalFigures; personalized: EvalFigures }[] }
 
 export type FromWorker =
@@ -109,6 +136,7 @@ export type FromWorker =
   | { type: 'dropped'; runId: string; clientId: string; round: number }
   | { type: 'straggle'; runId: string; clientId: string; delayMs: number }
   | { type: 'clientError'; runId: string; clientId: string; message: string }
-  | { type: 'result'; jobId: string; result: LocalResult | CentralResult | EvalResult }
+  | { type: 'result'; jobId: string; result: LocalResult | CentralResult | EvalResult | GlobalEvalResult }
+  | JobProgress
   | { type: 'jobError'; jobId: string; message: string }
   | { type: 'fatal'; message: string };

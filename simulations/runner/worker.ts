@@ -21,9 +21,10 @@ import { loadPeftAdapter } from '../../shared/lora/peft.js';
 import { globMatcher } from '../../shared/protocol/index.js';
 import { loadSafetensors, readFloatTensor } from '../../shared/model/safetensors.js';
 import type { LoraAdapter } from '../../shared/lora/adapter.js';
+import { hasXs, xsToLora } from '../../shared/lora/xs.js';
 import type { TextTokenizer } from '../../shared/model/tokenizer.js';
 import { readModelInfo, targetShapes, defaultTargetModules } from '../../shared/model/model-info.js';
-import type { CentralJob, CentralResult, EvalFigures, EvalJob, EvalResult, FedJoin, FromWorker, LocalJob, LocalResult, ToWorker, WorkerInit } from './messages.js';
+import type { CentralJob, CentralResult, EvalFigures, EvalJob, EvalResult, FedJoin, FromWorker, GlobalEvalJob, GlobalEvalResult, LocalJob, LocalResult, ToWorker, WorkerInit } from './messages.js';
 
 let init: WorkerInit | null = null;
 let lm: CausalLM | null = null;
@@ -39,7 +40,9 @@ function figures(m: { loss: number; accuracy: number; f1?: number; examples: num
 }
 
 async function evalOn(adapter: LoraAdapter, examples: readonly Example[]) {
-  const rt = lm!.runtime(adapter);
+  if (examples.length === 0) return { loss: NaN, accuracy: NaN, examples: 0 };
+  // a LoRA-XS adapter is evaluated as the plain LoRA it equals (B' = B·R)
+  const rt = lm!.runtime(hasXs(adapter) ? xsToLora(adapter) : adapter);
   try {
     return await evaluate(lm!, tok!, examples, rt, { maxSeqLen: init!.maxSeqLen });
   } finally {
@@ -47,16 +50,27 @@ async function evalOn(adapter: LoraAdapter, examples: readonly Example[]) {
   }
 }
 
-/** Trains on the client's train file; evaluates on its own eval file (the split is the runner's). */
-async function simTrainer(trainFile: string, evalFile: string, seed: number): Promise<LocalTrainer> {
+/**
+ * Trains on the client's train file; evaluates on its own eval file (the split is the runner's).
+ * With `skipGlobal`, an evaluation asked for before any training since the last one (the client's
+ * look at the incoming global adapter, Client.#train) is answered with the empty-set result
+ * (no examples, no figures): the runner measures each round's global adapter once, on the pooled
+ * test set. The evaluation after training (the personalized adapter) always runs.
+ */
+async function simTrainer(trainFile: string, evalFile: string, seed: number, skipGlobal = false): Promise<LocalTrainer> {
   const [train, ev] = await Promise.all([loadJsonlDataset(trainFile), loadJsonlDataset(evalFile)]);
   const inner = await createTrainer({ modelDir: init!.modelDir, examples: train, lm: lm!, tokenizer: tok!, evalFraction: 0, seed, maxSeqLen: init!.maxSeqLen });
+  let trained = false;
   return {
     moduleShapes: inner.moduleShapes,
     trainExamples: inner.trainExamples,
     evalExamples: ev.length,
-    train: (start, o) => inner.train(start, o),
-    evaluate: (a) => evalOn(a, ev),
+    train: async (start, o) => { const r = await inner.train(start, o); trained = true; return r; },
+    evaluate: (a) => {
+      const before = !trained;
+      trained = false;
+      return skipGlobal && before ? evalOn(a, []) : evalOn(a, ev);
+    },
     dispose: () => inner.dispose(),
   };
 }
@@ -80,7 +94,7 @@ function startClient(join_: FedJoin, spec: FedJoin['clients'][number], dropped: 
   const runId = join_.runId;
   const strag = init!.stragglers;
   const factory: TrainerFactory = async (f) => {
-    const t = await simTrainer(spec.trainFile, spec.evalFile, f.seed);
+    const t = await simTrainer(spec.trainFile, spec.evalFile, f.seed, init!.skipClientGlobalEval === true);
     return {
       ...t,
       moduleShapes: t.moduleShapes, trainExamples: t.trainExamples, evalExamples: t.evalExamples,
@@ -157,15 +171,24 @@ async function onFedEnd(runId: string): Promise<void> {
 
 async function onLocal(j: LocalJob): Promise<LocalResult> {
   const out: LocalResult = { clients: [] };
-  for (const c of j.clients) {
+  const rounds = j.stepsPerRound.length;
+  for (const [ci, c] of j.clients.entries()) {
     const t = await simTrainer(c.trainFile, c.evalFile, init!.seed);
     try {
       let a = await initialAdapter(c.rank);
+      let last: EvalFigures | null = null;
       const curve: EvalFigures[] = [];
-      for (let r = 1; r <= j.rounds; r++) {
-        // the same chunks as a federated client's rounds (fresh optimizer each), minus the averaging
-        a = (await t.train(a, { steps: j.steps, lr: j.lr, batchSize: j.batchSize, seed: (init!.seed + r * 7919) >>> 0, trainable: () => true })).adapter;
-        curve.push(figures(await t.evaluate(a)));
+      for (let r = 1; r <= rounds; r++) {
+        progress(j.jobId, 'local', ci * rounds + r - 1, j.clients.length * rounds, `client ${c.id} round ${r}/${rounds}`);
+        // the same chunks as a federated client's rounds, minus the averaging; the trainer carries
+        // its AdamW moments from one chunk to the next, as a federated client's trainer does
+        const steps = j.stepsPerRound[r - 1]!;
+        if (steps > 0) {
+          a = (await t.train(a, { steps, lr: j.lr, batchSize: j.batchSize, seed: (init!.seed + r * 7919) >>> 0, trainable: () => true })).adapter;
+          last = null;
+        }
+        last ??= figures(await t.evaluate(a));
+        curve.push(last);
       }
       out.clients.push({ id: c.id, curve });
     } finally { t.dispose(); }
@@ -173,22 +196,35 @@ async function onLocal(j: LocalJob): Promise<LocalResult> {
   return out;
 }
 
+let lastProgressAt = 0;
+/** At most one progress message a second per worker. */
+function progress(jobId: string, kind: 'local' | 'central', done: number, total: number, detail: string): void {
+  const now = Date.now();
+  if (now - lastProgressAt < 1000) return;
+  lastProgressAt = now;
+  send({ type: 'jobProgress', jobId, kind, done, total, detail });
+}
+
 async function onCentral(j: CentralJob): Promise<CentralResult> {
   const pooled: Example[] = [];
   for (const f of j.trainFiles) pooled.push(...(await loadJsonlDataset(f)));
   const evals = await Promise.all(j.evalClients.map(async (c) => ({ id: c.id, ex: await loadJsonlDataset(c.evalFile) })));
+  const test = j.testFile ? await loadJsonlDataset(j.testFile) : null;
   const t = await createTrainer({ modelDir: init!.modelDir, examples: pooled, lm: lm!, tokenizer: tok!, evalFraction: 0, seed: init!.seed, maxSeqLen: init!.maxSeqLen });
   try {
     let a = await initialAdapter(init!.maxRank);
     const curve: EvalFigures[] = [];
+    const testCurve: EvalFigures[] = [];
     let perClient: CentralResult['perClient'] = [];
     for (let r = 1; r <= j.rounds; r++) {
+      progress(j.jobId, 'central', r - 1, j.rounds, `round ${r}/${j.rounds} (${j.stepsPerRound} steps)`);
       a = (await t.train(a, { steps: j.stepsPerRound, lr: j.lr, batchSize: j.batchSize, seed: (init!.seed + r * 7919) >>> 0, trainable: () => true })).adapter;
       perClient = [];
       for (const c of evals) perClient.push({ id: c.id, metrics: figures(await evalOn(a, c.ex)) });
       curve.push(meanFigures(perClient.map((p) => p.metrics)));
+      if (test) testCurve.push(figures(await evalOn(a, test)));
     }
-    return { curve, perClient };
+    return { curve, testCurve, perClient };
   } finally { t.dispose(); }
 }
 
@@ -229,6 +265,17 @@ async function onEval(j: EvalJob): Promise<EvalResult> {
   return out;
 }
 
+async function onEvalGlobal(j: GlobalEvalJob): Promise<GlobalEvalResult> {
+  const adapter = await loadPeftAdapter(j.adapterDir);
+  const out: GlobalEvalResult = { clients: [] };
+  if (j.testFile) out.test = figures(await evalOn(adapter, await loadJsonlDataset(j.testFile)));
+  for (const c of j.clients ?? []) {
+    // each client sees the global adapter at its own rank, as it does at the start of a round
+    out.clients.push({ id: c.id, metrics: figures(await evalOn(adapterForRank(adapter, Math.min(c.rank, adapter.config.r)), await loadJsonlDataset(c.evalFile))) });
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------ dispatch
 
 async function handle(m: ToWorker): Promise<void> {
@@ -251,9 +298,10 @@ async function handle(m: ToWorker): Promise<void> {
     // falls through (process.exit never returns)
     case 'local':
     case 'central':
-    case 'eval': {
+    case 'eval':
+    case 'evalGlobal': {
       try {
-        const result = m.type === 'local' ? await onLocal(m) : m.type === 'central' ? await onCentral(m) : await onEval(m);
+        const result = m.type === 'local' ? await onLocal(m) : m.type === 'central' ? await onCentral(m) : m.type === 'eval' ? await onEval(m) : await onEvalGlobal(m);
         send({ type: 'result', jobId: m.jobId, result });
       } catch (e) {
         send({ type: 'jobError', jobId: m.jobId, message: errorMessage(e) });
