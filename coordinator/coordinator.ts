@@ -16,11 +16,12 @@ import { ConfigError, ProtocolError, errorMessage } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
 import { EV, LIMITS, PROTOCOL_VERSION, globMatcher, parseChunkRequest, parseHello, parseReady, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/index.js';
 import { chooseQuantParams, formatPublicKey, loadOrCreateIdentity, type AuthorizedClients, type Identity } from '../shared/crypto/index.js';
-import { elementSlots, getStrategy, makeLayout, type Strategy, type StrategyName, needsXsFactors, xsInitFromCheckpoint } from '../shared/aggregation/index.js';
+import { checkServerOpt, describeServerOpt, elementSlots, getStrategy, makeLayout, serverOptimizerOf, type ServerOptConfig, type Strategy, type StrategyName, needsXsFactors } from '../shared/aggregation/index.js';
 import { adapterModules, parseMagnitudeName, type LoraAdapter } from '../shared/lora/adapter.js';
 import { initDoraFromCheckpoint } from '../shared/lora/dora.js';
 import { baseModelName, savePeftAdapter } from '../shared/lora/peft.js';
 import { hasXs, xsToLora } from '../shared/lora/xs.js';
+import { xsInitFromCheckpoint } from '../shared/lora/xs-checkpoint.js';
 import { socketIoLink, type Link } from '../shared/link/index.js';
 import { readModelInfo, targetShapes, defaultTargetModules } from '../shared/model/model-info.js';
 import { ModelStore } from './model-store.js';
@@ -65,6 +66,12 @@ export interface CoordinatorOptions {
   chunkSize?: number;
   /** Refactor (QR+SVD) the global adapter after aggregation when the strategy allows it. */
   refactor?: boolean;
+  /**
+   * Server optimiser applied to each round's aggregate (shared/aggregation/server-opt.ts): FedAvgM,
+   * FedAdam or FedYogi with optional lr / beta1 / beta2 / eps; default `{ name: 'none' }`. Checkpointed;
+   * a resume must use the same settings.
+   */
+  serverOpt?: ServerOptConfig;
   /** DoRA (PEFT use_dora): the global adapter carries a magnitude vector per module, initialised to the
    *  base weight's row norms, shared and averaged like the factors; clients follow the round config. */
   dora?: boolean;
@@ -168,7 +175,7 @@ export class Coordinator {
     this.options = {
       host: '127.0.0.1', rounds: 3, clientsPerRound: 3, minClients: 2, roundTimeoutMs: 600_000, strategy: 'rank-aware',
       maxRank: 8, loraAlpha: 16, localSteps: 20, localEpochs: 0, lr: 1e-3, batchSize: 4, seed: 42, joinWaitMs: 3000,
-      requestTimeoutMs: 30_000, chunkSize: 1 << 20, refactor: true, dora: false, maxStrikes: 50, rejoinGraceMs: 3000,
+      requestTimeoutMs: 30_000, chunkSize: 1 << 20, refactor: true, serverOpt: { name: 'none' }, dora: false, maxStrikes: 50, rejoinGraceMs: 3000,
       maxExamplesPerClient: DEFAULT_MAX_EXAMPLES_PER_CLIENT, joinTimeoutMs: 30_000, maxChunksInFlight: 4, maxReadyPerWindow: 5, readyWindowMs: 10_000,
       keepCheckpoints: 2,
       ...stripUndefined(opts),
@@ -192,6 +199,11 @@ export class Coordinator {
     posInt(o.maxReadyPerWindow, 'maxReadyPerWindow');
     if (!(o.joinTimeoutMs > 0)) throw new ConfigError('--join-timeout must be positive');
     this.strategy = getStrategy(o.strategy);
+    // validated here (and the strategy asked whether it composes) so a bad setting fails before anything starts
+    const opt = checkServerOpt(o.serverOpt, 'serverOpt');
+    if (opt && serverOptimizerOf(this.strategy.createServer({ maxRank: o.maxRank, seed: o.seed, optimizer: o.serverOpt })) === null) {
+      throw new ConfigError(`strategy ${o.strategy} does not take a server optimiser (--server-opt ${opt.name})`);
+    }
     this.#secure = !(opts.insecureAggregation === true || opts.secureAggregation === false);
     if (this.#secure && o.minClients < 2) throw new ConfigError('secure aggregation needs --min-clients ≥ 2 (a sum over one client is that client\'s update)');
     if (opts.secAgg?.clip !== undefined && !(opts.secAgg.clip > 0 && Number.isFinite(opts.secAgg.clip))) throw new ConfigError('secAgg.clip must be a positive number');
@@ -236,7 +248,8 @@ export class Coordinator {
       log.warn(`--max-rank ${o.maxRank} is above min(d_in, d_out) = ${cap} of ${small.length} adapted module(s) (e.g. ${small.slice(0, 2).join(', ')}): using rank ${cap} for every module (clients train at min(their --max-rank, ${cap}))`);
       o.maxRank = cap;
     }
-    const server = this.strategy.createServer({ maxRank: o.maxRank, seed: o.seed });
+    const server = this.strategy.createServer({ maxRank: o.maxRank, seed: o.seed, optimizer: o.serverOpt });
+    const serverOpt = describeServerOpt(checkServerOpt(o.serverOpt));
     let global: LoraAdapter, completed = 0, history: RoundRecord[] = [];
     const baseName = await baseModelName(o.modelDir);
     if (loaded) {
@@ -252,7 +265,7 @@ export class Coordinator {
       this.#targetModules = loaded.state.targetModules;
       server.restore(loaded.state.strategyState);
       if ((global.config.useDora === true) !== o.dora) throw new ConfigError(`--state holds a ${global.config.useDora ? 'DoRA' : 'LoRA'} run; resume it ${global.config.useDora ? 'with' : 'without'} --dora`);
-      log.info(`resuming from ${o.stateDir}: ${completed} round(s) completed`);
+      log.info(`resuming from ${o.stateDir}: ${completed} round(s) completed, server optimiser ${serverOpt}`);
     } else {
       const shapes = targetShapes(info, this.#targetModules);
       const base = { targetModules: this.#targetModules, fanInFanOut: info.fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM', baseModelNameOrPath: baseName };
@@ -270,7 +283,7 @@ export class Coordinator {
         if (!adapterModules(global).length) throw new ConfigError(`--dora needs a strategy that trains LoRA A/B factors; ${o.strategy} does not`);
         global = await initDoraFromCheckpoint(o.modelDir, global);
       }
-      log.info(`fresh run: ${shapes.size} modules, strategy ${o.strategy}, max rank ${o.maxRank}${o.dora ? ', DoRA' : ''}`);
+      log.info(`fresh run: ${shapes.size} modules, strategy ${o.strategy}, server optimiser ${serverOpt}, max rank ${o.maxRank}${o.dora ? ', DoRA' : ''}`);
     }
     if (o.dora) {
       // uploads are clipped to ±clip entry-wise (plain and secure); a magnitude beyond it would be cut

@@ -4,8 +4,19 @@ import { join } from 'node:path';
 import { Coordinator } from '../../coordinator/index.js';
 import { ConfigError, errorMessage } from '../../shared/errors.js';
 import { parseAuthorizedClients } from '../../shared/crypto/index.js';
-import { hasStrategy, strategyNames } from '../../shared/aggregation/index.js';
+import { SERVER_OPT_DEFAULTS, SERVER_OPT_NAMES, checkServerOpt, hasStrategy, strategyNames, type ServerOptConfig } from '../../shared/aggregation/index.js';
 import { durationMs, intFlag, listFlag, numFlag, str, type Command } from './flags.js';
+
+/** --server-opt and its hyper-parameter flags as CoordinatorOptions.serverOpt, checked with the flags named in errors. */
+function serverOptFlags(v: Record<string, unknown>): ServerOptConfig {
+  const cfg = {
+    name: (str(v['server-opt'], 'server-opt') ?? 'none') as ServerOptConfig['name'],
+    lr: numFlag(v['server-lr'], 'server-lr'), beta1: numFlag(v['server-beta1'], 'server-beta1'),
+    beta2: numFlag(v['server-beta2'], 'server-beta2'), eps: numFlag(v['server-eps'], 'server-eps'),
+  };
+  checkServerOpt(cfg, 'serverOpt', true);
+  return Object.fromEntries(Object.entries(cfg).filter(([, x]) => x !== undefined)) as unknown as ServerOptConfig;
+}
 
 export const coordinatorCommand: Command = {
   name: 'coordinator',
@@ -33,6 +44,12 @@ export const coordinatorCommand: Command = {
     seed: { type: 'string', placeholder: 'N', help: 'seed for adapter init and client sampling', default: '42' },
     export: { type: 'string', placeholder: 'DIR', help: 'write the final global adapter here in PEFT format when all rounds are done' },
     'no-refactor': { type: 'boolean', help: 'do not re-factor (QR+SVD) the global adapter after aggregation' },
+    'server-opt': { type: 'string', placeholder: 'NAME', help: `server optimiser on each round's aggregate: ${SERVER_OPT_NAMES.join(' | ')} (works with every linear strategy; checkpointed, a resume needs the same settings)`, default: 'none' },
+    'server-lr': { type: 'string', placeholder: 'X', help: `server learning rate η (default ${SERVER_OPT_DEFAULTS.fedavgm.lr} for fedavgm, ${SERVER_OPT_DEFAULTS.fedadam.lr} for fedadam/fedyogi)` },
+    'server-beta1': { type: 'string', placeholder: 'X', help: `server momentum / first-moment decay β1 in [0, 1) (default ${SERVER_OPT_DEFAULTS.fedavgm.beta1} for fedavgm, ${SERVER_OPT_DEFAULTS.fedadam.beta1} for fedadam/fedyogi)` },
+    'server-beta2': { type: 'string', placeholder: 'X', help: `fedadam/fedyogi: second-moment decay β2 in [0, 1) (default ${SERVER_OPT_DEFAULTS.fedadam.beta2})` },
+    'server-eps': { type: 'string', placeholder: 'X', help: `fedadam/fedyogi: adaptivity τ added to √v (default ${SERVER_OPT_DEFAULTS.fedadam.eps})` },
+    dora: { type: 'boolean', help: 'DoRA (PEFT use_dora): train and share a magnitude vector per module too (initialised to the base weight row norms)' },
     'keep-checkpoints': { type: 'string', placeholder: 'N', help: 'keep the last N checkpoint-NNNNNN/ folders under --state (0 keeps every one)', default: '2' },
     linger: { type: 'boolean', help: 'keep serving /status and /metrics after the last round instead of exiting' },
     identity: { type: 'string', placeholder: 'FILE', help: 'coordinator identity file (created on first start); default: <state>/coordinator.identity' },
@@ -64,7 +81,7 @@ export const coordinatorCommand: Command = {
       strategy, maxRank: intFlag(v['max-rank'], 'max-rank', 1), targetModules: listFlag(v['target-modules']),
       loraAlpha: numFlag(v['lora-alpha'], 'lora-alpha'), localSteps: intFlag(v['local-steps'], 'local-steps', 0), localEpochs: numFlag(v['local-epochs'], 'local-epochs'),
       lr: numFlag(v.lr, 'lr'), batchSize: intFlag(v['batch-size'], 'batch-size', 1), seed: intFlag(v.seed, 'seed', 0), exportDir: str(v.export, 'export'),
-      refactor: v['no-refactor'] !== true, keepCheckpoints: intFlag(v['keep-checkpoints'], 'keep-checkpoints', 0),
+      refactor: v['no-refactor'] !== true, serverOpt: serverOptFlags(v), dora: v.dora === true, keepCheckpoints: intFlag(v['keep-checkpoints'], 'keep-checkpoints', 0),
       maxExamplesPerClient: intFlag(v['max-examples-per-client'], 'max-examples-per-client', 1), joinTimeoutMs: durationMs(v['join-timeout'], 'join-timeout'),
       identity: str(v.identity, 'identity'), authorizedClients, allowAnyClient: v['allow-any-client'] === true,
       insecureAggregation: v['insecure-aggregation'] === true,

@@ -86,26 +86,27 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 
 /**
  * Validates a server optimiser setting and fills in the defaults; null for `none`. Every error is a
- * ConfigError naming the field (`serverOpt.lr`, …), for the CLI, scenario files and options alike.
+ * ConfigError naming the field: `serverOpt.lr` (or `<field>.lr`), or with `cli` the flag (`--server-lr`).
  */
-export function checkServerOpt(cfg: unknown, field = 'serverOpt'): ResolvedServerOpt | null {
+export function checkServerOpt(cfg: unknown, field = 'serverOpt', cli = false): ResolvedServerOpt | null {
+  const at = (k: string) => (cli ? `--server-${k === 'name' ? 'opt' : k}` : `${field}.${k}`);
   if (!isRecord(cfg)) throw new ConfigError(`${field} must be an object { name, lr?, beta1?, beta2?, eps? }, got ${JSON.stringify(cfg) ?? String(cfg)}`);
   const name = cfg.name;
   if (typeof name !== 'string' || !(SERVER_OPT_NAMES as readonly string[]).includes(name)) {
-    throw new ConfigError(`${field}.name must be one of ${SERVER_OPT_NAMES.join(', ')}, got ${JSON.stringify(name)}`);
+    throw new ConfigError(`${at('name')} must be one of ${SERVER_OPT_NAMES.join(', ')}, got ${JSON.stringify(name)}`);
   }
   const keys = name === 'none' ? ['name'] : name === 'fedavgm' ? ['name', 'lr', 'beta1'] : ['name', 'lr', 'beta1', 'beta2', 'eps'];
   for (const k of Object.keys(cfg)) {
     if (cfg[k] === undefined) continue;
     if (!keys.includes(k)) {
-      throw new ConfigError(`${field}.${k} has no meaning for server optimiser ${name}${['lr', 'beta1', 'beta2', 'eps'].includes(k) ? '' : ` (known: ${keys.join(', ')})`}`);
+      throw new ConfigError(`${at(k)} has no meaning for server optimiser ${name}${['lr', 'beta1', 'beta2', 'eps'].includes(k) ? '' : ` (known: ${keys.join(', ')})`}`);
     }
   }
   if (name === 'none') return null;
   const num = (k: 'lr' | 'beta1' | 'beta2' | 'eps', dflt: number, ok: (x: number) => boolean, what: string): number => {
     const v = cfg[k];
     if (v === undefined) return dflt;
-    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new ConfigError(`${field}.${k} (${name}) must be ${what}, got ${JSON.stringify(v) ?? String(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new ConfigError(`${at(k)} (${name}) must be ${what}, got ${JSON.stringify(v) ?? String(v)}`);
     return v;
   };
   const lrOk = (x: number) => x > 0 && x <= 1e3;

@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import {
   aggregateRound, checkServerOpt, fedAvgMStrategy, getStrategy, serverOptimizerOf, strategyNames,
-  type ModuleTransforms, type SavedServerState, type ServerOptConfig, type Strategy, type StrategyServer,
+  type JsonValue, type ModuleTransforms, type SavedServerState, type ServerOptConfig, type Strategy, type StrategyServer,
 } from '../../shared/aggregation/index.js';
 import { ConfigError } from '../../shared/errors.js';
 import { adapterModules, loraAName, loraBName, parseLoraName, type LoraAdapter, type LoraConfig } from '../../shared/lora/adapter.js';
@@ -391,11 +391,11 @@ describe('server optimisers', () => {
       const server = optServer(s, { name: 'fedadam' });
       round(server, roundsFrom(SEED + 7, 1)(start(s))[0]!, start(s), MAX);
       const good = server.serialize();
-      const meta = good.meta as { serverOptimizer: Record<string, unknown>; inner: unknown };
+      const meta = good.meta as { serverOptimizer: Record<string, JsonValue>; inner: JsonValue };
       const target = optServer(s, { name: 'fedadam' });
       const fresh = target.serialize();
       const A0 = loraAName('layers.0.q');
-      const withMeta = (so: Record<string, unknown>): SavedServerState => ({ meta: { ...meta, serverOptimizer: { ...meta.serverOptimizer, ...so } }, tensors: good.tensors });
+      const withMeta = (so: Record<string, JsonValue>): SavedServerState => ({ meta: { ...meta, serverOptimizer: { ...meta.serverOptimizer, ...so } }, tensors: good.tensors });
       const bad: [string, SavedServerState, RegExp][] = [
         ['lr', withMeta({ lr: 0.1 }), /lr=0\.1.*this run has lr=0\.01/],
         ['beta1', withMeta({ beta1: 0.5 }), /beta1=0\.5/],
