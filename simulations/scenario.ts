@@ -8,7 +8,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, errorMessage } from '../shared/errors.js';
 import { Rng } from '../shared/data/random.js';
-import { hasStrategy, strategyNames, type StrategyName } from '../shared/aggregation/index.js';
+import { checkServerOpt, getStrategy, hasStrategy, serverOptimizerOf, strategyNames, type ServerOptConfig, type StrategyName } from '../shared/aggregation/index.js';
 import { packagePath, packageRoot } from '../shared/package-root.js';
 
 /** Any registered aggregation strategy. */
@@ -78,6 +78,12 @@ export interface Scenario {
   /** How long the coordinator waits for a participant that lost its connection to come back. */
   rejoinGraceMs: number;
   secureAggregation: boolean;
+  /**
+   * Server optimiser on each round's aggregate (FedAvgM, FedAdam, FedYogi; `{ name: 'none' }` for
+   * none). Applies to the main strategy and to every compared strategy it composes with
+   * (serverOptFor); strategies with their own server state (fedavgm) run without it.
+   */
+  serverOpt: ServerOptConfig;
   seed: number;
   backend: string;
   /** Worker processes hosting clients; 0 = one per CPU core. */
@@ -112,6 +118,7 @@ export const DEFAULTS: Scenario = {
   joinWaitMs: 3000,
   rejoinGraceMs: 1000,
   secureAggregation: true,
+  serverOpt: { name: 'none' },
   seed: 42,
   backend: 'wasm',
   workers: 0,
@@ -161,10 +168,37 @@ function strategy(v: unknown, field: string, dflt: ScenarioStrategy): ScenarioSt
   return v as ScenarioStrategy;
 }
 
+function serverOpt(v: unknown, strat: ScenarioStrategy, dflt: ServerOptConfig): ServerOptConfig {
+  if (v === undefined) return { ...dflt };
+  let resolved;
+  try {
+    resolved = checkServerOpt(v, 'serverOpt');
+  } catch (e) {
+    fail('serverOpt', errorMessage(e));
+  }
+  const cfg = { ...(v as ServerOptConfig) };
+  if (resolved && !serverOptFor({ serverOpt: cfg }, strat)) fail('serverOpt', `strategy ${strat} does not take a server optimiser (it keeps its own server state or refuses one); use e.g. rank-aware`);
+  return cfg;
+}
+
+/**
+ * The scenario's server optimiser for one strategy run: undefined when it is `none` or the strategy
+ * does not compose with one (those runs go without).
+ */
+export function serverOptFor(s: Pick<Scenario, 'serverOpt'>, strat: ScenarioStrategy): ServerOptConfig | undefined {
+  if (s.serverOpt.name === 'none') return undefined;
+  try {
+    return serverOptimizerOf(getStrategy(strat).createServer({ maxRank: 1, seed: 0, optimizer: s.serverOpt })) ? { ...s.serverOpt } : undefined;
+  } catch (e) {
+    if (e instanceof ConfigError) return undefined;
+    throw e;
+  }
+}
+
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'seed', 'backend', 'workers']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'serverOpt', 'seed', 'backend', 'workers']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -294,6 +328,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     joinWaitMs: int(raw.joinWaitMs, 'joinWaitMs', 0, 600_000, d.joinWaitMs),
     rejoinGraceMs: int(raw.rejoinGraceMs, 'rejoinGraceMs', 0, 600_000, d.rejoinGraceMs),
     secureAggregation: bool(raw.secureAggregation, 'secureAggregation', d.secureAggregation),
+    serverOpt: serverOpt(raw.serverOpt, strat, d.serverOpt),
     seed: int(raw.seed, 'seed', 0, 2 ** 31 - 1, d.seed),
     backend: str(raw.backend, 'backend', d.backend, 20),
     workers: int(raw.workers, 'workers', 0, 64, d.workers),

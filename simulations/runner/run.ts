@@ -21,7 +21,7 @@ import { readModelInfo, targetShapes, defaultTargetModules } from '../../shared/
 import { REPORT_SCHEMA_VERSION, writeReport, type Report, type RoundRecord, type ClientRound, type EvalMetrics, type CurvePoint, type StrategyResult, type SeedRun } from '../report/index.js';
 import { finalFigure, meanMetrics, aggregateReports } from '../report/stats.js';
 import { savePeftAdapter } from '../../shared/lora/peft.js';
-import { maxRankOf, type Scenario, type ScenarioStrategy } from '../scenario.js';
+import { maxRankOf, serverOptFor, type Scenario, type ScenarioStrategy } from '../scenario.js';
 import { prepareData, type SimClient } from './data.js';
 import { referenceRates } from './references.js';
 import { SimWorker } from './pool.js';
@@ -267,7 +267,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
         rejoinGraceMs: s.rejoinGraceMs,
         modelDir: s.model, stateDir: join(dir, 'coordinator'), exportDir: join(dir, 'adapter'), rounds: s.rounds, clientsPerRound: s.clientsPerRound,
         minClients: s.minClients, roundTimeoutMs: s.roundTimeoutMs, strategy, maxRank, loraAlpha: s.loraAlpha, localSteps: s.train.localSteps,
-        lr: s.train.lr, batchSize: s.train.batchSize, seed: s.seed, joinWaitMs: s.joinWaitMs,
+        lr: s.train.lr, batchSize: s.train.batchSize, seed: s.seed, joinWaitMs: s.joinWaitMs, serverOpt: serverOptFor(s, strategy),
         onRound: (rec) => onRound(st, rec),
       } as CoordinatorOptions;
       st.coordinator = new Coordinator(coordOpts);

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { assignRanks, loadScenario, maxRankOf, parseScenario, presetNames } from '../../simulations/scenario.js';
+import { assignRanks, loadScenario, maxRankOf, parseScenario, presetNames, serverOptFor } from '../../simulations/scenario.js';
 import { prepareClients } from '../../simulations/runner/data.js';
 import { dropoutSchedule } from '../../simulations/runner/run.js';
 import { ConfigError } from '../../shared/errors.js';
@@ -51,6 +51,21 @@ describe('simulation scenarios', () => {
     refuses({ backend: 'tpu' }, 'backend');
     refuses({ colour: 'blue' }, 'colour');
     await loadScenario('no-such-preset').then(() => expect.fail('loaded'), (e: unknown) => expect(e).to.be.instanceOf(ConfigError));
+  });
+
+  it('serverOpt: defaults to none, validates like the other fields, applies to the runs it composes with', async () => {
+    expect(parseScenario({}).serverOpt).to.deep.equal({ name: 'none' });
+    expect(parseScenario({ serverOpt: { name: 'fedadam', lr: 0.02 } }).serverOpt).to.deep.equal({ name: 'fedadam', lr: 0.02 });
+    refuses({ serverOpt: { name: 'adam' } }, 'serverOpt');
+    refuses({ serverOpt: { name: 'fedyogi', beta2: 1 } }, 'serverOpt');
+    refuses({ serverOpt: { name: 'fedavgm', eps: 1e-3 } }, 'serverOpt');
+    refuses({ serverOpt: 'fedadam' }, 'serverOpt');
+    refuses({ strategy: 'fedavgm', serverOpt: { name: 'fedadam' } }, 'serverOpt');
+    const s = parseScenario({ strategy: 'rank-aware', compare: ['fedit', 'fedavgm'], serverOpt: { name: 'fedyogi' } });
+    expect(serverOptFor(s, 'rank-aware')).to.deep.equal({ name: 'fedyogi' });
+    expect(serverOptFor(s, 'fedit')).to.deep.equal({ name: 'fedyogi' });
+    expect(serverOptFor(s, 'fedavgm'), 'fedavgm keeps its own momentum').to.equal(undefined);
+    expect(serverOptFor(parseScenario({}), 'rank-aware')).to.equal(undefined);
   });
 
   it('assigns ranks deterministically in the mix proportions', () => {
