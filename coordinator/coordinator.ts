@@ -26,7 +26,7 @@ import { socketIoLink, type Link } from '../shared/link/index.js';
 import { readModelInfo, targetShapes, defaultTargetModules } from '../shared/model/model-info.js';
 import { ModelStore } from './model-store.js';
 import { checkResumable, loadState, saveState } from './store/checkpoint-store.js';
-import { renderPrometheus, type RoundRecord } from './metrics.js';
+import { CoordinatorMetrics, type RoundRecord } from './metrics.js';
 import { Admission } from './admission.js';
 import { httpHandler } from './http/handlers.js';
 import { RoundEngine, type Command, type EnginePhase } from './engine/round-engine.js';
@@ -164,6 +164,7 @@ export class Coordinator {
   readonly #explicit: Set<string>;
   #errors = new Map<string, number>();
   #modelServed = 0;
+  readonly #prom = new CoordinatorMetrics();
   #maxMessageBytes = 1 << 20;
   #targetModules: string[] = [];
   #timer?: NodeJS.Timeout;
@@ -383,9 +384,9 @@ export class Coordinator {
     };
   }
 
-  #metrics(): string {
+  #metrics(): Promise<string> {
     const e = this.#engine;
-    return renderPrometheus({
+    return this.#prom.render({
       round: e?.round ?? 1, completedRounds: this.completedRounds, connected: this.#byClient.size,
       ready: [...this.#byClient.keys()].filter((id) => e?.isReady(id)).length,
       fullModelBytes: this.#store?.weightBytes ?? 0, modelBytesServed: this.#modelServed, protocolErrors: this.#errors, history: e?.history ?? [],
@@ -399,6 +400,7 @@ export class Coordinator {
     try {
       return f();
     } finally {
+      this.#prom.phase(this.#engine?.phase, this.#engine?.collecting);
       this.#schedule();
     }
   }

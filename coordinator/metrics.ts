@@ -1,4 +1,10 @@
-/** Per-round records and the Prometheus text rendering of /metrics. */
+/**
+ * Per-round records, and /metrics through prom-client with bounded cardinality: no label carries a
+ * round number or a client id, so the number of series is fixed by the code (phases, statuses, error
+ * codes), however long the session runs and however many clients join. Per-client, per-round traffic
+ * is in /status (`lastRound`) and in the checkpoints' history, not in Prometheus.
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EvalReport } from '../shared/protocol/index.js';
 
 export interface ParticipantRecord {
@@ -55,8 +61,6 @@ export function weightedEval(ps: ParticipantRecord[], key: 'global' | 'personal'
   return w > 0 ? { loss: loss / w, accuracy: acc / w } : undefined;
 }
 
-function esc(v: string): string { return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n'); }
-
 export interface MetricsSnapshot {
   round: number;
   completedRounds: number;
@@ -64,41 +68,105 @@ export interface MetricsSnapshot {
   ready: number;
   fullModelBytes: number;
   modelBytesServed: number;
-  protocolErrors: Map<string, number>;
+  protocolErrors: ReadonlyMap<string, number>;
   history: readonly RoundRecord[];
 }
 
-/** Prometheus exposition format 0.0.4. Per-client series are kept for the last `keepRounds` rounds. */
-export function renderPrometheus(s: MetricsSnapshot, keepRounds = 50): string {
-  const out: string[] = [];
-  const g = (name: string, help: string, type: 'gauge' | 'counter', rows: [string, number][]) => {
-    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-    for (const [labels, v] of rows) out.push(`${name}${labels} ${Number.isFinite(v) ? v : 'NaN'}`);
-  };
-  g('fedlora_round', 'Round currently running or next to run (1-based).', 'gauge', [['', s.round]]);
-  g('fedlora_completed_rounds', 'Rounds aggregated and checkpointed.', 'gauge', [['', s.completedRounds]]);
-  g('fedlora_connected_clients', 'Clients connected with a valid hello.', 'gauge', [['', s.connected]]);
-  g('fedlora_ready_clients', 'Clients holding the verified base model.', 'gauge', [['', s.ready]]);
-  g('fedlora_full_model_bytes', 'Size of the base model weights: what one full-model exchange would move per client and direction.', 'gauge', [['', s.fullModelBytes]]);
-  g('fedlora_model_bytes_served_total', 'Base-model bytes served to clients (one-time downloads).', 'counter', [['', s.modelBytesServed]]);
-  g('fedlora_protocol_errors_total', 'Requests refused, by error code.', 'counter', [...s.protocolErrors].map(([c, n]) => [`{code="${esc(c)}"}`, n]));
-  const recent = s.history.slice(-keepRounds);
-  const up: [string, number][] = [], down: [string, number][] = [], ratio: [string, number][] = [];
-  for (const r of recent) {
-    for (const p of r.participants) {
-      const l = `{client="${esc(p.clientId)}",round="${r.round}"}`;
-      up.push([l, p.bytesUp]); down.push([l, p.bytesDown]);
-      if (r.fullModelBytes > 0) ratio.push([l, (p.bytesUp + p.bytesDown) / (2 * r.fullModelBytes)]);
-    }
+/** Phases whose durations are observed: the engine's, with `training` split into the collector's phases. */
+export const OBSERVED_PHASES = ['waiting', 'upload', 'advertise', 'share', 'masked', 'consistency', 'unmask', 'training', 'aggregating'] as const;
+const PHASE_SET = new Set<string>(OBSERVED_PHASES);
+
+/** Seconds: 50 ms … 1 h. */
+export const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
+/** Bytes: 1 KiB … 1 GiB, ×4. */
+export const BYTES_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576].map((k) => k * 1024);
+
+/** Bytes an error-code label may take: codes are `[A-Z0-9_]`; anything else is counted as `OTHER`. */
+const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/;
+
+/**
+ * The coordinator's Prometheus registry (its own, not prom-client's global one, so several
+ * coordinators in one process do not collide). `phase()` is called after every engine step and
+ * observes how long each phase lasted; `render()` takes a snapshot, feeds round records it has not
+ * seen yet into the histograms, and returns the exposition text.
+ */
+export class CoordinatorMetrics {
+  readonly registry = new Registry();
+  readonly contentType = this.registry.contentType;
+
+  readonly #round = new Gauge({ name: 'fedlora_round', help: 'Round currently running or next to run (1-based).', registers: [this.registry] });
+  readonly #completed = new Gauge({ name: 'fedlora_completed_rounds', help: 'Rounds aggregated and checkpointed.', registers: [this.registry] });
+  readonly #connected = new Gauge({ name: 'fedlora_connected_clients', help: 'Clients connected with a valid hello.', registers: [this.registry] });
+  readonly #ready = new Gauge({ name: 'fedlora_ready_clients', help: 'Clients holding the verified base model.', registers: [this.registry] });
+  readonly #fullModel = new Gauge({ name: 'fedlora_full_model_bytes', help: 'Size of the base model weights: what one full-model exchange would move per client and direction.', registers: [this.registry] });
+  readonly #served = new Counter({ name: 'fedlora_model_bytes_served_total', help: 'Base-model bytes served to clients (one-time downloads).', registers: [this.registry] });
+  readonly #errors = new Counter({ name: 'fedlora_protocol_errors_total', help: 'Requests refused, by error code.', labelNames: ['code'] as const, registers: [this.registry] });
+  readonly #rounds = new Counter({ name: 'fedlora_rounds_total', help: 'Round attempts ended, by outcome.', labelNames: ['status'] as const, registers: [this.registry] });
+  readonly #roundSeconds = new Histogram({ name: 'fedlora_round_duration_seconds', help: 'Wall time of a round attempt, start to end, by outcome.', labelNames: ['status'] as const, buckets: DURATION_BUCKETS, registers: [this.registry] });
+  readonly #phaseSeconds = new Histogram({ name: 'fedlora_round_phase_seconds', help: `Time spent in a phase (${OBSERVED_PHASES.join(', ')}).`, labelNames: ['phase'] as const, buckets: DURATION_BUCKETS, registers: [this.registry] });
+  readonly #upload = new Histogram({ name: 'fedlora_upload_bytes', help: 'Bytes one client uploaded in one round (uploaded contributions only).', buckets: BYTES_BUCKETS, registers: [this.registry] });
+  readonly #download = new Histogram({ name: 'fedlora_download_bytes', help: 'Bytes sent to one client in one round.', buckets: BYTES_BUCKETS, registers: [this.registry] });
+  readonly #lastContributors = new Gauge({ name: 'fedlora_last_round_contributors', help: 'Clients whose update went into the last completed round.', registers: [this.registry] });
+  readonly #lastVsFull = new Gauge({ name: 'fedlora_last_round_bytes_vs_full_model', help: 'Mean per-client traffic (up+down) of the last completed round over two full-model transfers.', registers: [this.registry] });
+  readonly #lastEval = new Gauge({ name: 'fedlora_last_round_eval', help: 'Example-weighted client metrics of the last completed round.', labelNames: ['adapter', 'metric'] as const, registers: [this.registry] });
+
+  /** Last totals pushed into the counters that mirror the coordinator's own tallies. */
+  #servedSeen = 0;
+  readonly #errorsSeen = new Map<string, number>();
+  /** Round attempts (by roundId) already observed; pruned to the snapshot's history. */
+  #roundsSeen = new Set<string>();
+  #phase: { name: string; since: number } | null = null;
+
+  /** Records the current phase; when it changed, the previous one's duration is observed. */
+  phase(enginePhase: string | undefined, collecting: string | null | undefined, now = Date.now()): void {
+    const name = enginePhase === 'training' && collecting ? collecting : enginePhase;
+    if (name === this.#phase?.name) return;
+    if (this.#phase && PHASE_SET.has(this.#phase.name)) this.#phaseSeconds.observe({ phase: this.#phase.name }, Math.max(0, now - this.#phase.since) / 1000);
+    this.#phase = name ? { name, since: now } : null;
   }
-  g('fedlora_round_bytes_up', 'Bytes a client uploaded in a round.', 'gauge', up);
-  g('fedlora_round_bytes_down', 'Bytes sent to a client in a round.', 'gauge', down);
-  g('fedlora_round_bytes_vs_full_model', 'Round traffic of a client (up+down) over two full-model transfers.', 'gauge', ratio);
-  const last = [...s.history].reverse().find((r) => r.status === 'completed');
-  const lm: [string, number][] = [];
-  if (last?.globalEval) lm.push(['{adapter="global",metric="loss"}', last.globalEval.loss], ['{adapter="global",metric="accuracy"}', last.globalEval.accuracy]);
-  if (last?.personalEval) lm.push(['{adapter="personal",metric="loss"}', last.personalEval.loss], ['{adapter="personal",metric="accuracy"}', last.personalEval.accuracy]);
-  if (last?.trainLoss !== undefined) lm.push(['{adapter="local",metric="train_loss"}', last.trainLoss]);
-  g('fedlora_last_round_eval', 'Example-weighted client metrics of the last completed round.', 'gauge', lm);
-  return `${out.join('\n')}\n`;
+
+  async render(s: MetricsSnapshot): Promise<string> {
+    this.#round.set(s.round);
+    this.#completed.set(s.completedRounds);
+    this.#connected.set(s.connected);
+    this.#ready.set(s.ready);
+    this.#fullModel.set(s.fullModelBytes);
+    if (s.modelBytesServed > this.#servedSeen) this.#served.inc(s.modelBytesServed - this.#servedSeen);
+    this.#servedSeen = Math.max(this.#servedSeen, s.modelBytesServed);
+    const errs = new Map<string, number>();
+    for (const [code, n] of s.protocolErrors) {
+      const c = CODE_RE.test(code) ? code : 'OTHER';
+      errs.set(c, (errs.get(c) ?? 0) + n);
+    }
+    for (const [code, n] of errs) {
+      const before = this.#errorsSeen.get(code) ?? 0;
+      if (n > before) this.#errors.inc({ code }, n - before);
+      this.#errorsSeen.set(code, Math.max(before, n));
+    }
+
+    const seen = new Set<string>();
+    for (const r of s.history) {
+      seen.add(r.roundId);
+      if (this.#roundsSeen.has(r.roundId)) continue;
+      this.#rounds.inc({ status: r.status });
+      this.#roundSeconds.observe({ status: r.status }, Math.max(0, r.endedAt - r.startedAt) / 1000);
+      for (const p of r.participants) {
+        if (p.status === 'uploaded') this.#upload.observe(p.bytesUp);
+        if (p.bytesDown > 0) this.#download.observe(p.bytesDown);
+      }
+    }
+    this.#roundsSeen = seen;
+
+    const last = [...s.history].reverse().find((r) => r.status === 'completed');
+    this.#lastEval.reset();
+    this.#lastContributors.set(last?.contributors ?? 0);
+    if (last && last.fullModelBytes > 0 && last.participants.length > 0) {
+      const ratios = last.participants.map((p) => (p.bytesUp + p.bytesDown) / (2 * last.fullModelBytes));
+      this.#lastVsFull.set(ratios.reduce((a, b) => a + b, 0) / ratios.length);
+    } else this.#lastVsFull.set(NaN);
+    if (last?.globalEval) { this.#lastEval.set({ adapter: 'global', metric: 'loss' }, last.globalEval.loss); this.#lastEval.set({ adapter: 'global', metric: 'accuracy' }, last.globalEval.accuracy); }
+    if (last?.personalEval) { this.#lastEval.set({ adapter: 'personal', metric: 'loss' }, last.personalEval.loss); this.#lastEval.set({ adapter: 'personal', metric: 'accuracy' }, last.personalEval.accuracy); }
+    if (last?.trainLoss !== undefined) this.#lastEval.set({ adapter: 'local', metric: 'train_loss' }, last.trainLoss);
+    return this.registry.metrics();
+  }
 }

@@ -7,7 +7,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 
 export interface HttpSources {
   status(): unknown;
-  metrics(): string;
+  /** Prometheus exposition text (prom-client renders asynchronously). */
+  metrics(): string | Promise<string>;
 }
 
 export function httpHandler(src: HttpSources): (req: IncomingMessage, res: ServerResponse) => void {
@@ -18,7 +19,10 @@ export function httpHandler(src: HttpSources): (req: IncomingMessage, res: Serve
       if (path === '/status') {
         res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' }).end(JSON.stringify(src.status()));
       } else if (path === '/metrics') {
-        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(src.metrics());
+        Promise.resolve().then(() => src.metrics()).then(
+          (text) => { res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8', 'cache-control': 'no-store' }).end(text); },
+          () => { if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' }); res.end('internal error\n'); },
+        );
       } else {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
       }

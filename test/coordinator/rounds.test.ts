@@ -16,6 +16,7 @@ import { setLogLevel } from '../../shared/log.js';
 import type { ContributionObservation } from '../../client/participant/observe.js';
 import { FIXTURE, pullTrainer } from './helpers.js';
 import { Resources } from './hostile-client.js';
+import { parsePrometheusText, sampleValue } from './prometheus-text.js';
 
 describe('coordinator + clients over real sockets (stand-in trainer)', function () {
   this.timeout(30_000);
@@ -112,10 +113,26 @@ describe('coordinator + clients over real sockets (stand-in trainer)', function 
     expect((st.lastRound as { contributors: number }).contributors).to.equal(3);
   });
 
-  it('serves /metrics with bytes per client per round beside the full-model size', async () => {
-    const metrics = await (await fetch(`${url}/metrics`)).text();
-    expect(metrics).to.match(/fedlora_round_bytes_up\{client="c1",round="2"\} \d+/);
-    expect(metrics).to.match(/fedlora_full_model_bytes 609640/);
+  it('serves /metrics: valid Prometheus text, bounded labels (no round, no client), histograms of phases and upload sizes', async () => {
+    const res = await fetch(`${url}/metrics`);
+    expect(res.headers.get('content-type')).to.match(/^text\/plain; version=0\.0\.4/);
+    const m = parsePrometheusText(await res.text());
+    expect(sampleValue(m, 'fedlora_full_model_bytes')).to.equal(609640);
+    expect(sampleValue(m, 'fedlora_completed_rounds')).to.equal(2);
+    expect(sampleValue(m, 'fedlora_rounds_total', { status: 'completed' })).to.equal(2);
+    // 3 clients × 2 rounds uploaded; every upload is smaller than a full model
+    expect(sampleValue(m, 'fedlora_upload_bytes_count')).to.equal(6);
+    expect(sampleValue(m, 'fedlora_upload_bytes_sum')).to.be.greaterThan(0).and.lessThan(6 * 609640);
+    expect(sampleValue(m, 'fedlora_round_duration_seconds_count', { status: 'completed' })).to.equal(2);
+    expect(sampleValue(m, 'fedlora_last_round_contributors')).to.equal(3);
+    // secure aggregation ran through its phases, each observed once per round
+    for (const phase of ['advertise', 'share', 'masked', 'consistency', 'unmask', 'aggregating']) {
+      expect(sampleValue(m, 'fedlora_round_phase_seconds_count', { phase }), phase).to.equal(2);
+    }
+    for (const f of m.values()) {
+      for (const s of f.samples) expect(Object.keys(s.labels), `${s.name} labels`).to.not.include.members(['round', 'client', 'clientId']);
+    }
+    expect(sampleValue(m, 'fedlora_last_round_bytes_vs_full_model')).to.be.greaterThan(0).and.lessThan(1);
   });
 
   it('checkpoints and exports the global adapter as PEFT adapters', async () => {
