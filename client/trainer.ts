@@ -12,6 +12,7 @@ import { evaluate, type EvalMetrics } from '../shared/train/eval.js';
 import { disposeRuntime } from '../shared/model/causal-lm.js';
 import { DataError, ModelFormatError } from '../shared/errors.js';
 import type { LoraAdapter } from '../shared/lora/adapter.js';
+import { hasXs, xsToLora } from '../shared/lora/xs.js';
 
 export type { EvalMetrics };
 
@@ -33,9 +34,64 @@ export interface TrainOptions {
   schedule?: 'constant' | 'cosine' | 'linear';
   /** Carry AdamW moments over from the previous train() call (default true). */
   keepOptimizerState?: boolean;
+  /**
+   * What carried AdamW moments do when the incoming adapter's rank slots are in a new basis (the
+   * coordinator refactored the global adapter, see inRefactoredBasis): 'reset' (default) starts a
+   * fresh optimizer, 'keep' carries them anyway. The moments are per slot; after a refactor slot j
+   * is another direction, so carried moments no longer line up (reset measured better: 75.5 % vs
+   * 72.8 % on the default scenario, issue 10).
+   */
+  onBasisChange?: 'reset' | 'keep';
 }
 
-export interface TrainResult { adapter: LoraAdapter; trainLoss: number; steps: number; examples: number }
+export interface TrainResult {
+  adapter: LoraAdapter;
+  trainLoss: number;
+  steps: number;
+  examples: number;
+  /** AdamW moments this call started from: none yet, carried from the previous call, or dropped (basis change / keepOptimizerState false). */
+  optimizer?: 'fresh' | 'carried' | 'reset';
+}
+
+/** Relative tolerance of the refactored-form check (float32 rounding of a refactor is ~1e-7). */
+const REFACTORED_RTOL = 1e-4;
+
+/**
+ * true when some module's lora_A (rank ≥ 2) is in the form the coordinator's QR+SVD refactor leaves
+ * it in: rows mutually orthogonal with one common norm (shared/aggregation/refactor.ts). A seeded
+ * init, a client's trained A and a plain average are never in that form (to 1e-4), so this is the
+ * cheapest reliable signal that the slot basis changed since the last round, with no protocol field.
+ * Rank-1 modules cannot tell (a rank-1 refactor is at most a sign flip); modules a client keeps
+ * personal are never rotated and never match.
+ */
+export function inRefactoredBasis(adapter: LoraAdapter): boolean {
+  for (const [name, t] of adapter.tensors) {
+    if (!name.endsWith('.lora_A.weight') || t.shape.length !== 2) continue;
+    const [r, n] = t.shape as [number, number];
+    if (r < 2 || n < r) continue;
+    const d = t.data;
+    const gram = new Float64Array(r * r);
+    for (let i = 0; i < r; i++) {
+      for (let j = i; j < r; j++) {
+        let s = 0;
+        for (let k = 0; k < n; k++) s += d[i * n + k]! * d[j * n + k]!;
+        gram[i * r + j] = s;
+      }
+    }
+    let mean = 0;
+    for (let i = 0; i < r; i++) mean += gram[i * r + i]! / r;
+    if (!(mean > 0)) continue;
+    let ok = true;
+    for (let i = 0; i < r && ok; i++) {
+      for (let j = i; j < r; j++) {
+        const want = i === j ? mean : 0;
+        if (Math.abs(gram[i * r + j]! - want) > REFACTORED_RTOL * mean) { ok = false; break; }
+      }
+    }
+    if (ok) return true;
+  }
+  return false;
+}
 
 export interface LocalTrainer {
   /** module path → {in, out} for every linear layer of the base model. */
@@ -125,7 +181,9 @@ class Trainer implements LocalTrainer {
       if (!order.length) order = rng.shuffle(this.#train.map((_, i) => i));
       return this.#train[order.pop()!]!;
     };
-    const carry = this.#optState && o.keepOptimizerState !== false;
+    const basisChanged = this.#optState !== null && (o.onBasisChange ?? 'reset') === 'reset' && inRefactoredBasis(start);
+    const carry = this.#optState !== null && o.keepOptimizerState !== false && !basisChanged;
+    const optimizer: TrainResult['optimizer'] = this.#optState === null ? 'fresh' : carry ? 'carried' : 'reset';
     // Federated local training: constant learning rate (the rounds are the outer loop), with a
     // short warmup only while the optimizer has no history.
     const trainer = new LoraTrainer(this.#lm, start, {
@@ -134,6 +192,7 @@ class Trainer implements LocalTrainer {
     }, o.trainable);
     // Restarting Adam every round makes its first steps sign-like (≈ lr per entry in every direction),
     // which swamps the few steps a round has; carrying the moments keeps local steps well-scaled.
+    // A refactored start (new slot basis) drops them: see TrainOptions.onBasisChange.
     if (carry) trainer.importOptimizerState(this.#optState!);
     try {
       const losses: number[] = [];
@@ -149,14 +208,15 @@ class Trainer implements LocalTrainer {
       }
       this.#optState = await trainer.exportOptimizerState();
       const tail = losses.slice(-Math.max(1, Math.ceil(losses.length / 4)));
-      return { adapter: await trainer.adapter(), trainLoss: tail.reduce((a, b) => a + b, 0) / tail.length, steps: o.steps, examples: this.#train.length };
+      return { adapter: await trainer.adapter(), trainLoss: tail.reduce((a, b) => a + b, 0) / tail.length, steps: o.steps, examples: this.#train.length, optimizer };
     } finally {
       trainer.dispose();
     }
   }
 
   async evaluate(adapter: LoraAdapter): Promise<EvalMetrics> {
-    const rt = this.#lm.runtime(adapter);
+    // a LoRA-XS adapter is evaluated as the plain LoRA it equals (B' = B·R)
+    const rt = this.#lm.runtime(hasXs(adapter) ? xsToLora(adapter) : adapter);
     try {
       return await evaluate(this.#lm, this.#tok, this.#eval, rt, { maxSeqLen: this.#maxSeqLen });
     } finally {

@@ -3,6 +3,7 @@ import { ConfigError } from '../../shared/errors.js';
 import { loadState } from '../../coordinator/state-store.js';
 import { baseModelName, savePeftAdapter } from '../../shared/lora/peft.js';
 import { mergeAdapterIntoModel } from '../../shared/lora/merge.js';
+import { hasXs, xsToLora } from '../../shared/lora/xs.js';
 import { str, type Command } from './flags.js';
 
 export const exportCommand: Command = {
@@ -27,10 +28,12 @@ export const exportCommand: Command = {
     // base_model_name_or_path: what the coordinator recorded; else --model's name; else the base model's content hash
     const recorded = loaded.adapter.config.baseModelNameOrPath;
     const baseName = recorded ?? (model ? await baseModelName(model) : loaded.state.modelId);
-    await savePeftAdapter({ ...loaded.adapter, config: { ...loaded.adapter.config, baseModelNameOrPath: baseName } }, out);
+    // a LoRA-XS run's checkpoint holds the cores R beside the frozen factors: export the plain LoRA it equals
+    const adapter = hasXs(loaded.adapter) ? xsToLora(loaded.adapter) : loaded.adapter;
+    await savePeftAdapter({ ...adapter, config: { ...adapter.config, baseModelNameOrPath: baseName } }, out);
     process.stderr.write(`wrote the global adapter after round ${loaded.state.completedRounds} (${loaded.state.strategy}, r=${loaded.adapter.config.r}) to ${out}\n`);
     if (mergedDir) {
-      const { merged } = await mergeAdapterIntoModel(model!, loaded.adapter, mergedDir, { backend: str(v.backend, 'backend') ?? 'auto' });
+      const { merged } = await mergeAdapterIntoModel(model!, adapter, mergedDir, { backend: str(v.backend, 'backend') ?? 'auto' });
       process.stderr.write(`wrote a merged model (${merged} linear layers updated) to ${mergedDir}\n`);
     }
     return 0;

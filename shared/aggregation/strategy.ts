@@ -22,7 +22,7 @@
  */
 import { ConfigError, FedloraError, ProtocolError } from '../errors.js';
 import { logger } from '../log.js';
-import { parseLoraName, resizeCols, resizeRows, type LoraAdapter, type LoraConfig } from '../lora/adapter.js';
+import { parseLoraName, parseMagnitudeName, resizeCols, resizeRows, type LoraAdapter, type LoraConfig } from '../lora/adapter.js';
 import type { Tensor32, TensorMap } from '../tensor.js';
 import { initLoraAdapter } from './init.js';
 import { makeLayout, type FlatLayout } from './layout.js';
@@ -230,7 +230,8 @@ class LinearStrategy implements Strategy {
 
   isShared(name: string): boolean {
     const p = parseLoraName(name);
-    if (!p) return false;
+    // DoRA magnitude vectors are shared under every linear strategy (a client may keep them by glob)
+    if (!p) return parseMagnitudeName(name) !== null;
     return p.factor === 'A' ? this.#spec.shareA : this.#spec.shareB;
   }
 
@@ -242,7 +243,7 @@ class LinearStrategy implements Strategy {
 
   isTrainable(name: string): boolean {
     const p = parseLoraName(name);
-    if (!p) return false;
+    if (!p) return parseMagnitudeName(name) !== null;
     return p.factor === 'A' ? this.#spec.trainA : true;
   }
 
@@ -250,6 +251,7 @@ class LinearStrategy implements Strategy {
     checkMaxRank(maxRank);
     checkWeight(weight);
     const p = parseLoraName(name);
+    if (!p && parseMagnitudeName(name) && this.isShared(name)) return magnitudeContribution(name, t, weight);
     if (!p || !this.isShared(name)) throw new FedloraError('NOT_SHARED', `${this.name}: ${name} is not shared and must not be uploaded`);
     if (t.shape.length !== 2 || t.data.length !== t.shape[0]! * t.shape[1]!) throw new ProtocolError('BAD_SHAPE', `${name}: not a well-formed matrix [${t.shape}]`);
     const r = slotDim(p.factor, t);
@@ -274,6 +276,7 @@ class LinearStrategy implements Strategy {
       if (!this.isShared(name)) { tensors.set(name, { shape: [...prev.shape], data: new Float32Array(prev.data) }); continue; }
       const s = sum.get(name);
       if (!s) throw new ProtocolError('MISSING_TENSOR', `${this.name}: sum lacks shared tensor ${name}`);
+      if (parseMagnitudeName(name)) { tensors.set(name, finalizeMagnitude(name, s, prev, total)); continue; }
       if (s.shape.length !== 2 || s.shape[0] !== prev.shape[0] || s.shape[1] !== prev.shape[1] || s.data.length !== prev.data.length) {
         throw new ProtocolError('BAD_SHAPE', `${name}: sum has shape [${s.shape}], global has [${prev.shape}]`);
       }
@@ -307,6 +310,27 @@ class LinearStrategy implements Strategy {
     const inner = make ? make(this, plain) : new StatelessServer(this, plain);
     return opt ? withServerOptimizer(inner, opt, plain) : inner;
   }
+}
+
+/** A DoRA magnitude vector [out] as a contribution: no rank slots, so no padding; weight times the values. */
+export function magnitudeContribution(name: string, t: Tensor32, weight: number): Tensor32 {
+  checkWeight(weight);
+  if (t.shape.length !== 1 || t.data.length !== t.shape[0]) throw new ProtocolError('BAD_SHAPE', `${name}: a DoRA magnitude must be a vector, has shape [${t.shape}]`);
+  assertFinite(name, t.data);
+  const out = new Float32Array(t.data.length);
+  for (let i = 0; i < out.length; i++) out[i] = t.data[i]! * weight;
+  return { shape: [...t.shape], data: out };
+}
+
+/** Σ w_i m_i / Σ w_i over the clients sharing the magnitude; with no weight the previous value stays. */
+export function finalizeMagnitude(name: string, s: Tensor32, prev: Tensor32, total: number): Tensor32 {
+  if (s.shape.length !== 1 || prev.shape.length !== 1 || s.shape[0] !== prev.shape[0] || s.data.length !== prev.data.length) {
+    throw new ProtocolError('BAD_SHAPE', `${name}: sum has shape [${s.shape}], global has [${prev.shape}]`);
+  }
+  assertFinite(name, s.data);
+  const out = new Float32Array(prev.data);
+  if (total > 0) for (let k = 0; k < out.length; k++) out[k] = s.data[k]! / total;
+  return { shape: [...prev.shape], data: out };
 }
 
 /** A strategy from its declarative spec (register it with registerStrategy to make it selectable by name). */
@@ -347,9 +371,17 @@ export function aggregatePlain(strategy: Strategy, updates: readonly ClientUpdat
     for (const [name, prev] of shared) {
       const t = u.tensors.get(name);
       if (!t) throw new ProtocolError('MISSING_TENSOR', `update ${i}: missing shared tensor ${name}`);
-      const factor = parseLoraName(name)!.factor;
-      const other = factor === 'A' ? [t.shape[1], prev.shape[1]] : [t.shape[0], prev.shape[0]];
-      if (t.shape.length !== 2 || slotDim(factor, t) !== u.rank || other[0] !== other[1]) {
+      if (parseMagnitudeName(name)) {
+        if (t.shape.length !== 1 || t.shape[0] !== prev.shape[0]) throw new ProtocolError('BAD_SHAPE', `update ${i}: ${name} has shape [${t.shape}], global has [${prev.shape}]`);
+        const c = strategy.contribution(name, t, u.weight, maxRank);
+        const a = acc.get(name)!;
+        for (let k = 0; k < a.length; k++) a[k] = a[k]! + c.data[k]!;
+        continue;
+      }
+      const factor = parseLoraName(name)?.factor;
+      // a LoRA-XS core R is [rank, rank]; A is [rank, in], B [out, rank]
+      const other = factor === 'A' ? [t.shape[1], prev.shape[1]] : factor === 'B' ? [t.shape[0], prev.shape[0]] : [t.shape[1], u.rank];
+      if (t.shape.length !== 2 || (factor ? slotDim(factor, t) : t.shape[0]) !== u.rank || other[0] !== other[1]) {
         throw new ProtocolError('BAD_SHAPE', `update ${i}: ${name} has shape [${t.shape}], expected rank ${u.rank} and global shape [${prev.shape}]`);
       }
       const c = strategy.contribution(name, t, u.weight, maxRank);

@@ -6,7 +6,8 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { ModelFormatError } from '../errors.js';
 import { atomicWrite, encodeSafetensors, loadSafetensors, readFloatTensor } from '../model/safetensors.js';
-import { adapterModules, loraAName, loraBName, loraMName, parseLoraName, parseMagnitudeName, type LoraAdapter, type LoraConfig } from './adapter.js';
+import { adapterModules, loraAName, loraBName, loraMName, parseLoraName, parseMagnitudeName, type LoraAdapter, type LoraConfig, parseXsName } from './adapter.js';
+import { checkXsShapes } from './xs.js';
 import type { TensorMap } from '../tensor.js';
 
 export const MAX_ADAPTER_BYTES = 4 * 1024 ** 3;
@@ -60,6 +61,12 @@ export function checkAdapterTensors(config: LoraConfig, tensors: TensorMap, file
   for (const [name, t] of tensors) {
     const p = parseLoraName(name);
     const mag = p ? null : parseMagnitudeName(name);
+    // LoRA-XS core R [r, r] (shared/lora/xs.ts): only in fedlora's own checkpoints; exports fold it into lora_B
+    if (!p && !mag && parseXsName(name)) {
+      if (t.shape.length !== 2) throw new ModelFormatError(`tensor "${name}" must be 2-D, has shape [${t.shape}]`, file);
+      for (const v of t.data) if (!Number.isFinite(v)) throw new ModelFormatError(`tensor "${name}" holds a non-finite value`, file);
+      continue;
+    }
     if (mag && !dora) throw new ModelFormatError(`unexpected tensor "${name}": a DoRA magnitude in an adapter without use_dora`, file);
     if (mag && name !== loraMName(mag.module)) throw new ModelFormatError(`DoRA magnitude "${name}" must be named "${loraMName(mag.module)}"`, file);
     if (!p && !mag) throw new ModelFormatError(`unexpected tensor "${name}" (only lora_A/lora_B weights${dora ? ' and lora_magnitude_vector' : ''} are supported)`, file);
@@ -83,6 +90,7 @@ export function checkAdapterTensors(config: LoraConfig, tensors: TensorMap, file
     if (mag && !mods.has(mag.module)) throw new ModelFormatError(`DoRA magnitude "${name}" has no lora_A/lora_B`, file);
   }
   if (!mods.size) throw new ModelFormatError('adapter holds no LoRA tensors', file);
+  checkXsShapes(tensors, file);
   return adapter;
 }
 

@@ -5,7 +5,8 @@
  */
 import { tf } from '../backend/index.js';
 import type { CausalLM, LoraRuntime } from '../model/causal-lm.js';
-import { adapterModules, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
+import { adapterModules, loraAName, loraBName, loraMName, moduleScale, xsRName, type LoraAdapter } from '../lora/adapter.js';
+import { checkXsShapes } from '../lora/xs.js';
 import type { TensorMap } from '../tensor.js';
 
 export type Schedule = 'cosine' | 'linear' | 'constant';
@@ -165,13 +166,15 @@ export class LoraTrainer {
 
   constructor(lm: CausalLM, start: LoraAdapter, optim: OptimConfig, trainable: (peftName: string) => boolean = () => true) {
     lm.validateAdapter(start);
+    checkXsShapes(start.tensors);
     this.lm = lm;
     this.#template = start;
     const train = new Map<string, tf.Variable>();
     for (const m of adapterModules(start)) {
       this.#scales.set(m, moduleScale(start.config, m, start.tensors.get(loraAName(m))!.shape[0]));
       // DoRA: the magnitude vector is a variable like A and B (rank 1, so AdamW never decays it)
-      const names = [loraAName(m), loraBName(m), ...(start.tensors.has(loraMName(m)) ? [loraMName(m)] : [])];
+      // LoRA-XS: the core R [r, r] is a variable too; the forward pass uses A_eff = R·A (see #runtime)
+      const names = [loraAName(m), loraBName(m), ...(start.tensors.has(loraMName(m)) ? [loraMName(m)] : []), ...(start.tensors.has(xsRName(m)) ? [xsRName(m)] : [])];
       for (const name of names) {
         const t = start.tensors.get(name)!;
         const v = ownVariable(tf.tensor(t.data, t.shape), trainable(name));
@@ -195,7 +198,11 @@ export class LoraTrainer {
     const rt: LoraRuntime = new Map();
     for (const [m, scale] of this.#scales) {
       const mag = this.#vars.get(loraMName(m)) as unknown as tf.Tensor1D | undefined;
-      rt.set(m, { A: this.#vars.get(loraAName(m)) as unknown as tf.Tensor2D, B: this.#vars.get(loraBName(m)) as unknown as tf.Tensor2D, scale, ...(mag ? { m: mag } : {}) });
+      const core = this.#vars.get(xsRName(m)) as unknown as tf.Tensor2D | undefined;
+      const A = this.#vars.get(loraAName(m)) as unknown as tf.Tensor2D;
+      // LoRA-XS reparametrisation: ΔW = s·B·(R·A), so autograd gives dL/dR = (dL/dA_eff)·Aᵀ. Called
+      // inside the caller's tape/tidy, which owns the product.
+      rt.set(m, { A: core ? tf.matMul(core, A) : A, B: this.#vars.get(loraBName(m)) as unknown as tf.Tensor2D, scale, ...(mag ? { m: mag } : {}) });
     }
     return rt;
   }
@@ -206,6 +213,30 @@ export class LoraTrainer {
     const t = batchTensors(b);
     try {
       return await this.#opt.accumulate(() => this.lm.causalLoss(this.lm.forward(t.ids, t.am, this.#runtime()), t.ids, t.lm, t.am));
+    } finally {
+      t.ids.dispose(); t.lm.dispose(); t.am.dispose();
+    }
+  }
+
+  /**
+   * Gradient of one micro-batch's loss with respect to every trainable tensor, without touching the
+   * optimizer or its accumulator (tests, diagnostics).
+   */
+  async gradients(b: Batch): Promise<{ loss: number; grads: TensorMap }> {
+    const names = this.#trainable;
+    if (!names.length) throw new Error('nothing to train: no adapter tensor is trainable');
+    const t = batchTensors(b);
+    try {
+      const { value, grads } = tf.variableGrads(() => this.lm.causalLoss(this.lm.forward(t.ids, t.am, this.#runtime()), t.ids, t.lm, t.am), names.map((n) => this.#vars.get(n)!));
+      const out: TensorMap = new Map();
+      for (const n of names) {
+        const g = grads[this.#vars.get(n)!.name]!;
+        out.set(n, { shape: [...g.shape], data: (await g.data()) as Float32Array });
+      }
+      const loss = (await value.data())[0]!;
+      value.dispose();
+      for (const g of Object.values(grads)) g.dispose();
+      return { loss, grads: out };
     } finally {
       t.ids.dispose(); t.lm.dispose(); t.am.dispose();
     }
@@ -232,6 +263,19 @@ export class LoraTrainer {
     const tensors: TensorMap = new Map();
     for (const [name, v] of this.#vars) tensors.set(name, { shape: [...v.shape], data: (await v.data()) as Float32Array });
     return { config: { ...this.#template.config }, tensors };
+  }
+
+  /** Logits [batch, length, vocab] of the current adapter, through the same runtime training uses (no gradients). */
+  async logits(ids: number[][]): Promise<Float32Array> {
+    const idsT = this.lm.idsTensor(ids);
+    try {
+      const out = tf.tidy(() => this.lm.forward(idsT, null, this.#runtime()));
+      const data = (await out.data()) as Float32Array;
+      out.dispose();
+      return data;
+    } finally {
+      idsT.dispose();
+    }
   }
 
   /** Mean loss over batches without training (no gradients). */
