@@ -5,8 +5,8 @@
 import { drawLineChart, drawBarChart, formatBytes, formatPercent, type LineChartSpec, type BarChartSpec } from './chart.js';
 import { SvgPainter, escapeXml as esc } from './svg.js';
 import { accuracyChart, lossChart, perClientChart, bytesChart, strategiesChart, phaseChart } from './specs.js';
-import { finalRows, totals, gaps } from './summary.js';
-import type { Report, EvalMetrics } from './types.js';
+import { finalRows, totals, gaps, rowCells, fmtPct, windowNote, ON_LABEL, globalOn } from './summary.js';
+import type { Report, EvalMetrics, FinalFigure } from './types.js';
 
 const W = 960;
 const H = 420;
@@ -66,16 +66,27 @@ export function renderReportHtml(r: Report): string {
   const finalBy = new Map(last?.clients.map((c) => [c.clientId, c]) ?? []);
   const strat = strategiesChart(r);
 
+  const multi = !!r.seeds?.length;
   const figures: string[] = [
     `<figure id="chart-accuracy">${svgOf(accuracyChart(r), 'line')}</figure>`,
     `<figure id="chart-loss">${svgOf(lossChart(r), 'line')}</figure>`,
-    `<figure id="chart-clients">${svgOf(perClientChart(r), 'bar')}</figure>`,
+    ...(r.clients.length ? [`<figure id="chart-clients">${svgOf(perClientChart(r), 'bar')}</figure>`] : []),
     ...(strat ? [`<figure id="chart-strategies">${svgOf(strat, 'line')}</figure>`] : []),
     `<figure id="chart-bytes">${svgOf(bytesChart(r), 'bar')}</figure>`,
     `<figure id="chart-phases">${svgOf(phaseChart(r), 'bar', W, 340)}</figure>`,
   ];
 
-  const finalTable = table(['method', 'accuracy', 'F1', 'eval loss'], finalRows(r).map((row) => [esc(row.method), pct(row.metrics.accuracy), pct(row.metrics.f1), num(row.metrics.loss)]));
+  const finalTable = table(['method', 'measured on', 'accuracy', 'F1', 'eval loss', 'last round acc'], finalRows(r).map((row) => {
+    const c = rowCells(row.metrics);
+    return [row.reference ? `<i>${esc(row.method)}</i>` : esc(row.method), esc(ON_LABEL[row.on]), esc(c.accuracy), esc(c.f1), row.reference ? '—' : esc(c.loss), row.reference ? '—' : esc(c.last)];
+  }), [0, 1]);
+  const ev = r.evaluation;
+  const evalNote = ev
+    ? `Global adapter and centralized baseline measured on ${ev.global === 'test' ? `a pooled test set of ${ev.testExamples} emails held out of the corpus before the partition` : "every client's eval split (unweighted mean)"}; personalized and local-only on the clients' own eval splits (${ev.perClient.min}–${ev.perClient.max} emails per client, ${ev.perClient.total} in all). Accuracy, F1 and loss: ${windowNote(r)}. Reference rows (italic) predict a label without reading the email.`
+    : '';
+  const seedList = multi
+    ? `<h2>Seeds</h2><p class="meta">Each seed's own report (per-client figures, rounds, notes):</p><ul>${r.seeds!.map((x) => `<li><a href="${esc(encodeURI(`${x.dir}/report.html`))}">seed ${esc(String(x.seed))}</a> · ${(x.wallMs / 1000).toFixed(1)} s</li>`).join('')}</ul>`
+    : '';
   const clientTable = table(
     ['client', 'rank', 'train', 'eval', 'labels', 'global acc', 'personalized acc', 'local-only acc'],
     r.clients.map((c) => [
@@ -93,9 +104,14 @@ export function renderReportHtml(r: Report): string {
     ]),
     [2],
   );
+  const sdPct = (m: FinalFigure | undefined) => esc(fmtPct(m?.accuracy, m?.sd?.accuracy));
   const stratTable = r.baselines.strategies.length
-    ? table(['strategy', 'global acc', 'global F1', 'personalized acc', 'bytes up (total)'], r.baselines.strategies.map((s) => [esc(s.strategy), pct(s.final.global.accuracy), pct(s.final.global.f1), pct(s.final.personalized?.accuracy), s.bytesUpTotal !== undefined ? formatBytes(s.bytesUpTotal) : '—']))
+    ? table(['strategy', 'global acc', 'global F1', 'global loss', 'personalized acc', 'bytes up (total)'], r.baselines.strategies.map((s) => {
+      const g = rowCells(s.final.global);
+      return [esc(s.strategy), esc(g.accuracy), esc(g.f1), esc(g.loss), sdPct(s.final.personalized), s.bytesUpTotal !== undefined ? formatBytes(s.bytesUpTotal) : '—'];
+    }))
     : '<p class="meta">No strategy comparison in this run.</p>';
+  const majority = globalOn(r) === 'test' ? r.references?.alwaysMajority.test : r.references?.alwaysMajority.clients;
 
   const title = r.title ?? `fedlora simulation: ${r.scenario.name}`;
   return `<!doctype html>
@@ -110,23 +126,25 @@ export function renderReportHtml(r: Report): string {
 <body>
 <main>
 <h1>${esc(title)}</h1>
-<div class="meta">scenario <b>${esc(r.scenario.name)}</b> · strategy <b>${esc(r.scenario.strategy)}</b> · seed ${esc(String(r.scenario.seed))} · ${r.clients.length} clients · ${r.final.rounds} rounds · ${(r.wallMs / 1000).toFixed(1)} s · ${esc(r.createdAt)}</div>
+<div class="meta">scenario <b>${esc(r.scenario.name)}</b> · strategy <b>${esc(r.scenario.strategy)}</b> · ${multi ? `${r.seeds!.length} seeds (${esc(String(r.scenario.seed))}), mean ± sd` : `seed ${esc(String(r.scenario.seed))} · ${r.clients.length} clients`} · ${r.final.rounds} rounds · ${(r.wallMs / 1000).toFixed(1)} s · ${esc(r.createdAt)}</div>
 <div class="cards">
-${card('federated + personalized accuracy', pct(r.final.personalized.accuracy), `global adapter ${pct(r.final.global.accuracy)}`)}
-${card('local-only accuracy', pct(r.baselines.localOnly?.final.accuracy), `personalized vs local: ${fmtPp(g.overLocal, true)}`)}
-${card('centralized accuracy (upper bound)', pct(r.baselines.centralized?.final.accuracy), `gap to centralized: ${g.toCentralized === null ? '—' : `${g.toCentralized.toFixed(1)} pp`}`)}
+${card(`federated global accuracy (${ON_LABEL[globalOn(r)]})`, sdPct(r.final.global), `vs always-majority ${esc(fmtPct(majority?.accuracy))}: ${fmtPp(g.overMajority, true)}`)}
+${card('federated + personalized accuracy', sdPct(r.final.personalized), `clients' eval, mean`)}
+${card('local-only accuracy', sdPct(r.baselines.localOnly?.final), `personalized vs local: ${fmtPp(g.overLocal, true)}`)}
+${card('centralized accuracy (pooled data)', sdPct(r.baselines.centralized?.final), `centralized − global: ${g.toCentralized === null ? '—' : `${g.toCentralized.toFixed(1)} pp`}`)}
 ${card('bytes moved (up + down)', formatBytes(t.bytesUp + t.bytesDown), t.ratio !== null ? `${(t.ratio * 100).toPrecision(2)}% of full-model equivalent (${formatBytes(t.fullModelEquivalent)})` : '')}
-${card('dropouts survived', String(t.dropouts), `over ${r.rounds.length} rounds`)}
+${multi ? '' : card('dropouts survived', String(t.dropouts), `over ${r.rounds.length} rounds`)}
 </div>
 <h2>Charts</h2>
 ${figures.join('\n')}
 <h2>Final figures</h2>
 ${finalTable}
+${evalNote ? `<p class="meta">${esc(evalNote)}</p>` : ''}
 ${r.metricsNote ? `<p class="meta">${esc(r.metricsNote)}</p>` : ''}
+${seedList}
 <h2>Strategies</h2>
 ${stratTable}
-<h2>Clients</h2>
-<div class="scroll">${clientTable}</div>
+${r.clients.length ? `<h2>Clients</h2>\n<div class="scroll">${clientTable}</div>` : ''}
 <h2>Rounds</h2>
 <div class="scroll">${roundTable}</div>
 ${r.notes?.length ? `<h2>Notes</h2><ul>${r.notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}

@@ -3,6 +3,8 @@ import { PALETTE, formatBytesSI, formatPercent, formatNumber, type LineChartSpec
 import type { Report, CurvePoint } from './types.js';
 
 export const COLORS = {
+  alwaysMajority: '#555555',
+  perClientMajority: '#8c564b',
   global: PALETTE[0] as string,
   personalized: PALETTE[1] as string,
   centralized: PALETTE[2] as string,
@@ -14,6 +16,25 @@ export const COLORS = {
 
 type MetricKey = 'accuracy' | 'loss' | 'f1';
 
+/**
+ * The label-only reference rates as dashed horizontal lines: always-majority where the global
+ * adapter is measured (the pooled test set, or else the clients' eval splits), and per-client
+ * majority on the clients' eval splits (where personalized and local-only are measured).
+ */
+export function referenceLines(r: Report): RefLine[] {
+  const ref = r.references;
+  if (!ref) return [];
+  const out: RefLine[] = [];
+  const onTest = r.evaluation?.global === 'test' && ref.alwaysMajority.test;
+  const always = onTest ? ref.alwaysMajority.test : ref.alwaysMajority.clients;
+  if (typeof always?.accuracy === 'number') {
+    out.push({ name: `always "${ref.alwaysMajority.label}" (${onTest ? 'test set' : "clients' eval"})`, color: COLORS.alwaysMajority, y: always.accuracy, dash: [2, 4] });
+  }
+  const per = ref.perClientMajority.clients.accuracy;
+  if (typeof per === 'number') out.push({ name: "per-client majority (clients' eval)", color: COLORS.perClientMajority, y: per, dash: [10, 4] });
+  return out;
+}
+
 function curveSeries(name: string, color: string, curve: CurvePoint[] | undefined, key: MetricKey, dash?: number[]): LineSeries | undefined {
   if (!curve || curve.length === 0) return undefined;
   return { name, color, dash, points: curve.map((c) => ({ x: c.round, y: c[key] ?? null })) };
@@ -21,22 +42,24 @@ function curveSeries(name: string, color: string, curve: CurvePoint[] | undefine
 
 function metricChart(r: Report, key: 'accuracy' | 'loss'): LineChartSpec {
   const rounds = r.rounds.map((x) => x.round);
+  const onTest = r.evaluation?.global === 'test';
   const series: LineSeries[] = [
-    { name: `global adapter (${r.scenario.strategy})`, color: COLORS.global, points: r.rounds.map((x) => ({ x: x.round, y: x.global[key] })) },
-    { name: 'personalized', color: COLORS.personalized, points: r.rounds.map((x) => ({ x: x.round, y: x.personalized[key] })) },
+    { name: `global adapter (${r.scenario.strategy})${onTest ? ', test set' : ''}`, color: COLORS.global, points: r.rounds.map((x) => ({ x: x.round, y: x.global[key] })) },
+    { name: `personalized${onTest ? " (clients' eval)" : ''}`, color: COLORS.personalized, points: r.rounds.map((x) => ({ x: x.round, y: x.personalized[key] })) },
   ];
   if (key === 'loss') series.push({ name: 'train loss', color: '#777777', dash: [2, 4], points: r.rounds.map((x) => ({ x: x.round, y: x.trainLoss })) });
-  const refLines: RefLine[] = [];
+  const refLines: RefLine[] = key === 'accuracy' ? referenceLines(r) : [];
   const c = r.baselines.centralized;
-  const cs = curveSeries('centralized (pooled data)', COLORS.centralized, c?.curve, key, [8, 5]);
+  const cs = curveSeries(`centralized (pooled data)${onTest ? ', test set' : ''}`, COLORS.centralized, c?.curve, key, [8, 5]);
   if (cs) series.push(cs);
   else if (typeof c?.final[key] === 'number') refLines.push({ name: 'centralized (final)', color: COLORS.centralized, y: c.final[key] as number, dash: [8, 5] });
   const l = r.baselines.localOnly;
   const ls = curveSeries('local only', COLORS.localOnly, l?.curve, key, [3, 4]);
   if (ls) series.push(ls);
   else if (typeof l?.final[key] === 'number') refLines.push({ name: 'local only (final)', color: COLORS.localOnly, y: l.final[key] as number, dash: [3, 4] });
+  const seeds = r.seeds?.length ? `, mean of ${r.seeds.length} seeds` : '';
   return key === 'accuracy'
-    ? { title: 'Eval accuracy per round (mean over clients)', xLabel: 'round', yLabel: 'accuracy', series, refLines, yMax: 1, yFormat: formatPercent }
+    ? { title: `Eval accuracy per round${onTest ? '' : ' (mean over clients)'}${seeds}`, xLabel: 'round', yLabel: 'accuracy', series, refLines, yMax: 1, yFormat: formatPercent }
     : { title: `Loss per round${rounds.length ? '' : ''}`, xLabel: 'round', yLabel: 'loss (nats/token)', series, refLines, yMin: 0 };
 }
 
@@ -92,7 +115,7 @@ export function strategiesChart(r: Report): LineChartSpec | undefined {
   });
   const c = curveSeries('centralized', COLORS.centralized, r.baselines.centralized?.curve, 'accuracy', [8, 5]);
   if (c) series.push({ ...c, width: 2 });
-  return { title: 'Strategies side by side: global accuracy per round', xLabel: 'round', yLabel: 'accuracy', series, yMax: 1, yFormat: formatPercent };
+  return { title: 'Strategies side by side: accuracy per round', xLabel: 'round', yLabel: 'accuracy', series, refLines: referenceLines(r), yMax: 1, yFormat: formatPercent };
 }
 
 export function phaseChart(r: Report): BarChartSpec {

@@ -94,7 +94,13 @@ describe('simulation report', () => {
     expect(table).to.contain(`${(r.final.personalized.accuracy! * 100).toFixed(1)}%`);
     expect(table).to.contain(`${(r.baselines.localOnly!.final.accuracy! * 100).toFixed(1)}%`);
     expect(table).to.match(/personalized vs local only: [+-]\d+\.\d pp/);
-    expect(table).to.match(/gap to centralized: [+-]?\d+\.\d pp/);
+    expect(table).to.match(/centralized − global: [+-]?\d+\.\d pp/);
+    expect(table).to.match(/global vs always-majority: [+-]\d+\.\d pp/);
+    expect(g.toCentralized).to.be.closeTo((r.baselines.centralized!.final.accuracy! - r.final.global.accuracy!) * 100, 1e-9);
+    expect(g.overMajority).to.be.closeTo((r.final.global.accuracy! - r.references!.alwaysMajority.test!.accuracy!) * 100, 1e-9);
+    // the reference rows and the window are stated; a single-seed report has no ± sd
+    expect(table).to.contain('always-majority ("ham")').and.contain('per-client majority').and.contain('mean of the last 3 evaluated round(s)');
+    expect(table).to.not.contain('±');
     expect(g.overLocal).to.be.closeTo((r.final.personalized.accuracy! - r.baselines.localOnly!.final.accuracy!) * 100, 1e-9);
     expect(t.bytesUp).to.equal(r.rounds.reduce((s, x) => s + x.bytes.up, 0));
     expect(t.ratio).to.be.greaterThan(0).and.lessThan(1);
