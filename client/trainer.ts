@@ -62,9 +62,11 @@ const REFACTORED_RTOL = 1e-4;
  * init, a client's trained A and a plain average are never in that form (to 1e-4), so this is the
  * cheapest reliable signal that the slot basis changed since the last round, with no protocol field.
  * Rank-1 modules cannot tell (a rank-1 refactor is at most a sign flip); modules a client keeps
- * personal are never rotated and never match.
+ * personal are never rotated and never match; LoRA-XS adapters (frozen orthonormal A) never count.
  */
 export function inRefactoredBasis(adapter: LoraAdapter): boolean {
+  // LoRA-XS: A = V_rᵀ is frozen with orthonormal rows by construction and never refactored
+  if (hasXs(adapter)) return false;
   for (const [name, t] of adapter.tensors) {
     if (!name.endsWith('.lora_A.weight') || t.shape.length !== 2) continue;
     const [r, n] = t.shape as [number, number];
