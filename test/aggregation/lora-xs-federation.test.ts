@@ -1,0 +1,119 @@
+/**
+ * A federated LoRA-XS run over real sockets with secure aggregation: the coordinator computes the
+ * frozen factors from the llama-tiny checkpoint and ships them in the signed global adapter; three
+ * clients with real local training (ranks 2, 4, 4) upload masked vectors that hold only the r×r
+ * cores; the unmasked result is the rank-aware average of the cores (within the fixed-point bound),
+ * the factors never change, and the export is a plain PEFT LoRA adapter (B = U_r Σ_r R, A = V_rᵀ).
+ */
+import { expect } from 'chai';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Coordinator } from '../../coordinator/index.js';
+import { Client } from '../../client/index.js';
+import { createTrainer } from '../../client/trainer.js';
+import { ByteTokenizer } from '../../shared/model/tokenizer.js';
+import { decode } from '../../shared/codec/index.js';
+import { getStrategy, makeLayout, sharedLayout, unflatten } from '../../shared/aggregation/index.js';
+import { quantErrorBound } from '../../shared/crypto/index.js';
+import { loraAName, loraBName, parseXsName, xsRName } from '../../shared/lora/adapter.js';
+import { loadPeftAdapter } from '../../shared/lora/peft.js';
+import { xsToLora } from '../../shared/lora/xs.js';
+import { xsInitFromCheckpoint } from '../../shared/lora/xs-checkpoint.js';
+import { readModelInfo } from '../../shared/model/model-info.js';
+import { setLogLevel } from '../../shared/log.js';
+import { FIXTURE, contributionLog } from '../coordinator/helpers.js';
+
+const SEED = 11;
+const TARGETS = ['q_proj', 'v_proj', 'down_proj'];
+
+function examples(n: number, offset: number): { prompt: string; completion: string }[] {
+  return Array.from({ length: n }, (_, i) => ({ prompt: `message ${i + offset}: claim your prize ${i % 3}`, completion: (i + offset) % 2 ? ' spam' : ' ham' }));
+}
+
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+}
+
+describe('LoRA-XS federation over the wire (secure aggregation)', function () {
+  this.timeout(90_000);
+  let dir: string;
+  before(() => { setLogLevel('error'); console.log(`      seed ${SEED}`); });
+  beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-xs-fed-')); });
+  afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+
+  it('uploads only masked cores; the global cores are their rank-aware average; factors stay; the export is plain PEFT LoRA', async () => {
+    const ranks = [2, 4, 4];
+    const coord = new Coordinator({
+      allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), exportDir: join(dir, 'export'), rounds: 1, clientsPerRound: 3, minClients: 3,
+      maxRank: 4, strategy: 'lora-xs', localSteps: 3, lr: 1e-2, batchSize: 2, joinWaitMs: 50, seed: SEED, targetModules: TARGETS,
+    });
+    const url = await coord.serve(0);
+    const init = coord.globalAdapter!;
+    // the distributed factors are exactly the checkpoint's truncated SVD, recomputed here independently
+    const info = await readModelInfo(FIXTURE);
+    const mine = await xsInitFromCheckpoint(FIXTURE, 4, 16, { targetModules: TARGETS, fanInFanOut: info.fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM' });
+    expect([...init.tensors.keys()].sort()).to.deep.equal([...mine.tensors.keys()].sort());
+    for (const [k, t] of mine.tensors) expect(sameBits(init.tensors.get(k)!.data, t.data), k).to.equal(true);
+    const modules = [...init.tensors.keys()].filter((k) => parseXsName(k)).length;
+    expect(modules).to.equal(6);
+
+    const seen = contributionLog();
+    const uploads: Uint8Array[] = [];
+    const clients = ranks.map((rank, i) => new Client({
+      coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`, backend: 'cpu',
+      trainerFactory: (f) => createTrainer({ modelDir: f.modelDir, examples: examples(6 + 4 * i, 10 * i), backend: 'cpu', tokenizer: new ByteTokenizer(), seed: SEED + i, evalFraction: 0.25, maxSeqLen: 48 }),
+      observe: { ...seen.observer(i), upload: (b) => uploads.push(b) },
+    }));
+    await Promise.all([coord.done, ...clients.map((c) => c.run())]);
+    const final = coord.globalAdapter!;
+    const record = coord.history.at(-1)!;
+    await coord.close();
+
+    expect(record.status).to.equal('completed');
+    expect(uploads).to.have.length(3);
+    for (const u of uploads) expect((decode(u) as { kind: string }).kind).to.equal('masked');
+    const dumps = [0, 1, 2].map((i) => seen.of(i));
+    const layout = makeLayout(dumps[0]!.layout);
+    // the layout is the cores and nothing else: r² values per module
+    expect(layout.entries.every((e) => parseXsName(e.name) !== null)).to.equal(true);
+    expect(layout.size).to.equal(modules * 16);
+    const loraSize = sharedLayout(getStrategy('fedit'), init).size;
+    console.log(`      upload layout: ${layout.size} values (LoRA A+B at r=4 would be ${loraSize}); masked uploads ${uploads.map((u) => u.byteLength).join(', ')} bytes`);
+    // the rank-2 client's contribution is zero outside its leading 2×2 blocks
+    for (const e of layout.entries) for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) {
+      if (Math.max(i, j) >= 2) expect(dumps[0]!.contribution[e.offset + i * 4 + j], `${e.name}[${i},${j}]`).to.equal(0);
+    }
+    // unmasked result = rank-aware average of the plaintext contributions, within the fixed-point bound
+    const acc = new Float64Array(layout.size);
+    for (const d of dumps) for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + d.contribution[i]!;
+    const want = getStrategy('lora-xs').finalize(unflatten(Float32Array.from(acc), layout), dumps.map((d) => ({ rank: d.rank, weight: d.weight })), init, 4);
+    const tol = quantErrorBound(dumps[0]!.quant!, 3) / Math.min(...dumps.map((d) => d.weight)) + 1e-6;
+    let moved = 0;
+    for (const [k, t] of final.tensors) {
+      if (parseXsName(k)) {
+        const w = want.tensors.get(k)!.data;
+        for (let i = 0; i < t.data.length; i++) expect(Math.abs(t.data[i]! - w[i]!), `${k}[${i}]`).to.be.below(tol);
+        moved = Math.max(moved, ...t.data.map(Math.abs));
+      } else {
+        expect(sameBits(t.data, init.tensors.get(k)!.data), `${k} frozen`).to.equal(true);
+      }
+    }
+    expect(moved, 'cores trained').to.be.greaterThan(1e-4);
+    // every client evaluated the global and its trained adapter (the folded plain-LoRA form)
+    for (const p of record.participants) {
+      expect(p.global?.loss, `${p.clientId} global eval`).to.be.a('number');
+      expect(p.personal?.loss, `${p.clientId} personal eval`).to.be.a('number');
+    }
+
+    const exported = await loadPeftAdapter(join(dir, 'export'));
+    const folded = xsToLora(final);
+    expect(exported.config).to.include({ r: 4, loraAlpha: 16, useRslora: false });
+    expect([...exported.tensors.keys()].sort()).to.deep.equal([...folded.tensors.keys()].sort());
+    for (const m of [...final.tensors.keys()].map((k) => parseXsName(k)?.module).filter((x): x is string => !!x)) {
+      expect(exported.tensors.has(xsRName(m))).to.equal(false);
+      expect(sameBits(exported.tensors.get(loraAName(m))!.data, init.tensors.get(loraAName(m))!.data), `${m} A = Vᵀ`).to.equal(true);
+      expect(sameBits(exported.tensors.get(loraBName(m))!.data, folded.tensors.get(loraBName(m))!.data), `${m} B = UΣR`).to.equal(true);
+    }
+  });
+});
