@@ -28,6 +28,7 @@ import { parseLoraName, resizeCols, resizeRows, type LoraAdapter } from '../shar
 import { atomicWrite, loadSafetensors, readFloatTensor, saveSafetensors } from '../shared/model/safetensors.js';
 import type { Tensor32, TensorMap } from '../shared/tensor.js';
 import type { Example } from '../shared/data/jsonl.js';
+import { fnv1a32 } from '../shared/data/random.js';
 import { ensureModel } from './model-cache.js';
 import type { LocalTrainer, EvalMetrics } from './trainer.js';
 import { Progress } from './progress.js';
@@ -219,6 +220,7 @@ export class Client {
       void diagnoseConnectError(e, url, ca !== undefined).then((d) => {
         if (this.#stopped) return;
         if (d.fatal) { this.#fail(new ConfigError(`cannot connect to ${o.coordinatorUrl}: ${d.message}`)); return; }
+        log.debug(`${this.#clientId}: connect attempt ${n} failed (${d.code})`);
         // the first failure, a new cause, and then at most every RETRY_LOG_MS: the cause and when the next try comes
         const now = Date.now();
         if (n === 1 || d.code !== lastCause || now - lastLog >= RETRY_LOG_MS) {
@@ -543,7 +545,7 @@ export class Client {
     const global = evaluate ? await trainer.evaluate(globalAdapter) : undefined;
     const steps = rs.train.epochs > 0 ? Math.max(1, Math.ceil((rs.train.epochs * trainer.trainExamples) / rs.train.batchSize)) : rs.train.steps;
     const bar = o.progress ? new Progress(`round ${rs.round}`) : null;
-    const seed = (rs.train.seed ^ hash32(this.#clientId)) >>> 0;
+    const seed = (rs.train.seed ^ fnv1a32(this.#clientId)) >>> 0;
     const t0 = Date.now();
     const res = await trainer.train(start, {
       steps, lr: rs.train.lr, batchSize: rs.train.batchSize, seed,
@@ -616,8 +618,3 @@ export function idForKey(publicKey: Uint8Array): string {
   return `client-${createHash('sha256').update(publicKey).digest('hex').slice(0, 12)}`;
 }
 
-function hash32(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) { h ^= s.charCodeAt(i); h = Math.imul(h, 0x01000193) >>> 0; }
-  return h;
-}

@@ -120,7 +120,10 @@ async function checkInputs(o: { modelDir: string; stateDir: string; authorizedCl
   }
   const st = await stat(o.stateDir).catch(() => null);
   if (st && !st.isDirectory()) throw new ConfigError(`--state ${o.stateDir} exists and is not a folder`);
-  if (o.authorizedClients) parseAuthorizedClients(await readable(o.authorizedClients, 'authorized-clients'), o.authorizedClients);
+  if (o.authorizedClients) {
+    const text = await readable(o.authorizedClients, 'authorized-clients');
+    try { parseAuthorizedClients(text, o.authorizedClients); } catch (e) { throw new ConfigError(`--authorized-clients ${errorMessage(e)}`); }
+  }
   if (o.tlsCert && !(await readable(o.tlsCert, 'tls-cert')).includes('-----BEGIN CERTIFICATE')) throw new ConfigError(`--tls-cert ${o.tlsCert} holds no PEM certificate`);
   if (o.tlsKey && !/-----BEGIN [A-Z ]*PRIVATE KEY/.test(await readable(o.tlsKey, 'tls-key'))) throw new ConfigError(`--tls-key ${o.tlsKey} holds no PEM private key`);
   if (o.identity) {

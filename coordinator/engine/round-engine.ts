@@ -451,7 +451,7 @@ export class RoundEngine {
     const g = adapterForRank(this.#global, rank);
     const payload: RoundStart = {
       roundId: a.roundId, round: a.round, rank, maxRank: c.maxRank, strategy: i.strategy.name,
-      config: { r: g.config.r, loraAlpha: g.config.loraAlpha, targetModules: g.config.targetModules, fanInFanOut: g.config.fanInFanOut, useRslora: g.config.useRslora, taskType: g.config.taskType },
+      config: { r: g.config.r, loraAlpha: g.config.loraAlpha, targetModules: g.config.targetModules, fanInFanOut: g.config.fanInFanOut, useRslora: g.config.useRslora, taskType: g.config.taskType, ...(g.config.useDora ? { useDora: true } : {}) },
       global: tensorMapToWire(g.tensors),
       layout: i.layout.entries.map((e) => ({ name: e.name, shape: [...e.shape] })),
       train: { ...c.train, seed: (c.seed + a.round * 7919) >>> 0 },
@@ -570,9 +570,11 @@ export class RoundEngine {
       const sharing = contributors.filter((s) => !(this.#members.get(s.clientId)?.personal(e.name) ?? false));
       const w = new Float64Array(c.maxRank);
       for (const s of sharing) for (let j = 0; j < s.rank; j++) w[j] = w[j]! + s.weight;
+      // elements outside any rank slot (DoRA magnitudes) are bounded by everyone who shares them
+      const all = sharing.reduce((t, s) => t + s.weight, 0);
       for (let k = e.offset; k < e.offset + e.size; k++) {
         const v = sum[k]!;
-        const bound = c.clip * w[slots[k]!]! + err;
+        const bound = c.clip * (slots[k]! < 0 ? all : w[slots[k]!]!) + err;
         if (!(Math.abs(v) <= bound)) {
           throw new AttemptFailure('BOUND_EXCEEDED', `the unmasked sum of ${e.name} has ${v.toExponential(3)} at element ${k - e.offset}, beyond what honest clipped contributions can reach (${bound.toExponential(3)}): a participant sent a crafted input`);
         }

@@ -102,7 +102,8 @@ class MomentumServer implements StrategyServer {
       if (avg.shape.length !== prev.shape.length || avg.shape.some((d, i) => d !== prev.shape[i]) || avg.data.length !== prev.data.length) {
         throw new ConfigError(`${name}: ${k} has shape [${avg.shape}] after averaging, [${prev.shape}] before`);
       }
-      if (!this.strategy.isShared(k)) { tensors.set(k, { shape: [...avg.shape], data: new Float32Array(avg.data) }); continue; }
+      // DoRA magnitudes (no rank slots) take the plain average, without momentum
+      if (!this.strategy.isShared(k) || !parseLoraName(k)) { tensors.set(k, { shape: [...avg.shape], data: new Float32Array(avg.data) }); continue; }
       const factor = parseLoraName(k)!.factor;
       const cols = prev.shape[1]!;
       const mask = trained ? trained.get(k) : changedSlots(factor, prev.data, avg.data, cols, maxRank);

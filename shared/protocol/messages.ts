@@ -69,6 +69,8 @@ export interface TrainConfig { steps: number; epochs: number; lr: number; batchS
 
 export interface WireLoraConfig {
   r: number; loraAlpha: number; targetModules: string[]; fanInFanOut: boolean; useRslora: boolean; taskType: string;
+  /** DoRA (PEFT use_dora): the global carries lora_magnitude_vector tensors. Sent only when true. */
+  useDora?: boolean;
 }
 
 export interface RoundStart {
@@ -249,6 +251,7 @@ export function parseRoundStart(v: unknown): RoundStart {
       fanInFanOut: bool(c.fanInFanOut, 'config.fanInFanOut'),
       useRslora: bool(c.useRslora, 'config.useRslora'),
       taskType: str(c.taskType, 'config.taskType', { max: 64 }),
+      ...(c.useDora !== undefined ? { useDora: bool(c.useDora, 'config.useDora') } : {}),
     },
     global: [...global].map(([name, x]) => ({ name, shape: x.shape, data: x.data })),
     layout,
