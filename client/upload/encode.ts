@@ -7,7 +7,7 @@
 import { encode } from '../../shared/codec/index.js';
 import { encodeUpdate, type SecAggClient, type SharesMsg } from '../../shared/crypto/index.js';
 import type { SealedKind, Update, UpdateMetrics } from '../../shared/protocol/index.js';
-import type { UploadContext } from './mods.js';
+import { BUILTIN_FIXED_MODS, type FixedPointMod, type UploadContext } from './mods.js';
 
 /** Seals a payload for the coordinator under this round's context and the given kind. */
 export type Seal = (payload: Uint8Array, kind: SealedKind) => Uint8Array;
@@ -40,13 +40,20 @@ export function plainEncoder(seal: Seal): UploadEncoder {
   };
 }
 
-/** Masks with `sc`, which must be in its mask phase and holds the shares relayed to it. */
-export function maskedEncoder(sc: SecAggClient, shares: SharesMsg, seal: Seal): UploadEncoder {
+/**
+ * Masks with `sc`, which must be in its mask phase and holds the shares relayed to it. The
+ * fixed-point mods (distributed DP noise) run on the encoded integers before masking.
+ */
+export function maskedEncoder(sc: SecAggClient, shares: SharesMsg, seal: Seal, fixedMods: readonly FixedPointMod[] = BUILTIN_FIXED_MODS): UploadEncoder {
   return {
     kind: 'secagg/masked',
     encode(vector, ctx, metrics) {
       if (!ctx.quant) throw new TypeError('masked upload without fixed-point parameters');
-      const q = encodeUpdate(vector, ctx.weight, ctx.quant);
+      let q = encodeUpdate(vector, ctx.weight, ctx.quant);
+      for (const [i, mod] of fixedMods.entries()) {
+        q = mod(q, ctx);
+        if (!(q instanceof Uint32Array) || q.length !== vector.length) throw new TypeError(`fixed-point mod #${i} changed the vector length`);
+      }
       // whatever the SecAggClient reports besides the masked vector travels along unchanged
       return seal(encode({ ...sc.maskedInput(shares, q), metrics }), 'secagg/masked');
     },

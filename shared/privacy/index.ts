@@ -1,0 +1,3 @@
+export * from './accountant.js';
+export * from './sampler.js';
+export * from './dp.js';
