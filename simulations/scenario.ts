@@ -78,6 +78,8 @@ export interface Scenario {
   /** How long the coordinator waits for a participant that lost its connection to come back. */
   rejoinGraceMs: number;
   secureAggregation: boolean;
+  /** DoRA (the coordinator's --dora) for every federated run: compare with the same scenario at false. */
+  dora: boolean;
   /**
    * Server optimiser on each round's aggregate (FedAvgM, FedAdam, FedYogi; `{ name: 'none' }` for
    * none). Applies to the main strategy and to every compared strategy it composes with
@@ -118,6 +120,7 @@ export const DEFAULTS: Scenario = {
   joinWaitMs: 3000,
   rejoinGraceMs: 1000,
   secureAggregation: true,
+  dora: false,
   serverOpt: { name: 'none' },
   seed: 42,
   backend: 'wasm',
@@ -198,7 +201,7 @@ export function serverOptFor(s: Pick<Scenario, 'serverOpt'>, strat: ScenarioStra
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'serverOpt', 'seed', 'backend', 'workers']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'seed', 'backend', 'workers']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -328,6 +331,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     joinWaitMs: int(raw.joinWaitMs, 'joinWaitMs', 0, 600_000, d.joinWaitMs),
     rejoinGraceMs: int(raw.rejoinGraceMs, 'rejoinGraceMs', 0, 600_000, d.rejoinGraceMs),
     secureAggregation: bool(raw.secureAggregation, 'secureAggregation', d.secureAggregation),
+    dora: bool(raw.dora, 'dora', d.dora),
     serverOpt: serverOpt(raw.serverOpt, strat, d.serverOpt),
     seed: int(raw.seed, 'seed', 0, 2 ** 31 - 1, d.seed),
     backend: str(raw.backend, 'backend', d.backend, 20),
@@ -380,7 +384,23 @@ async function readScenarioJson(file: string, presetRef?: string): Promise<unkno
     if (presetRef !== undefined) throw new ConfigError(`no scenario preset "${presetRef}" (presets: ${(await presetNames()).join(', ')}) and no file by that name`);
     throw new ConfigError(`cannot read scenario ${resolve(file)}: ${errorMessage(e)}`);
   }
-  try { return JSON.parse(text) as unknown; } catch (e) { throw new ConfigError(`scenario ${file} is not valid JSON: ${errorMessage(e)}`); }
+  let raw: unknown;
+  try { raw = JSON.parse(text) as unknown; } catch (e) { throw new ConfigError(`scenario ${file} is not valid JSON: ${errorMessage(e)}`); }
+  return presetRef === undefined ? raw : presetPaths(raw);
+}
+
+/**
+ * A bundled preset's relative `model` / `dataset` paths name files inside the package (they hold
+ * for a file that extends the preset too); a user's own scenario file keeps them relative to the
+ * working directory (docs/SCENARIOS.md, "Paths").
+ */
+function presetPaths(raw: unknown): unknown {
+  if (!isObj(raw)) return raw;
+  const out: Obj = { ...raw };
+  const inPackage = (v: unknown): unknown => (typeof v === 'string' && v !== '' && !isAbsolute(v) ? resolve(packageRoot(), v) : v);
+  if (out.model !== undefined) out.model = inPackage(out.model);
+  if (out.dataset !== undefined && out.dataset !== 'spam') out.dataset = inPackage(out.dataset);
+  return out;
 }
 
 /**

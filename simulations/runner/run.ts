@@ -263,6 +263,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       const coordOpts: CoordinatorOptions = {
         ...(o.coordinatorExtra ?? {}),
         ...(s.secureAggregation ? {} : { insecureAggregation: true }),
+        ...(s.dora ? { dora: true } : {}),
         authorizedClients: [...identities.values()].map((id) => formatPublicKey(id.publicKey)),
         rejoinGraceMs: s.rejoinGraceMs,
         modelDir: s.model, stateDir: join(dir, 'coordinator'), exportDir: join(dir, 'adapter'), rounds: s.rounds, clientsPerRound: s.clientsPerRound,
