@@ -24,7 +24,7 @@ import {
   type Identity,
 } from '../shared/crypto/index.js';
 import { getStrategy, type Strategy } from '../shared/aggregation/index.js';
-import { parseLoraName, resizeCols, resizeRows, type LoraAdapter } from '../shared/lora/adapter.js';
+import { isAdapterTensorName, parseLoraName, resizeCols, resizeRows, type LoraAdapter } from '../shared/lora/adapter.js';
 import { atomicWrite, loadSafetensors, readFloatTensor, saveSafetensors } from '../shared/model/safetensors.js';
 import type { Tensor32, TensorMap } from '../shared/tensor.js';
 import type { Example } from '../shared/data/jsonl.js';
@@ -65,8 +65,22 @@ export interface ClientOptions {
   stateDir: string;
   maxRank?: number;
   backend?: string;
-  /** Globs over PEFT tensor names that stay on this client. */
+  /** Globs over PEFT tensor names this client personalizes (see personalMode). */
   personal?: string[];
+  /**
+   * What `personal` means (default 'finetune'):
+   * - 'finetune': the matched tensors are trained and shared like every other tensor, so the global
+   *   adapter keeps a trained counterpart of each; every round the client then fine-tunes its own copy
+   *   of them on top of the global adapter it received (`personalSteps` steps, fresh optimizer, the
+   *   rest of the adapter frozen), keeps that copy in <state>/personal.safetensors and reports it as
+   *   its personalized model.
+   * - 'exclusive': the matched tensors never leave the client (zeros in the upload, declared to the
+   *   coordinator, which averages them over the clients that share them); the global copy of them
+   *   is then trained by nobody who keeps them.
+   */
+  personalMode?: 'finetune' | 'exclusive';
+  /** Fine-tuning steps for the personal copy under 'finetune' (default: the round's local steps). */
+  personalSteps?: number;
   evalFraction?: number;
   /** Folder that may already hold the base model (checked against the modelId; skips the download). */
   modelDir?: string;
@@ -385,13 +399,14 @@ export class Client {
     const hello = parseHelloReply(await request(socket, EV.hello, {
       protocolVersion: PROTOCOL_VERSION, clientId: this.#clientId,
       capabilities: { maxRank: o.maxRank!, backend: this.#backend, examples: this.#trainer?.trainExamples ?? 0, gpu: false },
-      personal: o.personal ?? [], proof,
+      personal: this.#exclusive ? o.personal ?? [] : [], proof,
     }, this.#timeout()));
     if (hello.protocolVersion !== PROTOCOL_VERSION) throw new ProtocolError('VERSION_MISMATCH', `coordinator speaks protocol ${hello.protocolVersion}, this client ${PROTOCOL_VERSION}`);
     if (this.#hello && this.#hello.modelId !== hello.modelId) throw new ProtocolError('MODEL_MISMATCH', 'the coordinator now serves a different base model; restart the client');
     this.#hello = hello;
     this.#strategy = getStrategy(hello.strategy);
-    this.#isPersonal = personalRule(this.#strategy, this.#isPersonalGlob);
+    // under 'finetune' the globs only choose what the personal copy fine-tunes: every tensor is shared
+    this.#isPersonal = personalRule(this.#strategy, this.#exclusive ? this.#isPersonalGlob : () => false);
     if (!this.#modelDir) {
       const bar = o.progress ? new Progress('model') : null;
       const m = await ensureModel({
@@ -554,13 +569,37 @@ export class Client {
     });
     const trainMs = Date.now() - t0;
     bar?.done();
-    const personalMetrics = evaluate ? await trainer.evaluate(res.adapter) : undefined;
-    await this.#savePersonal(res.adapter.tensors);
+    const tuned = await this.#personalize(rs, globalAdapter, res.adapter, seed);
+    const personalModel = tuned ?? res.adapter;
+    const personalMetrics = evaluate ? await trainer.evaluate(personalModel) : undefined;
+    await this.#savePersonal(personalModel.tensors, tuned !== null);
     this.#roundsTrained.add(rs.round);
     const metrics: UpdateMetrics = { trainLoss: Math.min(1e6, Math.max(0, finiteOr(res.trainLoss, 0))), steps: res.steps, trainMs: trainMs };
     if (global) metrics.global = cleanEval(global);
     if (personalMetrics) metrics.personal = cleanEval(personalMetrics);
     return { tensors: res.adapter.tensors, examples: res.examples, metrics, trainLoss: res.trainLoss, steps: res.steps, global, personal: personalMetrics };
+  }
+
+  get #exclusive(): boolean { return this.options.personalMode === 'exclusive'; }
+
+  /**
+   * 'finetune' personalization: the personal copy = the received global adapter (with the
+   * strategy's own personal factors, e.g. fedsa's B, from this round's training) with the tensors
+   * the globs match fine-tuned on local data; null when there is nothing to fine-tune.
+   */
+  async #personalize(rs: RoundStart, global: LoraAdapter, trained: LoraAdapter, seed: number): Promise<LoraAdapter | null> {
+    if (this.#exclusive || !(this.options.personal ?? []).length) return null;
+    const strategy = this.#strategy!;
+    const tune = (n: string) => this.#isPersonalGlob(n) && strategy.isTrainable(n) && isAdapterTensorName(n);
+    if (![...global.tensors.keys()].some(tune)) return null;
+    const tensors: TensorMap = new Map(global.tensors);
+    for (const [n, t] of trained.tensors) if (strategy.isPersonal(n)) tensors.set(n, t);
+    const steps = this.options.personalSteps ?? rs.train.steps;
+    if (steps < 1) return { config: global.config, tensors };
+    const res = await this.#trainer!.train({ config: global.config, tensors }, {
+      steps, lr: rs.train.lr, batchSize: rs.train.batchSize, seed: (seed ^ 0x9e3779b9) >>> 0, trainable: tune, ephemeral: true,
+    });
+    return res.adapter;
   }
 
   #personalFile(): string { return join(this.options.stateDir, 'personal.safetensors'); }
@@ -576,9 +615,10 @@ export class Client {
     return out;
   }
 
-  async #savePersonal(tensors: TensorMap): Promise<void> {
+  /** Keeps the tensors this client holds privately: its upload-personal ones, plus under 'finetune' its fine-tuned copies. */
+  async #savePersonal(tensors: TensorMap, tuned = false): Promise<void> {
     const keep = new Map<string, Tensor32>();
-    for (const [n, t] of tensors) if (this.#isPersonal(n)) keep.set(n, t);
+    for (const [n, t] of tensors) if (this.#isPersonal(n) || (tuned && this.#isPersonalGlob(n))) keep.set(n, t);
     if (keep.size) await saveSafetensors(this.#personalFile(), keep, { fedlora: 'personal' });
   }
 }

@@ -23,11 +23,11 @@ export interface Command {
 /** Placeholders for common flag names, for tables that do not set one. */
 const PLACEHOLDERS: Record<string, string> = {
   out: 'DIR', state: 'DIR', model: 'DIR', rounds: 'N', clients: 'N', seed: 'N', workers: 'N', port: 'N', backend: 'NAME', scenario: 'FILE|PRESET',
-  data: 'FILE', identity: 'FILE', personal: 'GLOB', strategy: 'NAME', name: 'NAME',
+  data: 'FILE', identity: 'FILE', personal: 'GLOB', strategy: 'NAME', name: 'NAME', preset: 'NAME', seeds: 'LIST',
 };
 
 export function placeholderOf(name: string, f: FlagSpec): string {
-  return f.placeholder ?? PLACEHOLDERS[name] ?? (/-(dir|folder)$/.test(name) ? 'DIR' : /-(file|cert|key|ca)$/.test(name) ? 'FILE' : /-(count|rank|steps|size)$/.test(name) ? 'N' : 'VALUE');
+  return f.placeholder ?? PLACEHOLDERS[name] ?? (/-(dir|folder)$/.test(name) ? 'DIR' : /-(file|cert|key|ca)$/.test(name) ? 'FILE' : /(^|-)(count|rank|steps|size|rounds|clients|workers)$/.test(name) ? 'N' : 'VALUE');
 }
 
 export function helpText(cmd: Command): string {
