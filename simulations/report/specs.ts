@@ -54,7 +54,7 @@ function metricChart(r: Report, key: 'accuracy' | 'loss'): LineChartSpec {
   if (cs) series.push(cs);
   else if (typeof c?.final[key] === 'number') refLines.push({ name: 'centralized (final)', color: COLORS.centralized, y: c.final[key] as number, dash: [8, 5] });
   const l = r.baselines.localOnly;
-  const ls = curveSeries('local only', COLORS.localOnly, l?.curve, key, [3, 4]);
+  const ls = curveSeries(`local only${onTest ? " (clients' eval)" : ''}`, COLORS.localOnly, l?.curve, key, [3, 4]);
   if (ls) series.push(ls);
   else if (typeof l?.final[key] === 'number') refLines.push({ name: 'local only (final)', color: COLORS.localOnly, y: l.final[key] as number, dash: [3, 4] });
   const seeds = r.seeds?.length ? `, mean of ${r.seeds.length} seeds` : '';

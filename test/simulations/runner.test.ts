@@ -3,8 +3,8 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadScenario, parseScenario, type Scenario } from '../../simulations/scenario.js';
-import { runSimulation } from '../../simulations/runner/run.js';
-import { assertReport } from '../../simulations/report/index.js';
+import { runSimulation, runScenario, type RoundEvent } from '../../simulations/runner/run.js';
+import { assertReport, formatRoundLine, type Report } from '../../simulations/report/index.js';
 
 async function tiny(over: Record<string, unknown> = {}): Promise<Scenario> {
   return parseScenario({ ...(await loadScenario('tiny-ci')), ...over }, 'tiny-ci');
@@ -18,7 +18,8 @@ describe('simulation runner (real coordinator, clients in worker processes, loop
 
   it('runs tiny-ci (2 rounds × 3 clients) end to end and writes a complete report', async () => {
     const s = await tiny();
-    const { report, files } = await runSimulation(s, { outDir: dir });
+    const events: RoundEvent[] = [];
+    const { report, files } = await runSimulation(s, { outDir: dir, onEvent: (e) => { if (e.type === 'round') events.push(e); } });
     for (const f of [files.json, files.html, files.png]) expect((await stat(f)).size).to.be.greaterThan(100);
     const back: unknown = JSON.parse(await readFile(files.json, 'utf8'));
     assertReport(back);
@@ -45,6 +46,59 @@ describe('simulation runner (real coordinator, clients in worker processes, loop
     for (const x of report.baselines.strategies) expect(x.curve).to.have.length(2);
     // the global adapter is evaluated on every client's held-out mail after the last round
     expect(report.rounds[1]!.clients.every((c) => typeof c.global?.accuracy === 'number')).to.equal(true);
+
+    // evaluation: a pooled test set, the same size as asked, measured once per round for the global adapter and centralized
+    expect(report.evaluation).to.deep.include({ global: 'test', testExamples: s.testSet, finalWindow: s.finalWindow });
+    expect(report.evaluation!.perClient.total).to.equal(report.clients.reduce((a, c) => a + c.evalExamples, 0));
+    for (const r of report.rounds) expect(r.global.n, `round ${r.round} global on the test set`).to.equal(s.testSet);
+    expect(report.baselines.centralized!.curve!.every((p) => typeof p.accuracy === 'number')).to.equal(true);
+    expect(report.baselines.centralized!.clients!.curve).to.have.length(2);
+    // final figures: mean of the last K rounds of the curve, the last round kept
+    const curve = report.rounds.map((r) => r.global.accuracy!);
+    expect(report.final.global.window).to.equal(Math.min(s.finalWindow, 2));
+    expect(report.final.global.accuracy).to.be.closeTo(curve.slice(-s.finalWindow).reduce((a, b) => a + b, 0) / Math.min(s.finalWindow, 2), 1e-12);
+    expect(report.final.global.last!.accuracy).to.equal(curve.at(-1));
+    expect(report.final.personalized.last!.accuracy).to.equal(report.rounds.at(-1)!.personalized.accuracy);
+    expect(report.baselines.localOnly!.final.window).to.equal(Math.min(s.finalWindow, 2));
+    expect(report.final.exported!.global.accuracy).to.be.within(0, 1);
+    // reference rates from the data, and the test set's always-majority agrees with its label counts
+    const test = (await readFile(join(dir, 'test.jsonl'), 'utf8')).trim().split('\n').map((l) => (JSON.parse(l) as { completion: string }).completion.trim());
+    expect(test).to.have.length(s.testSet);
+    const ref = report.references!;
+    expect(ref.alwaysMajority.test!.accuracy).to.be.closeTo(test.filter((l) => l === ref.alwaysMajority.label).length / test.length, 1e-12);
+    expect(ref.perClientMajority.clients.accuracy).to.be.within(0, 1);
+    // the console's round lines carry the report's own figures (not the previous round's adapter)
+    const mine = events.filter((e) => e.run === 'rank-aware');
+    expect(mine.map((e) => e.round)).to.deep.equal([1, 2]);
+    for (const e of mine) {
+      const r = report.rounds.find((x) => x.round === e.round)!;
+      expect(e.global).to.deep.equal(r.global);
+      expect(e.personalized).to.deep.equal(r.personalized);
+      expect(formatRoundLine(e)).to.contain(`global [pooled test set] acc ${(r.global.accuracy! * 100).toFixed(1)}%`);
+    }
+    expect(events.filter((e) => e.run === 'fedit')).to.have.length(2);
+  });
+
+  it('runs one simulation per seed and writes one report of mean ± sd, with the per-seed reports beside it', async () => {
+    const s = await tiny({ compare: [], rounds: 1, baselines: { localOnly: false, centralized: false }, seeds: [7, 8] });
+    const { report, files } = await runScenario(s, { outDir: dir });
+    const per: Report[] = [];
+    for (const seed of [7, 8]) {
+      const r: unknown = JSON.parse(await readFile(join(dir, `seed-${seed}`, 'report.json'), 'utf8'));
+      assertReport(r);
+      expect(r.scenario.seed).to.equal(seed);
+      per.push(r);
+    }
+    const back: unknown = JSON.parse(await readFile(files.json, 'utf8'));
+    assertReport(back);
+    expect(back.seeds!.map((x) => x.seed)).to.deep.equal([7, 8]);
+    const accs = per.map((r) => r.final.global.accuracy!);
+    expect(report.final.global.accuracy).to.be.closeTo((accs[0]! + accs[1]!) / 2, 1e-12);
+    expect(report.final.global.sd!.accuracy).to.be.closeTo(Math.abs(accs[0]! - accs[1]!) / Math.SQRT2, 1e-12);
+    // the pooled test set does not follow the seed; the partition does
+    expect(await readFile(join(dir, 'seed-7', 'test.jsonl'), 'utf8')).to.equal(await readFile(join(dir, 'seed-8', 'test.jsonl'), 'utf8'));
+    expect(per[0]!.clients.map((c) => c.trainExamples)).to.not.deep.equal(per[1]!.clients.map((c) => c.trainExamples));
+    expect(await readFile(files.html, 'utf8')).to.contain('href="seed-7/report.html"');
   });
 
   it('is reproducible: the same seed gives the same partition and the same metrics', async () => {
