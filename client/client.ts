@@ -166,6 +166,8 @@ export class Client {
     if (o.clientId !== undefined && !ID_RE.test(o.clientId)) throw new ConfigError(`client id ${JSON.stringify(o.clientId)} must match ${ID_RE}`);
     this.options = { ...o, maxRank, evalFraction: ef };
     this.#isPersonalGlob = globMatcher(o.personal ?? []);
+    if (o.personalMode !== undefined && o.personalMode !== 'finetune' && o.personalMode !== 'exclusive') throw new ConfigError(`personalMode must be 'finetune' or 'exclusive', got ${JSON.stringify(o.personalMode)}`);
+    if (o.personalSteps !== undefined && (!Number.isInteger(o.personalSteps) || o.personalSteps < 0 || o.personalSteps > 100_000)) throw new ConfigError(`personalSteps must be an integer in [0, 100000], got ${JSON.stringify(o.personalSteps)}`);
     const { onUpload, onRound } = o;
     this.#observe = {
       ...o.observe,

@@ -5,11 +5,11 @@
  * from the part's length after a disconnect, hashed, and only then renamed into place.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelFormatError, ProtocolError } from '../shared/errors.js';
 import { logger } from '../shared/log.js';
-import { atomicWrite } from '../shared/model/safetensors.js';
+import { atomicWrite, renameDurable } from '../shared/fs/atomic.js';
 import { manifestId, sha256File, type ModelFile } from '../shared/protocol/index.js';
 
 const log = logger('fedlora:client:model');
@@ -86,7 +86,7 @@ export async function ensureModel(o: EnsureModelOptions): Promise<EnsuredModel> 
       await rm(part, { force: true });
       throw new ModelFormatError(`downloaded file hashes to ${h.slice(0, 12)}…, the coordinator announced ${f.sha256.slice(0, 12)}…; discarded`, f.name);
     }
-    await rename(part, final);
+    await renameDurable(part, final);
   }
   if (!(await matches(dir, o.files))) throw new ModelFormatError('model cache does not verify after download', dir);
   await atomicWrite(marker, `${o.modelId}\n`);

@@ -17,6 +17,7 @@
  * are StateError (code STATE_INVALID) naming the file and the field.
  */
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { atomicWrite } from '../../shared/fs/atomic.js';
 import { join } from 'node:path';
 import { ConfigError, StateError, errorMessage } from '../../shared/errors.js';
 import { encodeSafetensors, loadSafetensors, readFloatTensor } from '../../shared/model/safetensors.js';
@@ -243,18 +244,8 @@ function checkStrategyTensors(g: Guard, tensors: TensorMap): string[] {
   return names;
 }
 
-/** Write to a temp file, fsync, rename: the rename is the commit point, and it must not land before the data. */
-async function writeFlushed(path: string, data: Uint8Array | string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-}
+/** Write to a temp file, fsync, rename, fsync the directory (shared/fs/atomic.ts): the rename is the commit point, and it must not land before the data. */
+const writeFlushed = atomicWrite;
 
 /** fsyncs every file in a freshly written checkpoint folder, and the folder, before it is renamed into place. */
 async function flushTree(dir: string): Promise<void> {

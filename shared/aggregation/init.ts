@@ -5,46 +5,20 @@
  * first r rows of A do not depend on the maximum rank they were generated for.
  */
 import { ConfigError } from '../errors.js';
+import { fnv1a32, splitmix32, xoshiro128ss } from '../data/random.js';
 import { loraAName, loraBName, type LoraAdapter, type LoraConfig } from '../lora/adapter.js';
 import type { Tensor32, TensorMap } from '../tensor.js';
 
-function fnv1a(s: string): number {
-  let h = 0x811c9dc5;
-  const bytes = new TextEncoder().encode(s);
-  for (const b of bytes) { h ^= b; h = Math.imul(h, 0x01000193) >>> 0; }
-  return h >>> 0;
-}
+const utf8 = new TextEncoder();
 
-function splitmix32(state: { s: number }): number {
-  state.s = (state.s + 0x9e3779b9) >>> 0;
-  let z = state.s;
-  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-  return (z ^ (z >>> 16)) >>> 0;
-}
-
-/** xoshiro128** over 32-bit words; returns a function yielding uniform uint32 values. */
+/** xoshiro128** (shared/data/random.ts) seeded by splitmix32 from (seed, FNV-1a of the label's UTF-8 bytes); yields uint32. */
 export function seededStream(seed: number, label: string): () => number {
   if (!Number.isSafeInteger(seed) || seed < 0) throw new ConfigError(`seed must be a non-negative safe integer, got ${seed}`);
   const lo = seed >>> 0;
   const hi = Math.floor(seed / 2 ** 32) >>> 0;
-  const st = { s: (lo ^ Math.imul(hi, 0x9e3779b1) ^ fnv1a(label)) >>> 0 };
-  const s = [splitmix32(st), splitmix32(st), splitmix32(st), splitmix32(st)] as [number, number, number, number];
-  if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
-  return () => {
-    const result = Math.imul(rotl(Math.imul(s[1], 5) >>> 0, 7), 9) >>> 0;
-    const t = (s[1] << 9) >>> 0;
-    s[2] = (s[2] ^ s[0]) >>> 0;
-    s[3] = (s[3] ^ s[1]) >>> 0;
-    s[1] = (s[1] ^ s[2]) >>> 0;
-    s[0] = (s[0] ^ s[3]) >>> 0;
-    s[2] = (s[2] ^ t) >>> 0;
-    s[3] = rotl(s[3], 11);
-    return result;
-  };
+  const st = { s: (lo ^ Math.imul(hi, 0x9e3779b1) ^ fnv1a32(utf8.encode(label))) >>> 0 };
+  return xoshiro128ss([splitmix32(st), splitmix32(st), splitmix32(st), splitmix32(st)]);
 }
-
-function rotl(x: number, k: number): number { return ((x << k) | (x >>> (32 - k))) >>> 0; }
 
 /**
  * PEFT's default A init: kaiming_uniform_(a=√5) on a [r, in] weight, i.e. gain √(1/3) · √(3/in),

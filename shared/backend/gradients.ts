@@ -14,7 +14,8 @@
  * the one engine that `@tensorflow/tfjs-core` (and every backend) uses.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
+import { atomicWrite } from '../fs/atomic.js';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -70,9 +71,7 @@ async function sourceCheckoutBundle(): Promise<string> {
   try {
     await mkdir(cacheDir, { recursive: true });
     // concurrent processes (simulation workers) may race: each writes its own temp file, rename is atomic
-    const tmp = `${file}.${process.pid}.tmp`;
-    await writeFile(tmp, code);
-    await rename(tmp, file).catch(async (e: unknown) => { await rm(tmp, { force: true }); throw e; });
+    await atomicWrite(file, code);
     return pathToFileURL(file).href;
   } catch {
     // read-only node_modules: import from memory instead
@@ -89,6 +88,6 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     process.exit(2);
   }
   const code = await bundleGradients();
-  await writeFile(out, code);
+  await atomicWrite(out, code);
   process.stdout.write(`wrote ${out} (${code.length} bytes)\n`);
 }

@@ -1,3 +1,4 @@
+import { timingSafeEqual } from 'node:crypto';
 import nacl from 'tweetnacl';
 import { fail } from './errors.js';
 
@@ -103,31 +104,26 @@ export function hashCanonical(domain: string, v: Canonical): Uint8Array {
   return nacl.hash(concatBytes(domainPrefix('fedlora-hash-v1', domain), canonicalEncode(v))).slice(0, 32);
 }
 
+const buf = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+
+/** Constant-time (for equal lengths) byte comparison: node:crypto timingSafeEqual. */
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d |= a[i]! ^ b[i]!;
-  return d === 0;
+  return a.length === b.length && timingSafeEqual(buf(a), buf(b));
 }
 
+/** base64url without padding (RFC 4648 §5), via Buffer. */
 export function toBase64Url(b: Uint8Array): string {
-  let s = '';
-  for (let i = 0; i < b.length; i++) s += String.fromCharCode(b[i]!);
-  return btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  return buf(b).toString('base64url');
 }
 
+/** Strict: only the base64url alphabet, no padding, no impossible length (Buffer alone would skip bad characters). */
 export function fromBase64Url(s: string): Uint8Array {
   if (!/^[A-Za-z0-9_-]*$/.test(s) || s.length % 4 === 1) fail('CRYPTO_BAD_ENCODING', 'invalid base64url');
-  const bin = atob(s.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (s.length % 4)) % 4));
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-  return out;
+  return new Uint8Array(Buffer.from(s, 'base64url'));
 }
 
 export function toHex(b: Uint8Array): string {
-  let s = '';
-  for (let i = 0; i < b.length; i++) s += b[i]!.toString(16).padStart(2, '0');
-  return s;
+  return buf(b).toString('hex');
 }
 
 export function isBytes(v: unknown, len?: number): v is Uint8Array {

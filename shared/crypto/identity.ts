@@ -1,8 +1,9 @@
 import nacl from 'tweetnacl';
-import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { atomicWrite } from '../fs/atomic.js';
 import { sign as nodeSign, verify as nodeVerify } from 'node:crypto';
 import { KeyObjectCache } from './node-keys.js';
-import { dirname, basename, join } from 'node:path';
+import { dirname } from 'node:path';
 import { logger } from '../log.js';
 import { fail, cryptoError } from './errors.js';
 import {
@@ -79,24 +80,13 @@ export function parseIdentity(text: string, file = 'identity'): Identity {
 }
 
 /**
- * Writes the identity atomically with mode 0600: a temp file created exclusively with 0600 in the
- * same directory, fsynced, then renamed over the target. The secret never exists in a wider-mode file.
+ * Writes the identity atomically with mode 0600 (shared/fs/atomic.ts: a temp file created exclusively
+ * with 0600 in the same directory, fsynced, renamed over the target, directory fsynced). The secret
+ * never exists in a wider-mode file.
  */
 export async function saveIdentity(file: string, id: Identity): Promise<void> {
-  const tmp = join(dirname(file), `.${basename(file)}.tmp-${process.pid}-${toBase64Url(nacl.randomBytes(6))}`);
   await mkdir(dirname(file), { recursive: true, mode: 0o700 });
-  const fh = await open(tmp, 'wx', 0o600);
-  try {
-    await fh.writeFile(serializeIdentity(id));
-    await fh.chmod(0o600); // umask cannot widen, but be explicit
-    await fh.sync();
-  } catch (e) {
-    await fh.close();
-    await unlink(tmp).catch(() => undefined);
-    throw e;
-  }
-  await fh.close();
-  await rename(tmp, file);
+  await atomicWrite(file, serializeIdentity(id), { mode: 0o600 });
 }
 
 export async function loadIdentity(file: string): Promise<Identity> {

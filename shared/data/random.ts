@@ -1,22 +1,45 @@
 /**
- * Small seeded PRNG for everything that must be reproducible from a scenario seed: data splits,
- * partitions, client sampling in simulations. Not for cryptography (use tweetnacl for that).
+ * The project's one module for non-cryptographic hashing and seeded randomness (data splits,
+ * partitions, client sampling, LoRA initialisation, test inputs). Not for cryptography: use
+ * node:crypto / shared/crypto for that.
  *
- * The generator is mulberry32 (32-bit state, passes the usual small-state tests, fast in JS).
- * Seeds may be numbers or strings; both go through a splitmix32-style mixer first so that
- * nearby seeds (1, 2, 3, …) give unrelated streams.
+ * - `fnv1a32`: FNV-1a, 32-bit, over a string's UTF-16 code units or over bytes.
+ * - `splitmix32`: the 32-bit splitmix step, used to expand one seed word into generator state.
+ * - `hashSeed`: any number or string → a well-spread 32-bit state (nearby seeds give unrelated streams).
+ * - `mulberry32` / `mulberry32FromState`: fast 32-bit-state generator of floats in [0, 1) (`Rng` uses it).
+ * - `xoshiro128ss`: xoshiro128** over four 32-bit words, yielding uint32 (specified bit for bit:
+ *   LoRA A initialisation in shared/aggregation/init.ts depends on it across machines).
+ * Outputs are pinned in test/data/random.test.ts.
  */
+
+const FNV_OFFSET = 0x811c9dc5;
+const FNV_PRIME = 0x01000193;
+
+/** FNV-1a (32-bit) of a string's UTF-16 code units, or of bytes (pass `new TextEncoder().encode(s)` for UTF-8). */
+export function fnv1a32(data: string | Uint8Array): number {
+  let h = FNV_OFFSET;
+  if (typeof data === 'string') {
+    for (let i = 0; i < data.length; i++) h = Math.imul(h ^ data.charCodeAt(i), FNV_PRIME);
+  } else {
+    for (let i = 0; i < data.length; i++) h = Math.imul(h ^ data[i]!, FNV_PRIME);
+  }
+  return h >>> 0;
+}
+
+/** One splitmix32 step: advances `state.s` by the golden-ratio increment and returns the mixed word. */
+export function splitmix32(state: { s: number }): number {
+  state.s = (state.s + 0x9e3779b9) >>> 0;
+  let z = state.s;
+  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+  return (z ^ (z >>> 16)) >>> 0;
+}
 
 /** Mixes an arbitrary seed into a well-spread 32-bit state. */
 export function hashSeed(seed: number | string): number {
   let h: number;
   if (typeof seed === 'string') {
-    // FNV-1a over UTF-16 code units, then mixed below.
-    h = 0x811c9dc5;
-    for (let i = 0; i < seed.length; i++) {
-      h ^= seed.charCodeAt(i);
-      h = Math.imul(h, 0x01000193);
-    }
+    h = fnv1a32(seed);
   } else {
     if (!Number.isFinite(seed)) throw new RangeError(`seed must be finite, got ${seed}`);
     // Fold the float's integer part and its high word so large or fractional seeds still differ.
@@ -25,20 +48,41 @@ export function hashSeed(seed: number | string): number {
     const frac = Math.round((seed - Math.trunc(seed)) * 1e9) | 0;
     h = lo ^ Math.imul(hi, 0x9e3779b9) ^ Math.imul(frac, 0x85ebca6b);
   }
-  h = (h + 0x9e3779b9) | 0;
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
-  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
-  return (h ^ (h >>> 16)) >>> 0;
+  return splitmix32({ s: h >>> 0 });
 }
 
-/** mulberry32: returns a function yielding uniform floats in [0, 1). */
-export function mulberry32(seed: number | string): () => number {
-  let a = hashSeed(seed);
+/** mulberry32 from a raw 32-bit state: returns a function yielding uniform floats in [0, 1). */
+export function mulberry32FromState(state: number): () => number {
+  let a = state >>> 0;
   return () => {
-    a = (a + 0x6d2b79f5) | 0;
+    a = (a + 0x6d2b79f5) >>> 0;
     let t = Math.imul(a ^ (a >>> 15), 1 | a);
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** mulberry32 seeded through `hashSeed`: returns a function yielding uniform floats in [0, 1). */
+export function mulberry32(seed: number | string): () => number {
+  return mulberry32FromState(hashSeed(seed));
+}
+
+function rotl(x: number, k: number): number { return ((x << k) | (x >>> (32 - k))) >>> 0; }
+
+/** xoshiro128** over four 32-bit words (not all zero; an all-zero state is replaced by [1, 0, 0, 0]). Yields uint32. */
+export function xoshiro128ss(state: readonly [number, number, number, number]): () => number {
+  const s = state.map((w) => w >>> 0) as [number, number, number, number];
+  if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
+  return () => {
+    const result = Math.imul(rotl(Math.imul(s[1], 5) >>> 0, 7), 9) >>> 0;
+    const t = (s[1] << 9) >>> 0;
+    s[2] = (s[2] ^ s[0]) >>> 0;
+    s[3] = (s[3] ^ s[1]) >>> 0;
+    s[1] = (s[1] ^ s[2]) >>> 0;
+    s[0] = (s[0] ^ s[3]) >>> 0;
+    s[2] = (s[2] ^ t) >>> 0;
+    s[3] = rotl(s[3], 11);
+    return result;
   };
 }
 

@@ -1,16 +1,10 @@
 /** Test helpers for aggregation: an independent PRNG and small dense matrix utilities (float64). */
 import type { Tensor32, TensorMap } from '../../shared/tensor.js';
+import { mulberry32FromState } from '../../shared/data/random.js';
 
-/** mulberry32, deliberately unrelated to the generator under test in shared/aggregation/init.ts. */
+/** mulberry32 from the raw seed (shared/data/random.ts), deliberately unrelated to the xoshiro128** generator under test in shared/aggregation/init.ts. */
 export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
+  return mulberry32FromState(seed >>> 0);
 }
 
 export function randTensor(shape: [number, number], next: () => number, scale = 1): Tensor32 {

@@ -24,6 +24,7 @@ import {
   type Identity, type KeysMsg, type ShareKeysMsg, type SharesMsg, type SurvivorListMsg, type UnmaskMsg, type UnmaskRequestMsg,
 } from '../../shared/crypto/index.js';
 import { setLogLevel } from '../../shared/log.js';
+import { mulberry32FromState } from '../../shared/data/random.js';
 import { ask, rawJoin, type Reply } from './helpers.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -59,19 +60,12 @@ export async function getStatus(url: string, ms = 5000): Promise<{ status: numbe
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness
 
-/** mulberry32; the seed is printed so a failure reproduces with FEDLORA_TEST_SEED=<seed>. */
+/** mulberry32 (shared/data/random.ts) from the raw seed; the seed is printed so a failure reproduces with FEDLORA_TEST_SEED=<seed>. */
 export function seededRandom(label: string): { seed: number; next: () => number; bytes: (n: number) => Uint8Array } {
   const env = Number(process.env.FEDLORA_TEST_SEED);
   const seed = Number.isInteger(env) && env > 0 ? env >>> 0 : (Date.now() ^ (Math.random() * 2 ** 32)) >>> 0;
   console.log(`      [${label}] seed ${seed}`);
-  let a = seed;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
+  const next = mulberry32FromState(seed);
   const bytes = (n: number) => Uint8Array.from({ length: n }, () => Math.floor(next() * 256));
   return { seed, next, bytes };
 }

@@ -1,7 +1,25 @@
 import { expect } from 'chai';
-import { Rng, mulberry32, hashSeed } from '../../shared/data/random.js';
+import { Rng, mulberry32, mulberry32FromState, hashSeed, fnv1a32, xoshiro128ss, splitmix32 } from '../../shared/data/random.js';
+import { seededStream } from '../../shared/aggregation/init.js';
 
 describe('seeded random', () => {
+  // Pinned outputs: scenarios, partitions, LoRA A init (shared across machines) and client seeds depend
+  // on these exact numbers; they were taken from the generators before they were merged into one module.
+  it('pinned outputs: FNV-1a, hashSeed, mulberry32, xoshiro128** (LoRA init stream)', () => {
+    expect(['c1', 'client-abc', 'héllo✓'].map((s) => fnv1a32(s))).to.deep.equal([2284445657, 4098507895, 409292196]);
+    expect(['a', 'héllo✓'].map((s) => fnv1a32(new TextEncoder().encode(s)))).to.deep.equal([3826002220, 3147764295]);
+    expect(fnv1a32('')).to.equal(0x811c9dc5);
+    expect([0, 1, 2, 42, 'abc', '', 'héllo✓', 'init:42'].map((s) => hashSeed(s))).to.deep.equal([2462723854, 2527132011, 3024231355, 939911724, 834765511, 164558732, 112129279, 1960346385]);
+    expect(Array.from({ length: 4 }, mulberry32(1))).to.deep.equal([0.1657054431270808, 0.3910158311482519, 0.39401109516620636, 0.5869032314512879]);
+    expect(Array.from({ length: 3 }, mulberry32FromState(123))).to.deep.equal([0.7872516233474016, 0.1785435655619949, 0.49531551403924823]);
+    expect(Array.from({ length: 4 }, seededStream(42, 'lora_A:model.layers.0.q_proj'))).to.deep.equal([1896763255, 2322578158, 3865525592, 3015422992]);
+    // seededStream(seed 0, label '') = xoshiro128** from four splitmix32 words of FNV-1a('')
+    const st = { s: fnv1a32('') };
+    const words = [splitmix32(st), splitmix32(st), splitmix32(st), splitmix32(st)] as const;
+    expect(Array.from({ length: 3 }, xoshiro128ss(words))).to.deep.equal(Array.from({ length: 3 }, seededStream(0, '')));
+    expect(xoshiro128ss([0, 0, 0, 0])()).to.equal(xoshiro128ss([1, 0, 0, 0])());
+  });
+
   it('same seed → same stream; nearby seeds → different streams', () => {
     const a = mulberry32(1), b = mulberry32(1), c = mulberry32(2);
     const xa = Array.from({ length: 5 }, a), xb = Array.from({ length: 5 }, b), xc = Array.from({ length: 5 }, c);
