@@ -50,7 +50,22 @@ export function labelOf(e: Example): string {
   return isPromptCompletion(e) ? e.completion.trim() : '';
 }
 
+/**
+ * The pool, with repeated inputs removed (first kept): the corpus has duplicate mails, and cut to
+ * the model's window many more read the same, so one could sit in a train split and in an eval or
+ * test split and inflate the figures.
+ */
 async function pooledItems(s: Scenario): Promise<Item[]> {
+  const seen = new Set<string>();
+  return (await rawItems(s)).filter((it) => {
+    const key = isPromptCompletion(it.ex) ? it.ex.prompt : JSON.stringify(it.ex);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+async function rawItems(s: Scenario): Promise<Item[]> {
   if (s.dataset === 'spam') {
     // the pretraining slice is held back: client data is disjoint from what the base model saw
     const { federated } = splitSpamCorpus(loadSpamCorpus(), { pretrainFraction: 0.2, seed: CORPUS_SPLIT_SEED });

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { assignRanks, loadScenario, maxRankOf, parseScenario, presetNames, serverOptFor } from '../../simulations/scenario.js';
@@ -51,6 +51,38 @@ describe('simulation scenarios', () => {
     refuses({ backend: 'tpu' }, 'backend');
     refuses({ colour: 'blue' }, 'colour');
     await loadScenario('no-such-preset').then(() => expect.fail('loaded'), (e: unknown) => expect(e).to.be.instanceOf(ConfigError));
+  });
+
+  it('evaluation fields (testSet, finalWindow, seeds) validate and default; benchmark = default over 3 seeds via extends', async () => {
+    const d = parseScenario({});
+    expect([d.testSet, d.finalWindow, d.seeds]).to.deep.equal([0, 3, []]);
+    const s = parseScenario({ testSet: 256, finalWindow: 5, seeds: [1, 2, 3] });
+    expect([s.testSet, s.finalWindow, s.seeds]).to.deep.equal([256, 5, [1, 2, 3]]);
+    refuses({ testSet: -1 }, 'testSet');
+    refuses({ testSet: 1.5 }, 'testSet');
+    refuses({ finalWindow: 0 }, 'finalWindow');
+    refuses({ seeds: 3 }, 'seeds');
+    refuses({ seeds: [1, 1] }, 'seeds');
+    refuses({ seeds: [1, -2] }, 'seeds[1]');
+    refuses({ seeds: Array.from({ length: 33 }, (_, i) => i) }, 'seeds');
+    refuses({ extends: 'default' }, 'extends'); // resolved by loadScenario only
+    const def = await loadScenario('default');
+    expect(def.testSet).to.be.at.least(64);
+    const bench = await loadScenario('benchmark');
+    expect(bench.seeds).to.have.length(3);
+    // everything else is the default's, so the benchmark follows the default when the default changes
+    const strip = (x: typeof def) => ({ ...x, name: '', description: '', seeds: [] });
+    expect(strip(bench)).to.deep.equal(strip(def));
+    const dir = await mkdtemp(join(tmpdir(), 'fedlora-scn-'));
+    try {
+      await writeFile(join(dir, 'mine.json'), JSON.stringify({ extends: 'tiny-ci', name: 'mine', rounds: 1, seeds: [5, 6] }));
+      const mine = await loadScenario(join(dir, 'mine.json'));
+      expect([mine.name, mine.rounds, mine.seeds, mine.clients]).to.deep.equal(['mine', 1, [5, 6], (await loadScenario('tiny-ci')).clients]);
+      for (const [bad, why] of [[{ extends: 'no-such-preset' }, /no scenario preset/], [{ extends: '../default' }, /"extends"/], [{ extends: 3 }, /"extends"/]] as const) {
+        await writeFile(join(dir, 'bad.json'), JSON.stringify(bad));
+        await loadScenario(join(dir, 'bad.json')).then(() => expect.fail('loaded'), (e: unknown) => { expect(e).to.be.instanceOf(ConfigError); expect((e as Error).message).to.match(why); });
+      }
+    } finally { await rm(dir, { recursive: true, force: true }); }
   });
 
   it('serverOpt: defaults to none, validates like the other fields, applies to the runs it composes with', async () => {
