@@ -120,8 +120,8 @@ describe('client: operator-facing behaviour', function () {
     const [done0, done1] = await within('both clients finish', Promise.all(runs), 40_000);
     expect(calls0, 'client 0 trained round 2 twice (before and after the resume)').to.equal(3);
     expect(done0).to.deep.equal({ completedRounds: 2, roundsTrained: 2 });
-    expect(done1.completedRounds).to.equal(2);
-    expect(done1.roundsTrained).to.be.at.most(2);
+    expect(done1!.completedRounds).to.equal(2);
+    expect(done1!.roundsTrained).to.be.at.most(2);
     expect((await coord2.done).completedRounds).to.equal(2);
     expect(coord2.globalAdapter!.config.baseModelNameOrPath).to.equal('base');
   });
