@@ -42,6 +42,11 @@ export interface TrainOptions {
    * 72.8 % on the default scenario, issue 10).
    */
   onBasisChange?: 'reset' | 'keep';
+  /**
+   * A side run (personalization fine-tuning): starts a fresh optimizer and leaves the carried
+   * moments of the main training untouched (default false).
+   */
+  ephemeral?: boolean;
 }
 
 export interface TrainResult {
@@ -183,9 +188,9 @@ class Trainer implements LocalTrainer {
       if (!order.length) order = rng.shuffle(this.#train.map((_, i) => i));
       return this.#train[order.pop()!]!;
     };
-    const basisChanged = this.#optState !== null && (o.onBasisChange ?? 'reset') === 'reset' && inRefactoredBasis(start);
-    const carry = this.#optState !== null && o.keepOptimizerState !== false && !basisChanged;
-    const optimizer: TrainResult['optimizer'] = this.#optState === null ? 'fresh' : carry ? 'carried' : 'reset';
+    const basisChanged = !o.ephemeral && this.#optState !== null && (o.onBasisChange ?? 'reset') === 'reset' && inRefactoredBasis(start);
+    const carry = !o.ephemeral && this.#optState !== null && o.keepOptimizerState !== false && !basisChanged;
+    const optimizer: TrainResult['optimizer'] = this.#optState === null || o.ephemeral ? 'fresh' : carry ? 'carried' : 'reset';
     // Federated local training: constant learning rate (the rounds are the outer loop), with a
     // short warmup only while the optimizer has no history.
     const trainer = new LoraTrainer(this.#lm, start, {
@@ -208,7 +213,7 @@ class Trainer implements LocalTrainer {
         // a macrotask turn per step: the process keeps answering its sockets while it trains
         await yieldToEventLoop();
       }
-      this.#optState = await trainer.exportOptimizerState();
+      if (!o.ephemeral) this.#optState = await trainer.exportOptimizerState();
       const tail = losses.slice(-Math.max(1, Math.ceil(losses.length / 4)));
       return { adapter: await trainer.adapter(), trainLoss: tail.reduce((a, b) => a + b, 0) / tail.length, steps: o.steps, examples: this.#train.length, optimizer };
     } finally {

@@ -1,4 +1,5 @@
 import { Client, dumpContributions } from '../../client/index.js';
+import { ConfigError } from '../../shared/errors.js';
 import { intFlag, listFlag, numFlag, str, type Command } from './flags.js';
 
 export const clientCommand: Command = {
@@ -11,7 +12,9 @@ export const clientCommand: Command = {
     state: { type: 'string', placeholder: 'DIR', help: 'client folder: id, model cache, personal tensors; required' },
     'max-rank': { type: 'string', placeholder: 'N', help: 'largest LoRA rank this machine can train', default: '8' },
     backend: { type: 'string', placeholder: 'NAME', help: 'tfjs backend: auto | tensorflow | webgpu | wasm | cpu', default: 'auto' },
-    personal: { type: 'string', placeholder: 'GLOB', help: 'glob over PEFT tensor names kept on this client, e.g. "*.layers.11.*" (comma-separated or repeated)', multiple: true },
+    personal: { type: 'string', placeholder: 'GLOB', help: 'glob over PEFT tensor names this client personalizes, e.g. "*.layers.11.*" (comma-separated or repeated); see --personal-mode', multiple: true },
+    'personal-mode': { type: 'string', placeholder: 'MODE', help: 'finetune: the matched tensors are shared like the rest and, each round, a private copy is fine-tuned on top of the global adapter; exclusive: they never leave this client (the global copy is then trained by nobody who keeps them)', default: 'finetune' },
+    'personal-steps': { type: 'string', placeholder: 'N', help: 'fine-tuning steps for the personal copy each round under --personal-mode finetune (default: the round\'s local steps)' },
     'eval-fraction': { type: 'string', placeholder: 'X', help: 'fraction of local data held out to evaluate global and personalized adapters', default: '0.2' },
     model: { type: 'string', placeholder: 'DIR', help: 'folder already holding the base model (verified against the coordinator\'s hash; skips download)' },
     id: { type: 'string', placeholder: 'ID', help: 'client id (default: derived from the identity key, kept in the state folder); to rejoin under the id a key already holds, pass it here' },
@@ -27,6 +30,7 @@ export const clientCommand: Command = {
     const client = new Client({
       coordinatorUrl: str(v.coordinator, 'coordinator', true)!, dataFile: str(v.data, 'data', true)!, stateDir: str(v.state, 'state', true)!,
       maxRank: intFlag(v['max-rank'], 'max-rank', 1), backend: str(v.backend, 'backend'), personal: listFlag(v.personal),
+      personalMode: personalMode(v['personal-mode']), personalSteps: intFlag(v['personal-steps'], 'personal-steps', 0),
       evalFraction: numFlag(v['eval-fraction'], 'eval-fraction'), modelDir: str(v.model, 'model'), clientId: str(v.id, 'id'),
       seed: intFlag(v.seed, 'seed', 0), progress: process.stderr.isTTY === true,
       identity: str(v.identity, 'identity'), coordinatorKey: str(v['coordinator-key'], 'coordinator-key'), insecureAggregation: v['insecure-aggregation'] === true,
@@ -45,3 +49,9 @@ export const clientCommand: Command = {
     return 0;
   },
 };
+
+function personalMode(v: unknown): 'finetune' | 'exclusive' {
+  const m = str(v, 'personal-mode') ?? 'finetune';
+  if (m !== 'finetune' && m !== 'exclusive') throw new ConfigError(`--personal-mode must be finetune or exclusive, got ${JSON.stringify(m)}`);
+  return m;
+}

@@ -41,7 +41,7 @@ describe('coordinator + clients over real sockets (stand-in trainer)', function 
     trainers = await Promise.all([0.1, 0.2, 0.3].map((t) => pullTrainer(t)));
     const clients = [2, 4, 8].map((rank, i) => r.client(new Client({
       coordinatorUrl: url, dataFile: 'unused.jsonl', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`,
-      personal: i === 0 ? [personalGlob] : [], trainerFactory: async () => trainers[i]!,
+      personal: i === 0 ? [personalGlob] : [], personalMode: 'exclusive', trainerFactory: async () => trainers[i]!,
       observe: { upload: (bytes) => { uploads.push({ client: `c${i}`, bytes }); }, contribution: (c) => { contributions.push({ client: `c${i}`, c }); } },
     })));
     const runs = clients.map((c) => c.run());
