@@ -9,7 +9,7 @@ import { intFlag, str, type Command } from './flags.js';
 const SCENARIO_HELP = `
 Scenario files (JSON; docs/SCENARIOS.md has every field and its default):
   {
-    "name": "my-run", "model": "simulations/models/spam-llama",
+    "name": "my-run", "model": "path/to/hf-model",   leave out for the bundled model
     "dataset": "spam" | "path/to/data.jsonl",      {"prompt","completion"} or {"text"} lines
     "maxExamples": 900,                              pooled examples dealt to clients (0 = all)
     "partition": {"kind": "dirichlet", "alpha": 0.5} | "iid",
