@@ -17,7 +17,7 @@ import { logger } from '../shared/log.js';
 import { EV, LIMITS, PROTOCOL_VERSION, globMatcher, parseChunkRequest, parseHello, parseReady, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/index.js';
 import { chooseQuantParams, formatPublicKey, loadOrCreateIdentity, type AuthorizedClients, type Identity } from '../shared/crypto/index.js';
 import { checkServerOpt, describeServerOpt, elementSlots, getStrategy, makeLayout, serverOptimizerOf, type ServerOptConfig, type Strategy, type StrategyName, needsXsFactors } from '../shared/aggregation/index.js';
-import { adapterModules, parseMagnitudeName, type LoraAdapter } from '../shared/lora/adapter.js';
+import { adapterModules, isAdapterTensorName, parseMagnitudeName, type LoraAdapter } from '../shared/lora/adapter.js';
 import { initDoraFromCheckpoint } from '../shared/lora/dora.js';
 import { baseModelName, savePeftAdapter } from '../shared/lora/peft.js';
 import { hasXs, xsToLora } from '../shared/lora/xs.js';
@@ -29,6 +29,8 @@ import { checkResumable, loadState, saveState } from './store/checkpoint-store.j
 import { CoordinatorMetrics, type RoundRecord } from './metrics.js';
 import { Admission } from './admission.js';
 import { httpHandler } from './http/handlers.js';
+import { validateDpConfig, writePrivacyJson, type DpConfig, type DpMode } from '../shared/privacy/index.js';
+import type { DpStatus } from './engine/dp.js';
 import { RoundEngine, type Command, type EnginePhase } from './engine/round-engine.js';
 
 const log = logger('fedlora:coordinator');
@@ -105,9 +107,16 @@ export interface CoordinatorOptions {
   secAgg?: { k?: number; t?: number; clip?: number; phaseTimeoutMs?: number };
   /** Serve HTTPS/WSS with this PEM certificate and key (contents or file paths). */
   tls?: { cert: string | Uint8Array; key: string | Uint8Array };
+  /**
+   * Client-level differential privacy (docs/PRIVACY.md): mode central | distributed (off when
+   * absent), L2 clip S (default 1), noise multiplier z (default 1), δ (default 1e-5), ε budget
+   * (default none), population for q = clientsPerRound / population (default: the enrolled keys),
+   * expected dropout rate the distributed noise is over-provisioned for (default 0).
+   */
+  dp?: { mode: DpMode; clip?: number; noise?: number; delta?: number; targetEpsilon?: number; population?: number; dropoutRate?: number };
 }
 
-const SECURITY_OPTIONS = ['identity', 'authorizedClients', 'allowAnyClient', 'insecureAggregation', 'secureAggregation', 'secAgg', 'tls'] as const;
+const SECURITY_OPTIONS = ['identity', 'authorizedClients', 'allowAnyClient', 'insecureAggregation', 'secureAggregation', 'secAgg', 'tls', 'dp'] as const;
 type SecurityOption = (typeof SECURITY_OPTIONS)[number];
 type Phase = 'starting' | EnginePhase;
 
@@ -128,6 +137,10 @@ export interface CoordinatorStatus {
   participating: { clientId: string; name?: string; rank: number; status: string }[];
   lastRound: RoundRecord | null;
   bytes: { up: number; down: number; modelServed: number; fullModel: number };
+  /** Client-level DP: ε spent so far and the settings (absent without DP). */
+  privacy?: DpStatus;
+  /** Why the run ended before all rounds (the privacy budget), when it did. */
+  doneReason?: string;
 }
 
 /** One socket.io connection, before and after it joined. */
@@ -215,6 +228,10 @@ export class Coordinator {
       })();
       if (!q || q.fracBits < 8) throw new ConfigError(`--clients-per-round ${o.clientsPerRound} × --max-examples-per-client ${o.maxExamplesPerClient} × clip ${this.#clip} leaves too little fixed-point precision for secure aggregation; lower --max-examples-per-client`);
     }
+    if (opts.dp && opts.dp.mode !== 'off') {
+      const d = this.#dpConfig(opts.dp.population ?? o.clientsPerRound);
+      validateDpConfig(d, o.clientsPerRound, this.#secure);
+    }
     if (!opts.authorizedClients && !opts.allowAnyClient) {
       throw new ConfigError('no --authorized-clients given: refusing to start (pass --allow-any-client to accept any key, for development only)');
     }
@@ -222,6 +239,14 @@ export class Coordinator {
   }
 
   get #clip(): number { return this.options.secAgg?.clip ?? DEFAULT_CLIP; }
+
+  #dpConfig(population: number): DpConfig {
+    const d = this.options.dp!;
+    return {
+      mode: d.mode as DpConfig['mode'], clip: d.clip ?? 1, noise: d.noise ?? 1, delta: d.delta ?? 1e-5, targetEpsilon: d.targetEpsilon ?? Infinity,
+      population, dropoutRate: d.dropoutRate ?? 0,
+    };
+  }
   get completedRounds(): number { return this.#engine?.completedRounds ?? 0; }
   get phase(): Phase { return this.#closed ? 'closed' : this.#engine?.phase ?? 'starting'; }
   get globalAdapter(): LoraAdapter | undefined { return this.#engine?.global; }
@@ -281,7 +306,8 @@ export class Coordinator {
         global = this.strategy.init(shapes, o.maxRank, o.loraAlpha, o.seed, base);
       }
       if (o.dora) {
-        if (!adapterModules(global).length) throw new ConfigError(`--dora needs a strategy that trains LoRA A/B factors; ${o.strategy} does not`);
+        // LoRA-XS-style adapters (frozen factors around a trained core) have no DoRA form here
+        if (!adapterModules(global).length || [...global.tensors.keys()].some((n) => !isAdapterTensorName(n))) throw new ConfigError(`--dora needs a strategy whose adapter is plain LoRA A/B factors; ${o.strategy} is not`);
         global = await initDoraFromCheckpoint(o.modelDir, global);
       }
       log.info(`fresh run: ${shapes.size} modules, strategy ${o.strategy}, server optimiser ${serverOpt}, max rank ${o.maxRank}${o.dora ? ', DoRA' : ''}`);
@@ -305,6 +331,14 @@ export class Coordinator {
     if (o.allowAnyClient) log.warn('--allow-any-client: any key that proves possession may join (development only)');
     if (!this.#secure) log.warn('--insecure-aggregation: client updates reach the coordinator in the clear (each is still clipped to ±c)');
     log.info(`coordinator key ${formatPublicKey(this.#identity.publicKey)}${enrolled !== null ? `, ${enrolled} enrolled client key(s)` : ''}`);
+    let dp: DpConfig | undefined;
+    if (o.dp && o.dp.mode !== 'off') {
+      const population = o.dp.population ?? enrolled;
+      if (!population) throw new ConfigError('--dp needs the client population for its sampling rate: pass --dp-population N (with --allow-any-client there is no enrolled count to use)');
+      dp = this.#dpConfig(population);
+      validateDpConfig(dp, o.clientsPerRound, this.#secure);
+      log.info(`client-level DP (${dp.mode}): clip S=${dp.clip}, noise z=${dp.noise}, q=${o.clientsPerRound}/${population}, δ=${dp.delta}${Number.isFinite(dp.targetEpsilon) ? `, budget ε ≤ ${dp.targetEpsilon}` : ''}; personal tensors are outside the guarantee`);
+    }
     const layout = makeLayout([...global.tensors].filter(([n]) => this.strategy.isShared(n)).map(([name, t]) => ({ name, shape: t.shape })));
     // an upload is 4 bytes per element plus a little framing; the global adapter goes the other way
     this.#maxMessageBytes = Math.max(1 << 20, layout.size * 4 + (1 << 16), o.chunkSize + (1 << 16));
@@ -314,6 +348,7 @@ export class Coordinator {
       maxExamplesPerClient: o.maxExamplesPerClient, clip: this.#clip, secure: this.#secure, secAgg: { ...(o.secAgg?.k !== undefined ? { k: o.secAgg.k } : {}), ...(o.secAgg?.t !== undefined ? { t: o.secAgg.t } : {}) },
       train: { steps: o.localSteps, epochs: o.localEpochs, lr: o.lr, batchSize: o.batchSize }, refactor: o.refactor,
       readyLimit: { max: o.maxReadyPerWindow, windowMs: o.readyWindowMs },
+      ...(dp ? { dp } : {}),
     }, {
       sessionId: this.sessionId, modelId: store.modelId, fullModelBytes: store.weightBytes, identity: this.#identity, boxSecretKey: admission.box.keyPair.secretKey,
       strategy: this.strategy, server, global, layout, elementSlots: elementSlots(layout), completedRounds: completed, history,
@@ -381,6 +416,8 @@ export class Coordinator {
       participating: (e?.participating() ?? []).map((p) => { const name = this.#names.get(p.clientId); return name ? { ...p, name } : p; }),
       lastRound: history.at(-1) ?? null,
       bytes,
+      ...(e?.privacy ? { privacy: e.privacy } : {}),
+      ...(e?.doneReason ? { doneReason: e.doneReason } : {}),
     };
   }
 
@@ -462,6 +499,8 @@ export class Coordinator {
         // a LoRA-XS global is exported as the plain LoRA it equals (lora_B = U_r Σ_r R, lora_A = V_rᵀ)
         await savePeftAdapter(hasXs(global) ? xsToLora(global) : global, o.exportDir);
         log.info(`exported the global adapter to ${o.exportDir}`);
+        const p = [...(this.#engine?.history ?? [])].reverse().find((r) => r.status === 'completed' && r.privacy)?.privacy;
+        if (p) await writePrivacyJson(o.exportDir, p);
       }
     } catch (e) {
       log.error(`export to ${o.exportDir} failed: ${errorMessage(e)}`);

@@ -45,6 +45,8 @@ describe('DoRA federation over the wire', function () {
     const uploads: Uint8Array[] = [];
     const clients = [2, 4].map((rank, i) => new Client({
       coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`, personal: personal[i] ?? [], backend: 'cpu',
+      // personal tensors that never leave the client ('exclusive'; the default 'finetune' mode shares them too)
+      ...(personal[i]?.length ? ({ personalMode: 'exclusive' } as Record<string, unknown>) : {}),
       trainerFactory: (f) => createTrainer({ modelDir: f.modelDir, examples: examples(6 + 4 * i, 10 * i), backend: 'cpu', tokenizer: new ByteTokenizer(), seed: SEED + i, evalFraction: 0.25, maxSeqLen: 48 }),
       observe: { ...seen.observer(i), upload: (b) => uploads.push(b) },
     }));
@@ -119,6 +121,10 @@ describe('DoRA federation over the wire', function () {
     let msg = '';
     try { await bad.serve(0); } catch (e) { msg = (e as Error).message; } finally { await bad.close(); }
     expect(msg).to.match(/magnitude vector entry is .* above the upload clip 0\.01/);
+    const xs = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'xs'), dora: true, strategy: 'lora-xs' });
+    msg = '';
+    try { await xs.serve(0); } catch (e) { msg = (e as Error).message; } finally { await xs.close(); }
+    expect(msg).to.match(/--dora .*lora-xs/);
     await run([], 1);
     const resumed = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 2, targetModules: ['q_proj', 'v_proj'], maxRank: 4, seed: SEED });
     msg = '';
