@@ -13,9 +13,12 @@ import { Coordinator } from '../../coordinator/index.js';
 import { saveState } from '../../coordinator/state-store.js';
 import { loadPeftAdapter } from '../../shared/lora/peft.js';
 import { setLogLevel } from '../../shared/log.js';
+import { formatPublicKey, generateIdentity, saveIdentity } from '../../shared/crypto/index.js';
+import { idForKey } from '../../client/client.js';
 import { Cli, makeCert, runCli } from './cli-harness.js';
 
 const TINY = 'test/fixtures/hf/llama-tiny/base';
+const SPAM = 'simulations/models/spam-llama';
 const GOOD_DATA = '{"text":"hello there, how are you"}\n{"text":"fine thanks and you"}\n{"text":"all good here"}\n';
 
 async function listen(server: Server, port = 0): Promise<number> {
@@ -207,6 +210,48 @@ describe('operator error paths (CLI, real processes)', function () {
       } finally {
         await c.kill();
       }
+    });
+  });
+
+  describe('what the operator sees of a running federation', () => {
+    let coord: Coordinator | undefined;
+    afterEach(async () => { await coord?.close(); coord = undefined; });
+
+    it('GET /status names a client by its enrollment name and shows the backend it resolved from --backend auto', async () => {
+      const identity = generateIdentity();
+      const idFile = join(dir, 'client.identity');
+      await saveIdentity(idFile, identity);
+      coord = new Coordinator({ authorizedClients: [`${formatPublicKey(identity.publicKey)} hospital-a`], modelDir: SPAM, stateDir: join(dir, 'coord'), rounds: 1, minClients: 2, clientsPerRound: 2, maxRank: 4, localSteps: 1 });
+      const url = await coord.serve(0);
+      await writeFile(join(dir, 'data.jsonl'), GOOD_DATA);
+      const c = new Cli(['client', '--coordinator', url, '--identity', idFile, '--data', join(dir, 'data.jsonl'), '--state', join(dir, 'client'), '--backend', 'auto']);
+      try {
+        const [, backend] = await c.waitFor('stderr', /using tfjs backend "([a-z]+)"/, 60_000);
+        await c.waitFor('stderr', /: ready \(/, 60_000);
+        const status = await (await fetch(`${url}/status`)).json() as { connected: { clientId: string; name?: string; backend: string; ready: boolean }[] };
+        expect(status.connected).to.have.length(1);
+        expect(status.connected[0]!.name).to.equal('hospital-a');
+        expect(status.connected[0]!.backend).to.equal(backend).and.not.equal('auto');
+        expect(status.connected[0]!.clientId).to.equal(idForKey(identity.publicKey));
+      } finally {
+        await c.kill();
+      }
+    });
+
+    it('fedlora export records base_model_name_or_path: the recorded name, else --model\'s folder name, else the model hash', async () => {
+      const adapter = await loadPeftAdapter('test/fixtures/hf/llama-tiny/adapter');
+      const state = join(dir, 'state');
+      const nameless = { ...adapter, config: { ...adapter.config, baseModelNameOrPath: null } };
+      await saveState(state, { modelId: 'sha256:feedbeef', strategy: 'rank-aware', maxRank: 4, seed: 1, loraAlpha: 8, targetModules: adapter.config.targetModules, completedRounds: 1, strategyState: {}, history: [] }, nameless);
+      const cfg = async (d: string) => JSON.parse(await readFile(join(d, 'adapter_config.json'), 'utf8')) as { base_model_name_or_path: unknown };
+      expect((await runCli(['export', '--state', state, '--out', join(dir, 'a')])).code).to.equal(0);
+      expect((await cfg(join(dir, 'a'))).base_model_name_or_path).to.equal('sha256:feedbeef');
+      expect((await runCli(['export', '--state', state, '--out', join(dir, 'b'), '--model', TINY])).code).to.equal(0);
+      expect((await cfg(join(dir, 'b'))).base_model_name_or_path).to.equal('base');
+      await saveState(state, { modelId: 'sha256:feedbeef', strategy: 'rank-aware', maxRank: 4, seed: 1, loraAlpha: 8, targetModules: adapter.config.targetModules, completedRounds: 2, strategyState: {}, history: [] },
+        { ...adapter, config: { ...adapter.config, baseModelNameOrPath: 'org/tiny-llama' } });
+      expect((await runCli(['export', '--state', state, '--out', join(dir, 'c'), '--model', TINY])).code).to.equal(0);
+      expect((await cfg(join(dir, 'c'))).base_model_name_or_path).to.equal('org/tiny-llama');
     });
   });
 

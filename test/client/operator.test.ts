@@ -2,10 +2,10 @@
  * Client behaviour an operator relies on (issue 9), against a real coordinator over TCP: rejoining
  * with the same identity on a fresh --state, the refusal hint when a key already holds another id,
  * the warning for a --personal glob that matches nothing, honest round counts after the coordinator
- * resumed, and the base model name recorded in the global adapter.
+ * resumed, and the base model name recorded in the global adapter, and checkpoint retention.
  */
 import { expect } from 'chai';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Coordinator } from '../../coordinator/index.js';
@@ -84,7 +84,7 @@ describe('client: operator-facing behaviour', function () {
 
   it('warns about a --personal glob that matches no tensor (naming it and real tensor names); counts each round once after the coordinator resumed; records the base model name', async () => {
     const stateDir = join(dir, 'coord');
-    const opts = { allowAnyClient: true, modelDir: FIXTURE, stateDir, rounds: 2, clientsPerRound: 2, minClients: 2, maxRank: 4, localSteps: 1, joinWaitMs: 50, rejoinGraceMs: 200 };
+    const opts = { allowAnyClient: true, modelDir: FIXTURE, stateDir, rounds: 2, clientsPerRound: 2, minClients: 2, maxRank: 4, localSteps: 1, joinWaitMs: 50, rejoinGraceMs: 200, keepCheckpoints: 1 };
     const coord1 = r.coordinator(new Coordinator(opts));
     const url = await coord1.serve(0);
     const port = Number(new URL(url).port);
@@ -124,5 +124,7 @@ describe('client: operator-facing behaviour', function () {
     expect(done1!.roundsTrained).to.be.at.most(2);
     expect((await coord2.done).completedRounds).to.equal(2);
     expect(coord2.globalAdapter!.config.baseModelNameOrPath).to.equal('base');
+    // --keep-checkpoints 1: only the newest checkpoint folder stays
+    expect((await readdir(stateDir)).filter((n) => n.startsWith('checkpoint-'))).to.deep.equal(['checkpoint-000002']);
   });
 });

@@ -312,4 +312,44 @@ describe('coordinator checkpoint store', () => {
     expect(() => checkResumable(saved, { modelId: 'sha256:abc', strategy: 'fedit', maxRank: 2 })).to.throw(ConfigError, /strategy/);
     expect(() => checkResumable(saved, { modelId: 'sha256:abc', strategy: 'fedavgm', maxRank: 4 })).to.throw(ConfigError, /maxRank/);
   });
+
+  it('keeps the last two checkpoints by default, the last N with keep: N, every one with keep: 0; never a later round\'s', async () => {
+    const ckpts = async (d: string) => (await readdir(d)).filter((n) => n.startsWith('checkpoint-')).sort();
+    for (let r = 1; r <= 5; r++) await saveState(join(dir, 'default'), toSave(r), adapter());
+    expect(await ckpts(join(dir, 'default'))).to.deep.equal(['checkpoint-000004', 'checkpoint-000005']);
+    for (let r = 1; r <= 5; r++) await saveState(join(dir, 'three'), toSave(r), adapter(), { keep: 3 });
+    expect(await ckpts(join(dir, 'three'))).to.deep.equal(['checkpoint-000003', 'checkpoint-000004', 'checkpoint-000005']);
+    for (let r = 1; r <= 4; r++) await saveState(join(dir, 'all'), toSave(r), adapter(), { keep: 0 });
+    expect(await ckpts(join(dir, 'all'))).to.deep.equal(['checkpoint-000001', 'checkpoint-000002', 'checkpoint-000003', 'checkpoint-000004']);
+    for (let r = 1; r <= 3; r++) await saveState(join(dir, 'one'), toSave(r), adapter(), { keep: 1 });
+    expect(await ckpts(join(dir, 'one'))).to.deep.equal(['checkpoint-000003']);
+    expect((await loadState(join(dir, 'one')))!.state.completedRounds).to.equal(3);
+    // a folder of a later round (left by another run) is not this save's to remove
+    await mkdir(join(dir, 'one', 'checkpoint-000009'));
+    await saveState(join(dir, 'one'), toSave(4), adapter(), { keep: 1 });
+    expect(await ckpts(join(dir, 'one'))).to.deep.equal(['checkpoint-000004', 'checkpoint-000009']);
+    let err: unknown;
+    try { await saveState(join(dir, 'bad'), toSave(1), adapter(), { keep: -1 }); } catch (e) { err = e; }
+    expect(err).to.be.instanceOf(ConfigError);
+  });
+
+  it('checkResumable reports every mismatch at once, with the flags that resume the stored run', async () => {
+    const saved = await saveState(dir, toSave(2), adapter());
+    let msg = '';
+    try {
+      checkResumable(saved, { modelId: 'other', strategy: 'fedit', maxRank: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj'] });
+    } catch (e) {
+      expect(e).to.be.instanceOf(ConfigError);
+      msg = (e as Error).message;
+    }
+    expect(msg).to.include('(2 round(s) done)');
+    expect(msg).to.include('modelId: the state has sha256:abc, this start other');
+    expect(msg).to.include('strategy: the state has fedavgm, this start fedit');
+    expect(msg).to.include('maxRank: the state has 2, this start 4');
+    expect(msg).to.include('loraAlpha: the state has 4, this start 8');
+    expect(msg).to.include('targetModules: the state has q_proj, this start q_proj,v_proj');
+    expect(msg).to.include('resume it with: --model <the folder of base model sha256:abc…> --strategy fedavgm --max-rank 2 --lora-alpha 4 --target-modules q_proj');
+    // optional settings not given are not compared
+    expect(() => checkResumable(saved, { modelId: 'sha256:abc', strategy: 'fedavgm', maxRank: 2 })).to.not.throw();
+  });
 });
