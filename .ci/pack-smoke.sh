@@ -63,6 +63,11 @@ node -e '
 for f in report.json report.html report.png; do [ -s "$out/$f" ] || fail "simulate wrote no $f"; done
 say "report.json valid ($(stat -c %s "$out/report.json") bytes)"
 
+# the library entry (README "Library") from the installed package
+node --input-type=module -e "const m = await import('fedlora'); for (const f of ['loadCausalLM', 'loadPeftAdapter', 'savePeftAdapter']) if (typeof m[f] !== 'function') { console.error('export ' + f + ' missing'); process.exit(1); }" \
+  || fail "import('fedlora') does not export the README's library functions"
+say "import('fedlora'): ok"
+
 help=$(npx --no-install fedlora coordinator --help)
 printf '%s\n' "$help" | grep -q -- '--model' || fail "coordinator --help does not list --model"
 say "fedlora coordinator --help: ok"
