@@ -262,7 +262,8 @@ export class Coordinator {
     const o = this.options;
     const store = this.#store = await ModelStore.open(o.modelDir);
     const info = await readModelInfo(o.modelDir);
-    this.#targetModules = o.targetModules?.length ? o.targetModules : defaultTargetModules(info.config);
+    // sorted, as the resume check compares them (an unsorted --target-modules could otherwise never resume)
+    this.#targetModules = o.targetModules?.length ? [...o.targetModules].sort() : defaultTargetModules(info.config);
 
     const loaded = await loadState(o.stateDir);
     // a rank above min(d_in, d_out) of a module adds parameters and no expressiveness: the global rank is capped at the smallest module's

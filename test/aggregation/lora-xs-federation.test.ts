@@ -6,7 +6,9 @@
  * the factors never change, and the export is a plain PEFT LoRA adapter (B = U_r Σ_r R, A = V_rᵀ).
  */
 import { expect } from 'chai';
+import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Coordinator } from '../../coordinator/index.js';
@@ -21,6 +23,8 @@ import { loadPeftAdapter } from '../../shared/lora/peft.js';
 import { xsToLora } from '../../shared/lora/xs.js';
 import { xsInitFromCheckpoint } from '../../shared/lora/xs-checkpoint.js';
 import { readModelInfo } from '../../shared/model/model-info.js';
+import { loadCausalLM } from '../../shared/model/causal-lm.js';
+import { loadState } from '../../coordinator/state-store.js';
 import { setLogLevel } from '../../shared/log.js';
 import { FIXTURE, contributionLog } from '../coordinator/helpers.js';
 
@@ -114,6 +118,54 @@ describe('LoRA-XS federation over the wire (secure aggregation)', function () {
       expect(exported.tensors.has(xsRName(m))).to.equal(false);
       expect(sameBits(exported.tensors.get(loraAName(m))!.data, init.tensors.get(loraAName(m))!.data), `${m} A = Vᵀ`).to.equal(true);
       expect(sameBits(exported.tensors.get(loraBName(m))!.data, folded.tensors.get(loraBName(m))!.data), `${m} B = UΣR`).to.equal(true);
+    }
+  });
+
+  it('a checkpoint keeps the cores: a restarted coordinator resumes the run, and `fedlora export` writes the plain LoRA it equals', async () => {
+    const state = join(dir, 'coord');
+    const start = (rounds: number) => new Coordinator({
+      allowAnyClient: true, modelDir: FIXTURE, stateDir: state, rounds, clientsPerRound: 2, minClients: 2,
+      maxRank: 4, strategy: 'lora-xs', localSteps: 2, lr: 1e-2, batchSize: 2, joinWaitMs: 50, seed: SEED, targetModules: TARGETS,
+    });
+    const clientsFor = (url: string, tag: string) => [4, 3].map((rank, i) => new Client({
+      coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `${tag}${i}`), maxRank: rank, clientId: `c${i}`, backend: 'cpu', evaluate: false,
+      trainerFactory: (f) => createTrainer({ modelDir: f.modelDir, examples: examples(8, 20 * i), backend: 'cpu', tokenizer: new ByteTokenizer(), seed: SEED + i, evalFraction: 0.25, maxSeqLen: 48 }),
+    }));
+    const first = start(1);
+    const url1 = await first.serve(0);
+    const init = first.globalAdapter!;
+    await Promise.all([first.done, ...clientsFor(url1, 'a').map((c) => c.run())]);
+    const after1 = first.globalAdapter!;
+    await first.close();
+    const saved = await loadState(state);
+    expect(saved!.state.completedRounds).to.equal(1);
+    for (const [k, t] of after1.tensors) expect(sameBits(saved!.adapter.tensors.get(k)!.data, t.data), `checkpoint ${k}`).to.equal(true);
+
+    const second = start(2);
+    const url2 = await second.serve(0);
+    expect(second.completedRounds).to.equal(1);
+    await Promise.all([second.done, ...clientsFor(url2, 'b').map((c) => c.run())]);
+    const after2 = second.globalAdapter!;
+    await second.close();
+    let moved = 0;
+    for (const [k, t] of after2.tensors) {
+      if (parseXsName(k)) moved = Math.max(moved, ...t.data.map((x, i) => Math.abs(x - after1.tensors.get(k)!.data[i]!)));
+      else expect(sameBits(t.data, init.tensors.get(k)!.data), `${k} frozen across the restart`).to.equal(true);
+    }
+    expect(moved, 'round 2 trained the cores').to.be.greaterThan(1e-5);
+
+    const out = join(dir, 'peft');
+    const { stderr } = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'bin/fedlora.ts', 'export', '--state', state, '--out', out], { env: { ...process.env, FEDLORA_LOG: 'warn' } });
+    expect(stderr).to.match(/after round 2 \(lora-xs, r=4\)/);
+    const exported = await loadPeftAdapter(out);
+    expect([...exported.tensors.keys()].some((k) => k.includes('lora_R'))).to.equal(false);
+    const lm = await loadCausalLM(FIXTURE, { backend: 'cpu' });
+    try {
+      const ids = [[1, 40, 80, 120, 200, 7]];
+      const a = await lm.logits(ids, { adapter: exported }), b = await lm.logits(ids, { adapter: xsToLora(after2) });
+      expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).to.equal(true);
+    } finally {
+      lm.dispose();
     }
   });
 });
