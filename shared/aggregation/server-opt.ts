@@ -38,7 +38,9 @@
  * lr × local steps: 5e-3 × 8 = 4e-2 in the default scenario, 1e-3 × 20 = 2e-2 with the CLI defaults,
  * and smaller once averaged over disagreeing clients. η = 1e-2 keeps the server step at the size of
  * a typical client round; τ = 1e-3 sits below typical |Δ| so the step is adaptive there, and damps
- * entries that barely move (their step is ≈ (η/τ)·m).
+ * entries that barely move (their step is ≈ (η/τ)·m). Measured with bench/server-opt.ts on the default
+ * scenario (rounds 2–3): |Δ| p10 / p50 / p90 ≈ 1.6e-3 / 8.5e-3 / 2e-2 for A and B alike, so the steady
+ * gain η/(|Δ| + τ) is ≈ 3.9 / 1.05 / 0.5 (1 is plain FedAvg) and the first step 0.3–0.5 × Δ.
  */
 import { ConfigError } from '../errors.js';
 import { logger } from '../log.js';
