@@ -47,6 +47,11 @@ export interface Scenario {
   testSet: number;
   /** Final figures are the mean over this many last evaluated rounds (clamped to the rounds there are). */
   finalWindow: number;
+  /**
+   * Evaluate every this-many rounds (and always the last `finalWindow` rounds): the global adapter,
+   * the personalized adapters and the baselines' checkpoints alike. 1 = every round.
+   */
+  evalEvery: number;
   /** More than one seed: run the scenario once per seed and report mean ± sd of every figure (`seed` is then unused). */
   seeds: number[];
   clients: number;
@@ -103,6 +108,7 @@ export const DEFAULTS: Scenario = {
   maxEvalPerClient: 32,
   testSet: 0,
   finalWindow: 3,
+  evalEvery: 1,
   seeds: [],
   clients: 8,
   clientsPerRound: 8,
@@ -201,7 +207,7 @@ export function serverOptFor(s: Pick<Scenario, 'serverOpt'>, strat: ScenarioStra
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'seed', 'backend', 'workers']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'seed', 'backend', 'workers']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -316,6 +322,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     maxEvalPerClient: int(raw.maxEvalPerClient, 'maxEvalPerClient', 1, 100_000, d.maxEvalPerClient),
     testSet: int(raw.testSet, 'testSet', 0, 100_000, d.testSet),
     finalWindow: int(raw.finalWindow, 'finalWindow', 1, 10_000, d.finalWindow),
+    evalEvery: int(raw.evalEvery, 'evalEvery', 1, 10_000, d.evalEvery),
     seeds,
     clients, clientsPerRound, minClients,
     rounds: int(raw.rounds, 'rounds', 1, 10_000, d.rounds),
@@ -343,6 +350,13 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   const survivorsNeeded = s.clientsPerRound - s.faults.dropoutsPerRound - (s.faults.kill ? 1 : 0);
   if (survivorsNeeded < s.minClients) fail('minClients', `${s.minClients} cannot be met when ${s.faults.dropoutsPerRound} of ${s.clientsPerRound} clients drop out per round${s.faults.kill ? ' and one is killed' : ''}`);
   return s;
+}
+
+/** Rounds whose adapters are evaluated: every `evalEvery`-th, the last `finalWindow`, and the last. */
+export function evaluatedRounds(s: Pick<Scenario, 'rounds' | 'evalEvery' | 'finalWindow'>): number[] {
+  const out: number[] = [];
+  for (let r = 1; r <= s.rounds; r++) if (r % s.evalEvery === 0 || r > s.rounds - s.finalWindow) out.push(r);
+  return out;
 }
 
 /** Largest rank of the mix: the coordinator's max rank. */

@@ -113,8 +113,10 @@ export function formatRoundLine(e: {
   global: EvalMetrics; personalized: EvalMetrics; globalOn: 'test' | 'clients'; wallMs: number;
 }): string {
   const m = (x: EvalMetrics) => `acc ${fmtPct(x.accuracy)} F1 ${fmtPct(x.f1)} loss ${fmtLoss(x.loss)}`;
-  return `${e.run}: round ${e.round}/${e.rounds} done in ${(e.wallMs / 1000).toFixed(1)}s — ${e.contributors}/${e.participants} updates${e.dropouts.length ? ` (dropped: ${e.dropouts.join(', ')})` : ''}, train loss ${fmtLoss(e.trainLoss)}; ` +
-    `global [${ON_LABEL[e.globalOn]}] ${m(e.global)}; personalized [${ON_LABEL.clients}] ${m(e.personalized)}`;
+  const head = `${e.run}: round ${e.round}/${e.rounds} done in ${(e.wallMs / 1000).toFixed(1)}s — ${e.contributors}/${e.participants} updates${e.dropouts.length ? ` (dropped: ${e.dropouts.join(', ')})` : ''}, train loss ${fmtLoss(e.trainLoss)}; `;
+  const none = (x: EvalMetrics) => !fin(x.accuracy) && !fin(x.loss) && !fin(x.f1);
+  if (none(e.global) && none(e.personalized)) return `${head}not an evaluated round`;
+  return `${head}global [${ON_LABEL[e.globalOn]}] ${m(e.global)}; personalized [${ON_LABEL.clients}] ${m(e.personalized)}`;
 }
 
 /** A box-drawn table of the final figures plus communication totals, for the terminal. */

@@ -43,6 +43,8 @@ export interface FedJoin {
   secure: boolean;
   rounds: number;
   personal: string[];
+  /** Rounds in which clients evaluate their personalized adapter after training (all when absent). */
+  evalRounds?: number[];
   clients: FedClientSpec[];
   /** Extra ClientOptions passed through verbatim (e.g. secure-aggregation switches). */
   clientExtra?: Record<string, unknown>;
@@ -52,8 +54,10 @@ export interface LocalJob {
   type: 'local';
   jobId: string;
   clients: { id: string; trainFile: string; evalFile: string; rank: number }[];
-  /** Local steps in each round-sized chunk (evaluated after each); see `localStepsPerRound` in run.ts. */
+  /** Local steps in each round-sized chunk; see `localStepsPerRound` in run.ts. */
   stepsPerRound: number[];
+  /** Chunks (1-based) after which to evaluate (all when absent); the others get a figure of nulls. */
+  evalRounds?: number[];
   lr: number;
   batchSize: number;
 }
@@ -67,6 +71,8 @@ export interface CentralJob {
   testFile?: string;
   rounds: number;
   stepsPerRound: number;
+  /** Chunks (1-based) after which to evaluate (all when absent); the others get a figure of nulls. */
+  evalRounds?: number[];
   lr: number;
   batchSize: number;
 }

@@ -21,7 +21,7 @@ import { readModelInfo, targetShapes, defaultTargetModules } from '../../shared/
 import { REPORT_SCHEMA_VERSION, writeReport, type Report, type RoundRecord, type ClientRound, type EvalMetrics, type CurvePoint, type StrategyResult, type SeedRun } from '../report/index.js';
 import { finalFigure, meanMetrics, aggregateReports } from '../report/stats.js';
 import { savePeftAdapter } from '../../shared/lora/peft.js';
-import { maxRankOf, serverOptFor, type Scenario, type ScenarioStrategy } from '../scenario.js';
+import { evaluatedRounds, maxRankOf, serverOptFor, type Scenario, type ScenarioStrategy } from '../scenario.js';
 import { prepareData, type SimClient } from './data.js';
 import { referenceRates } from './references.js';
 import { SimWorker } from './pool.js';
@@ -160,6 +160,8 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
   const { clients, test } = await prepareData(s, o.outDir);
   say(`${clients.length} clients (${s.partition.kind === 'dirichlet' ? `dirichlet α=${s.partition.alpha}` : 'iid'}), ranks ${clients.map((c) => c.rank).join(',')}, ${clients.reduce((a, c) => a + c.train.length, 0)} train / ${clients.reduce((a, c) => a + c.eval.length, 0)} eval examples${test ? `; pooled test set ${test.examples.length} (${Object.entries(test.labelCounts).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}`);
   const globalOn: 'test' | 'clients' = test ? 'test' : 'clients';
+  const evalRounds = evaluatedRounds(s);
+  const allRounds = evalRounds.length === s.rounds;
 
   const strategies: ScenarioStrategy[] = [s.strategy, ...s.compare];
   const victim = s.faults.kill ? clients[s.faults.kill.client]! : null;
@@ -234,6 +236,17 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       // the coordinator's global adapter is this round's aggregate right now: take it before the next round replaces it
       const adapter = st.coordinator.globalAdapter;
       if (!adapter) return;
+      if (!evalRounds.includes(rec.round)) {
+        // not an evaluated round (evalEvery): the line says so, the report has no figures for it
+        const none: EvalMetrics = { loss: null, accuracy: null, f1: null };
+        st.figures.set(rec.round, { global: none, personalized: none });
+        emit({
+          type: 'round', run: st.runId, round: rec.round, rounds: s.rounds, contributors: rec.contributors, participants: rec.participants.length,
+          dropouts: rec.participants.filter((p) => p.status !== 'uploaded').map((p) => p.clientId), trainLoss: rec.trainLoss ?? null,
+          global: none, personalized: none, globalOn, wallMs: rec.endedAt - rec.startedAt,
+        });
+        return;
+      }
       st.pending.push(evaluateRound(st, rec, adapter).catch((e: unknown) => say(`${st.runId}: evaluation of round ${rec.round} failed: ${errorMessage(e)}`)));
     }
 
@@ -283,12 +296,12 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       const coordinatorKey = st.coordinator.publicKey!;
       for (const w of pool) {
         const mine = clients.filter((c) => hostOf(c) === w && !(isMain && victim?.id === c.id));
-        if (mine.length) w.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, clients: mine.map(specFor), clientExtra: extra });
+        if (mine.length) w.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, ...(allRounds ? {} : { evalRounds }), clients: mine.map(specFor), clientExtra: extra });
       }
       if (victim) {
         // the client that gets killed lives alone in its own process (main run); elsewhere it is ordinary
         const host = isMain ? victimWorker! : hostOf(victim);
-        host.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, clients: [specFor(victim)], clientExtra: extra });
+        host.post({ type: 'fed', runId, url, coordinatorKey, secure: s.secureAggregation, rounds: s.rounds, personal: s.personal, ...(allRounds ? {} : { evalRounds }), clients: [specFor(victim)], clientExtra: extra });
       }
       st.startedAt = Date.now();
       return { st, done: st.coordinator.done.then(() => { st.endedAt = Date.now(); for (const w of workers) w.post({ type: 'fedEnd', runId }); }) };
@@ -348,7 +361,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
         ? Promise.all(localWorkers.map((w, wi) => w.job<LocalResult>({
           type: 'local', clients: clients.filter((_, ci) => ci % localWorkers.length === wi).map((c) => ({ id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, rank: c.rank })),
           // each client alone: what it would train in the federation, in expectation
-          stepsPerRound: localStepsPerRound(s), lr: s.train.lr, batchSize: s.train.batchSize,
+          stepsPerRound: localStepsPerRound(s), ...(allRounds ? {} : { evalRounds }), lr: s.train.lr, batchSize: s.train.batchSize,
         })))
         : null;
       const centralJob: Promise<CentralResult> | null = s.baselines.centralized
@@ -356,7 +369,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
           type: 'central', trainFiles: clients.map((c) => c.trainFile), evalClients: clients.map((c) => ({ id: c.id, evalFile: c.evalFile })),
           ...(test ? { testFile: test.file } : {}),
           // the same examples as one federated round (every sampled client's local steps), evaluated after each such chunk
-          rounds: s.rounds, stepsPerRound: s.train.localSteps * s.clientsPerRound, lr: s.train.lr, batchSize: s.train.batchSize,
+          rounds: s.rounds, stepsPerRound: s.train.localSteps * s.clientsPerRound, ...(allRounds ? {} : { evalRounds }), lr: s.train.lr, batchSize: s.train.batchSize,
         })
         : null;
       local = localJob ? (await Promise.race([localJob, timeout])).flatMap((r) => r.clients) : null;
@@ -412,8 +425,10 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
         };
       });
     };
-    const curveOf = (rs: RoundRecord[], key: 'global' | 'personalized'): CurvePoint[] => rs.map((r) => ({ round: r.round, loss: r[key].loss, accuracy: r[key].accuracy, f1: r[key].f1 }));
-    const toCurve = (ms: EvalFigures[]): CurvePoint[] => ms.map((m, i) => ({ round: i + 1, loss: m.loss, accuracy: m.accuracy, f1: m.f1 }));
+    // curves hold the evaluated rounds only (evalEvery), so chart lines join them
+    const evaluated = (p: CurvePoint) => [p.loss, p.accuracy, p.f1].some((x) => typeof x === 'number');
+    const curveOf = (rs: RoundRecord[], key: 'global' | 'personalized'): CurvePoint[] => rs.map((r) => ({ round: r.round, loss: r[key].loss, accuracy: r[key].accuracy, f1: r[key].f1 })).filter(evaluated);
+    const toCurve = (ms: EvalFigures[]): CurvePoint[] => ms.map((m, i) => ({ round: i + 1, loss: m.loss, accuracy: m.accuracy, f1: m.f1 })).filter(evaluated);
     const exportedOf = (st: RunState) => ({
       global: meanOf(st.final?.clients.map((c) => c.global) ?? []), personalized: meanOf(st.final?.clients.map((c) => c.personalized) ?? []),
     });
@@ -432,7 +447,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
     const localCurve: CurvePoint[] = local ? Array.from({ length: s.rounds }, (_, i) => {
       const m = meanOf(local!.map((c) => c.curve[i]));
       return { round: i + 1, loss: m.loss, accuracy: m.accuracy, f1: m.f1 };
-    }) : [];
+    }).filter(evaluated) : [];
     const centralClientsCurve = central ? toCurve(central.curve) : [];
     const centralCurve = central ? (test ? toCurve(central.testCurve) : centralClientsCurve) : [];
     const references = referenceRates({ train: clients.map((c) => c.trainLabels), eval: clients.map((c) => c.evalLabels), ...(test ? { test: test.labels } : {}) });
@@ -449,7 +464,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       ? `Global adapter and centralized baseline: measured once per round on a pooled test set of ${test.examples.length} emails held out of the corpus before the partition (the same set for every seed and baseline).`
       : 'Global adapter and centralized baseline: measured once per round on every client\'s eval split (at the client\'s rank), unweighted mean over clients.');
     notes.push('Personalized (per round) = each client\'s adapter right after its local training in that round, on its own eval split; mean over the clients that trained. The exported adapters\' figures (final global, and with each client\'s personal tensors in place) are under final.exported.');
-    notes.push(`Final figures are the mean over the last ${Math.min(K, s.rounds)} evaluated round(s) (finalWindow ${K}); the last round alone is kept as "last".`);
+    notes.push(`Final figures are the mean over the last ${Math.min(K, s.rounds)} evaluated round(s) (finalWindow ${K}); the last round alone is kept as "last".${allRounds ? '' : ` Evaluated rounds (evalEvery ${s.evalEvery}): ${evalRounds.join(', ')}.`}`);
     const steps = localStepsPerRound(s);
     notes.push(`Same budget in examples seen (batch ${s.train.batchSize}): a federated round is ${s.clientsPerRound} × ${s.train.localSteps} local steps; centralized trains ${s.train.localSteps * s.clientsPerRound} steps per round on the pooled train splits; local-only trains ${steps.reduce((a, b) => a + b, 0)} steps per client in all (${s.clientsPerRound}/${s.clients} of ${s.rounds} × ${s.train.localSteps}), carrying its optimizer state between round-sized chunks as federated clients do. Baselines are evaluated after every round-sized chunk.`);
     const evalSizes = clients.map((c) => c.eval.length);

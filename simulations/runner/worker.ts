@@ -57,7 +57,7 @@ async function evalOn(adapter: LoraAdapter, examples: readonly Example[]) {
  * (no examples, no figures): the runner measures each round's global adapter once, on the pooled
  * test set. The evaluation after training (the personalized adapter) always runs.
  */
-async function simTrainer(trainFile: string, evalFile: string, seed: number, skipGlobal = false): Promise<LocalTrainer> {
+async function simTrainer(trainFile: string, evalFile: string, seed: number, skipGlobal = false, personalNow: () => boolean = () => true): Promise<LocalTrainer> {
   const [train, ev] = await Promise.all([loadJsonlDataset(trainFile), loadJsonlDataset(evalFile)]);
   const inner = await createTrainer({ modelDir: init!.modelDir, examples: train, lm: lm!, tokenizer: tok!, evalFraction: 0, seed, maxSeqLen: init!.maxSeqLen });
   let trained = false;
@@ -69,7 +69,8 @@ async function simTrainer(trainFile: string, evalFile: string, seed: number, ski
     evaluate: (a) => {
       const before = !trained;
       trained = false;
-      return skipGlobal && before ? evalOn(a, []) : evalOn(a, ev);
+      if (before) return skipGlobal ? evalOn(a, []) : evalOn(a, ev);
+      return personalNow() ? evalOn(a, ev) : evalOn(a, []);
     },
     dispose: () => inner.dispose(),
   };
@@ -89,12 +90,16 @@ async function initialAdapter(rank: number): Promise<LoraAdapter> {
 
 interface Hosted { spec: FedJoin['clients'][number]; client: Client; dropped: Set<number>; stopped: boolean }
 const runs = new Map<string, { join: FedJoin; hosted: Map<string, Hosted> }>();
+/** Last completed round per federated run (from the runner's roundEnd messages). */
+const roundsDone = new Map<string, number>();
 
 function startClient(join_: FedJoin, spec: FedJoin['clients'][number], dropped: Set<number>): Hosted {
   const runId = join_.runId;
   const strag = init!.stragglers;
   const factory: TrainerFactory = async (f) => {
-    const t = await simTrainer(spec.trainFile, spec.evalFile, f.seed, init!.skipClientGlobalEval === true);
+    // the round being trained: the runner tells every worker when a round ends
+    const personalNow = () => !join_.evalRounds || join_.evalRounds.includes((roundsDone.get(runId) ?? 0) + 1);
+    const t = await simTrainer(spec.trainFile, spec.evalFile, f.seed, init!.skipClientGlobalEval === true, personalNow);
     return {
       ...t,
       moduleShapes: t.moduleShapes, trainExamples: t.trainExamples, evalExamples: t.evalExamples,
@@ -152,6 +157,7 @@ function onFed(m: FedJoin): void {
 }
 
 function onRoundEnd(runId: string, round: number): void {
+  roundsDone.set(runId, Math.max(round, roundsDone.get(runId) ?? 0));
   const run = runs.get(runId);
   if (!run || round >= run.join.rounds) return;
   // dropped clients come back for the next round, as a restarted device would
@@ -187,6 +193,7 @@ async function onLocal(j: LocalJob): Promise<LocalResult> {
           a = (await t.train(a, { steps, lr: j.lr, batchSize: j.batchSize, seed: (init!.seed + r * 7919) >>> 0, trainable: () => true })).adapter;
           last = null;
         }
+        if (j.evalRounds && !j.evalRounds.includes(r)) { curve.push(NOT_EVALUATED); continue; }
         last ??= figures(await t.evaluate(a));
         curve.push(last);
       }
@@ -195,6 +202,8 @@ async function onLocal(j: LocalJob): Promise<LocalResult> {
   }
   return out;
 }
+
+const NOT_EVALUATED: EvalFigures = { loss: null, accuracy: null, f1: null, n: 0 };
 
 let lastProgressAt = 0;
 /** At most one progress message a second per worker. */
@@ -219,6 +228,7 @@ async function onCentral(j: CentralJob): Promise<CentralResult> {
     for (let r = 1; r <= j.rounds; r++) {
       progress(j.jobId, 'central', r - 1, j.rounds, `round ${r}/${j.rounds} (${j.stepsPerRound} steps)`);
       a = (await t.train(a, { steps: j.stepsPerRound, lr: j.lr, batchSize: j.batchSize, seed: (init!.seed + r * 7919) >>> 0, trainable: () => true })).adapter;
+      if (j.evalRounds && !j.evalRounds.includes(r)) { curve.push(NOT_EVALUATED); if (test) testCurve.push(NOT_EVALUATED); continue; }
       perClient = [];
       for (const c of evals) perClient.push({ id: c.id, metrics: figures(await evalOn(a, c.ex)) });
       curve.push(meanFigures(perClient.map((p) => p.metrics)));

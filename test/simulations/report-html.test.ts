@@ -67,7 +67,7 @@ describe('report.html in headless Chromium', function () {
     expect(clients.rects).to.be.at.least(10 * 3);
     // The accuracy chart shows every series in its legend.
     const acc = charts.find((c) => c.id === 'chart-accuracy')!.texts.join('|');
-    for (const name of ['global adapter', 'personalized', 'centralized', 'local only']) expect(acc).to.contain(name);
+    for (const name of ['global adapter', 'personalized', 'centralized', 'local only', 'always "ham"', 'per-client majority']) expect(acc).to.contain(name);
     const tables = await page.$$eval('table', (ts) => ts.map((t) => t.querySelectorAll('tbody tr').length));
     expect(tables[0]).to.be.at.least(4); // final figures
     expect(tables).to.include(12); // one row per round

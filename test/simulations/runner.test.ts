@@ -80,13 +80,19 @@ describe('simulation runner (real coordinator, clients in worker processes, loop
   });
 
   it('runs one simulation per seed and writes one report of mean ± sd, with the per-seed reports beside it', async () => {
-    const s = await tiny({ compare: [], rounds: 1, baselines: { localOnly: false, centralized: false }, seeds: [7, 8] });
+    // 2 rounds, evaluated every 2nd and the last 1: only round 2 is evaluated
+    const s = await tiny({ compare: [], rounds: 2, evalEvery: 2, finalWindow: 1, baselines: { localOnly: true, centralized: false }, seeds: [7, 8] });
     const { report, files } = await runScenario(s, { outDir: dir });
     const per: Report[] = [];
     for (const seed of [7, 8]) {
       const r: unknown = JSON.parse(await readFile(join(dir, `seed-${seed}`, 'report.json'), 'utf8'));
       assertReport(r);
       expect(r.scenario.seed).to.equal(seed);
+      expect(r.rounds.map((x) => x.global.accuracy === null)).to.deep.equal([true, false]);
+      expect(r.rounds.map((x) => x.personalized.accuracy === null)).to.deep.equal([true, false]);
+      expect(r.baselines.strategies[0]!.curve.map((p) => p.round)).to.deep.equal([2]);
+      expect(r.baselines.localOnly!.curve!.map((p) => p.round)).to.deep.equal([2]);
+      expect(r.final.global.accuracy).to.equal(r.rounds[1]!.global.accuracy);
       per.push(r);
     }
     const back: unknown = JSON.parse(await readFile(files.json, 'utf8'));

@@ -61,6 +61,8 @@ describe('simulation scenarios', () => {
     refuses({ testSet: -1 }, 'testSet');
     refuses({ testSet: 1.5 }, 'testSet');
     refuses({ finalWindow: 0 }, 'finalWindow');
+    refuses({ evalEvery: 0 }, 'evalEvery');
+    expect(parseScenario({ evalEvery: 5 }).evalEvery).to.equal(5);
     refuses({ seeds: 3 }, 'seeds');
     refuses({ seeds: [1, 1] }, 'seeds');
     refuses({ seeds: [1, -2] }, 'seeds[1]');

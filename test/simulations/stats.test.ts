@@ -7,6 +7,7 @@ import { aggregateReports, aggregateMetrics, finalFigure, meanSd, renderReportHt
 import { referenceLines } from '../../simulations/report/specs.js';
 import { referenceRates, majorityLabel, constantRate } from '../../simulations/runner/references.js';
 import { localStepsPerRound, roundFigures } from '../../simulations/runner/run.js';
+import { evaluatedRounds } from '../../simulations/scenario.js';
 
 describe('report statistics', () => {
   it('meanSd: mean and sample sd (n − 1); nulls and NaN stay out; no sd below two values', () => {
@@ -144,6 +145,13 @@ describe('runner arithmetic', () => {
     const sampled = localStepsPerRound({ ...base, rounds: 4, clientsPerRound: 4 }); // 8 × 4/6 = 5.33 per round
     expect(sampled.reduce((a, b) => a + b, 0)).to.equal(Math.round(4 * 8 * 4 / 6));
     expect(sampled).to.deep.equal([5, 6, 5, 5]);
+  });
+
+  it('evaluated rounds: every evalEvery-th, the last finalWindow ones and the last', () => {
+    expect(evaluatedRounds({ rounds: 10, evalEvery: 1, finalWindow: 3 })).to.deep.equal([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    expect(evaluatedRounds({ rounds: 10, evalEvery: 4, finalWindow: 3 })).to.deep.equal([4, 8, 9, 10]);
+    expect(evaluatedRounds({ rounds: 7, evalEvery: 5, finalWindow: 1 })).to.deep.equal([5, 7]);
+    expect(evaluatedRounds({ rounds: 2, evalEvery: 9, finalWindow: 5 })).to.deep.equal([1, 2]);
   });
 
   it('round figures: global from the round\'s evaluation (test set first), personalized the mean over clients that trained', () => {
