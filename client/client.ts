@@ -8,7 +8,7 @@
  * that share them.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { io, type Socket } from 'socket.io-client';
 import { ConfigError, DataError, FedloraError, ProtocolError, errorMessage } from '../shared/errors.js';
@@ -24,7 +24,7 @@ import {
   type Identity,
 } from '../shared/crypto/index.js';
 import { getStrategy, type Strategy } from '../shared/aggregation/index.js';
-import { isAdapterTensorName, parseLoraName, resizeCols, resizeRows, type LoraAdapter } from '../shared/lora/adapter.js';
+import { isAdapterTensorName, parseLoraName, parseXsName, resizeCols, resizeRows, type LoraAdapter } from '../shared/lora/adapter.js';
 import { atomicWrite, loadSafetensors, readFloatTensor, saveSafetensors } from '../shared/model/safetensors.js';
 import type { Tensor32, TensorMap } from '../shared/tensor.js';
 import type { Example } from '../shared/data/jsonl.js';
@@ -330,7 +330,14 @@ export class Client {
   prepare(): Promise<string | undefined> {
     this.#prepared ??= (async () => {
       const o = this.options;
-      if (o.coordinatorKey !== undefined) this.#coordinatorKey = typeof o.coordinatorKey === 'string' ? parsePublicKey(o.coordinatorKey.trim()) : o.coordinatorKey;
+      if (o.coordinatorKey !== undefined) {
+        try {
+          this.#coordinatorKey = typeof o.coordinatorKey === 'string' ? parsePublicKey(o.coordinatorKey.trim()) : o.coordinatorKey;
+        } catch (e) { throw new ConfigError(`--coordinator-key: ${errorMessage(e)}`); }
+      }
+      if (o.modelDir !== undefined && !(await stat(join(o.modelDir, 'config.json')).then((st) => st.isFile(), () => false))) {
+        throw new ConfigError(`--model ${o.modelDir} holds no config.json: not a base model folder`);
+      }
       const ca = await this.#readCa();
       if (ca && !/^https:/i.test(o.coordinatorUrl.trim())) log.warn(`--tls-ca is given but ${o.coordinatorUrl} is not https://: the certificate is not used`);
       await this.#checkLocalInputs();
@@ -592,7 +599,7 @@ export class Client {
   async #personalize(rs: RoundStart, global: LoraAdapter, trained: LoraAdapter, seed: number): Promise<LoraAdapter | null> {
     if (this.#exclusive || !(this.options.personal ?? []).length) return null;
     const strategy = this.#strategy!;
-    const tune = (n: string) => this.#isPersonalGlob(n) && strategy.isTrainable(n) && isAdapterTensorName(n);
+    const tune = (n: string) => this.#isPersonalGlob(n) && strategy.isTrainable(n) && (isAdapterTensorName(n) || parseXsName(n) !== null);
     if (![...global.tensors.keys()].some(tune)) return null;
     const tensors: TensorMap = new Map(global.tensors);
     for (const [n, t] of trained.tensors) if (strategy.isPersonal(n)) tensors.set(n, t);
@@ -627,6 +634,14 @@ export class Client {
 
 /** A stored personal factor brought to this round's rank (slots beyond the stored rank come from the global). */
 function atRank(name: string, t: Tensor32, rank: number, global: Tensor32): Tensor32 {
+  if (parseXsName(name)) {
+    // a LoRA-XS core [r, r]: keep the leading block, take elements of new slots (max(i, j) ≥ stored rank) from the global
+    const cur = t.shape[0]!;
+    if (cur === rank && t.shape[1] === rank) return t;
+    const data = new Float32Array(rank * rank);
+    for (let i = 0; i < rank; i++) for (let j = 0; j < rank; j++) data[i * rank + j] = i < cur && j < cur ? t.data[i * cur + j]! : global.data[i * rank + j]!;
+    return { shape: [rank, rank], data };
+  }
   const p = parseLoraName(name);
   // a DoRA magnitude has no rank slots: the stored one is used as is when it still fits
   if (!p) return t.shape.length === global.shape.length && t.shape.every((d, i) => d === global.shape[i]) ? t : global;

@@ -140,6 +140,9 @@ describe('operator error paths (CLI, real processes)', function () {
         [['--coordinator', url, '--data', good, '--backend', 'gpu'], /--backend must be one of auto, tensorflow, webgpu, wasm, cpu, got "gpu"/],
         [['--coordinator', url, '--data', good, '--tls-ca', join(dir, 'none.pem')], /cannot read --tls-ca .*none\.pem: ENOENT/],
         [['--coordinator', url, '--data', good, '--tls-ca', join(dir, 'not-a-cert.pem')], /not-a-cert\.pem holds no PEM certificate/],
+        [['--coordinator', url, '--data', good, '--coordinator-key', 'ed25519:short'], /--coordinator-key: .*not an ed25519 public key/],
+        [['--coordinator', url, '--data', good, '--model', join(dir, 'no-model')], /--model .*no-model holds no config\.json/],
+        [['--coordinator', url, '--data', good, '--id', 'bad id!'], /client id "bad id!" must match/],
       ];
       try {
         for (const [args, re] of cases) {
