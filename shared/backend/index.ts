@@ -6,7 +6,7 @@
 // tfjs-core alone (no @tensorflow/tfjs union): the backends below register into its engine, and
 // gradients.ts registers the gradients training needs (see there why that takes a bundle).
 import * as tf from '@tensorflow/tfjs-core';
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { BackendError, errorMessage } from '../errors.js';
 import { logger } from '../log.js';
 import { registerGradients } from './gradients.js';
@@ -68,16 +68,25 @@ async function tryWebgpu(): Promise<void> {
 }
 
 /**
- * On Linux, Dawn needs a GPU device node (DRM render node, NVIDIA device, or WSL's /dev/dxg);
- * without one it can only fail, noisily. Returns why webgpu is skipped, or null to try it.
- * FEDLORA_WEBGPU_PROBE=0 skips this check (e.g. a software Vulkan driver).
+ * On Linux, Dawn runs on Vulkan: it needs a GPU device node (DRM render node, NVIDIA device, or WSL's
+ * /dev/dxg), the Vulkan loader (libvulkan.so.1) and an installed driver manifest (ICD). Without any
+ * of them it can only fail, and it says so straight to stderr (Vulkan and XDG_RUNTIME_DIR warnings
+ * that no log level silences), so it is not loaded. Returns why webgpu is skipped, or null to try it.
+ * FEDLORA_WEBGPU_PROBE=0 skips this check.
  */
 function noGpuDevice(): string | null {
   if (process.platform !== 'linux' || process.env.FEDLORA_WEBGPU_PROBE === '0') return null;
   const list = (dir: string) => { try { return readdirSync(dir); } catch { return []; } };
-  if (list('/dev/dri').some((n) => n.startsWith('renderD'))) return null;
-  if (list('/dev').some((n) => /^nvidia\d+$/.test(n) || n === 'dxg')) return null;
-  return 'no GPU device (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg); Dawn not loaded';
+  const device = list('/dev/dri').some((n) => n.startsWith('renderD')) || list('/dev').some((n) => /^nvidia\d+$/.test(n) || n === 'dxg');
+  if (!device) return 'no GPU device (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg); Dawn not loaded';
+  const libDirs = [...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean), '/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64', '/usr/lib', '/lib/x86_64-linux-gnu', '/lib64', '/usr/local/lib'];
+  let loader = libDirs.some((d) => list(d).includes('libvulkan.so.1'));
+  if (!loader) { try { loader = readFileSync('/etc/ld.so.cache').includes('libvulkan.so.1'); } catch { /* no cache */ } }
+  if (!loader) return 'a GPU device but no Vulkan loader (libvulkan.so.1); Dawn not loaded';
+  const icdDirs = ['/usr/share/vulkan/icd.d', '/etc/vulkan/icd.d', '/usr/local/share/vulkan/icd.d', `${process.env.HOME ?? ''}/.local/share/vulkan/icd.d`];
+  const icd = !!(process.env.VK_ICD_FILENAMES || process.env.VK_DRIVER_FILES) || icdDirs.some((d) => list(d).some((n) => n.endsWith('.json')));
+  if (!icd) return 'a GPU device but no Vulkan driver manifest (vulkan/icd.d/*.json); Dawn not loaded';
+  return null;
 }
 
 async function tryWasm(): Promise<void> {
