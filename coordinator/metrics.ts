@@ -6,6 +6,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EvalReport } from '../shared/protocol/index.js';
+import type { RoundPrivacyRecord } from './engine/dp.js';
 
 export interface ParticipantRecord {
   clientId: string;
@@ -43,6 +44,8 @@ export interface RoundRecord {
   bytesDown: number;
   /** Bytes a full-model exchange would have cost per client per direction. */
   fullModelBytes: number;
+  /** Client-level DP: ε after this round and the settings it was accounted with (coordinator/engine/dp.ts). */
+  privacy?: RoundPrivacyRecord;
   /** Secure aggregation of this round: neighbourhood k, threshold t, and whose masks were recovered from shares. */
   secure?: {
     k: number; t: number; clip: number; fracBits: number; droppedAfterSharing: string[]; badShares: number;
@@ -101,6 +104,8 @@ export class CoordinatorMetrics {
   readonly #fullModel = new Gauge({ name: 'fedlora_full_model_bytes', help: 'Size of the base model weights: what one full-model exchange would move per client and direction.', registers: [this.registry] });
   readonly #served = new Counter({ name: 'fedlora_model_bytes_served_total', help: 'Base-model bytes served to clients (one-time downloads).', registers: [this.registry] });
   readonly #errors = new Counter({ name: 'fedlora_protocol_errors_total', help: 'Requests refused, by error code.', labelNames: ['code'] as const, registers: [this.registry] });
+  readonly #dpEpsilon = new Gauge({ name: 'fedlora_dp_epsilon', help: 'Client-level DP: epsilon spent after the last completed round (at fedlora_dp_delta); 0 without DP.', registers: [this.registry] });
+  readonly #dpDelta = new Gauge({ name: 'fedlora_dp_delta', help: 'Client-level DP: the delta epsilon is reported at.', registers: [this.registry] });
   readonly #rounds = new Counter({ name: 'fedlora_rounds_total', help: 'Round attempts ended, by outcome.', labelNames: ['status'] as const, registers: [this.registry] });
   readonly #roundSeconds = new Histogram({ name: 'fedlora_round_duration_seconds', help: 'Wall time of a round attempt, start to end, by outcome.', labelNames: ['status'] as const, buckets: DURATION_BUCKETS, registers: [this.registry] });
   readonly #phaseSeconds = new Histogram({ name: 'fedlora_round_phase_seconds', help: `Time spent in a phase (${OBSERVED_PHASES.join(', ')}).`, labelNames: ['phase'] as const, buckets: DURATION_BUCKETS, registers: [this.registry] });
@@ -167,6 +172,8 @@ export class CoordinatorMetrics {
     if (last?.globalEval) { this.#lastEval.set({ adapter: 'global', metric: 'loss' }, last.globalEval.loss); this.#lastEval.set({ adapter: 'global', metric: 'accuracy' }, last.globalEval.accuracy); }
     if (last?.personalEval) { this.#lastEval.set({ adapter: 'personal', metric: 'loss' }, last.personalEval.loss); this.#lastEval.set({ adapter: 'personal', metric: 'accuracy' }, last.personalEval.accuracy); }
     if (last?.trainLoss !== undefined) this.#lastEval.set({ adapter: 'local', metric: 'train_loss' }, last.trainLoss);
+    const dp = [...s.history].reverse().find((r) => r.status === 'completed' && r.privacy)?.privacy;
+    if (dp) { this.#dpEpsilon.set(dp.epsilon); this.#dpDelta.set(dp.delta); }
     return this.registry.metrics();
   }
 }

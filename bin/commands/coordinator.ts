@@ -1,7 +1,7 @@
 import { createServer } from 'node:net';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Coordinator } from '../../coordinator/index.js';
+import { Coordinator, type CoordinatorOptions } from '../../coordinator/index.js';
 import { ConfigError, errorMessage } from '../../shared/errors.js';
 import { parseAuthorizedClients } from '../../shared/crypto/index.js';
 import { SERVER_OPT_DEFAULTS, SERVER_OPT_NAMES, checkServerOpt, hasStrategy, strategyNames, type ServerOptConfig } from '../../shared/aggregation/index.js';
@@ -16,6 +16,20 @@ function serverOptFlags(v: Record<string, unknown>): ServerOptConfig {
   };
   checkServerOpt(cfg, 'serverOpt', true);
   return Object.fromEntries(Object.entries(cfg).filter(([, x]) => x !== undefined)) as unknown as ServerOptConfig;
+}
+
+/** --dp and its flags as CoordinatorOptions.dp (validated with the other options by the Coordinator). */
+function dpFlags(v: Record<string, unknown>): { dp?: CoordinatorOptions['dp'] } {
+  const mode = str(v.dp, 'dp') ?? 'off';
+  if (mode !== 'off' && mode !== 'central' && mode !== 'distributed') throw new ConfigError(`--dp must be off, central or distributed, got ${JSON.stringify(mode)}`);
+  if (mode === 'off') return {};
+  const target = numFlag(v['dp-target-epsilon'], 'dp-target-epsilon'), population = intFlag(v['dp-population'], 'dp-population', 1);
+  return {
+    dp: {
+      mode, clip: numFlag(v['dp-clip'], 'dp-clip'), noise: numFlag(v['dp-noise'], 'dp-noise'), delta: numFlag(v['dp-delta'], 'dp-delta'),
+      dropoutRate: numFlag(v['dp-dropout'], 'dp-dropout'), ...(target !== undefined ? { targetEpsilon: target } : {}), ...(population !== undefined ? { population } : {}),
+    },
+  };
 }
 
 export const coordinatorCommand: Command = {
@@ -63,6 +77,13 @@ export const coordinatorCommand: Command = {
     'join-timeout': { type: 'string', placeholder: 'DURATION', help: 'close connections that have not joined (challenge + hello) within this long', default: '30s' },
     'tls-cert': { type: 'string', placeholder: 'FILE', help: 'PEM certificate file: serve HTTPS/WSS (with --tls-key)' },
     'tls-key': { type: 'string', placeholder: 'FILE', help: 'PEM private key file for --tls-cert' },
+    dp: { type: 'string', placeholder: 'MODE', help: 'client-level differential privacy (docs/PRIVACY.md): off | central (coordinator adds N(0, z²S²) to the sum; trusts the coordinator) | distributed (clients add Skellam noise before masking; needs secure aggregation). Personal tensors are outside the guarantee', default: 'off' },
+    'dp-clip': { type: 'string', placeholder: 'S', help: 'DP: L2 clip of a client\'s whole shared update (all shared tensors, zero-padded to max rank); pick near the median update norm', default: '1' },
+    'dp-noise': { type: 'string', placeholder: 'Z', help: 'DP: noise multiplier z (noise std = z·S on the sum); larger z, smaller ε per round', default: '1' },
+    'dp-delta': { type: 'string', placeholder: 'D', help: 'DP: δ of the (ε, δ) guarantee; keep it well below 1/population', default: '1e-5' },
+    'dp-target-epsilon': { type: 'string', placeholder: 'E', help: 'DP: refuse to start a round that would take ε above E, and end the run cleanly' },
+    'dp-population': { type: 'string', placeholder: 'N', help: 'DP: clients that could be sampled (q = clients-per-round / N); default: the number of enrolled keys' },
+    'dp-dropout': { type: 'string', placeholder: 'X', help: 'DP distributed: expected dropout rate in [0, 0.9); clients add 1/(1−X) more noise so the survivors still carry z', default: '0' },
   },
   async run(v) {
     // every flag is parsed and every input checked before anything is written (state folder, identity)
@@ -87,6 +108,7 @@ export const coordinatorCommand: Command = {
       insecureAggregation: v['insecure-aggregation'] === true,
       secAgg: { k: intFlag(v['secagg-k'], 'secagg-k', 1), t: intFlag(v['secagg-t'], 'secagg-t', 2), clip: numFlag(v['secagg-clip'], 'secagg-clip') },
       ...(tlsCert || tlsKey ? { tls: { cert: tlsCert!, key: tlsKey! } } : {}),
+      ...dpFlags(v),
     });
     await checkInputs({ modelDir, stateDir, authorizedClients, tlsCert, tlsKey, identity: str(v.identity, 'identity'), host, port });
     const url = await coord.serve(port);
@@ -97,6 +119,9 @@ export const coordinatorCommand: Command = {
     process.once('SIGTERM', stop);
     const r = await coord.done;
     process.stdout.write(`done: ${r.completedRounds} rounds completed\n`);
+    const st = coord.status();
+    if (st.doneReason) process.stdout.write(`ended early: ${st.doneReason}\n`);
+    if (st.privacy) process.stdout.write(`client-level DP (${st.privacy.mode}): ε = ${st.privacy.epsilon.toFixed(4)} at δ = ${st.privacy.delta} after ${st.privacy.rounds} round(s)\n`);
     if (v.linger === true) return new Promise<number>(() => undefined);
     await coord.close(); // waits for the clients' acks of session:done (bounded)
     return 0;

@@ -4,6 +4,7 @@ import { loadState } from '../../coordinator/state-store.js';
 import { baseModelName, savePeftAdapter } from '../../shared/lora/peft.js';
 import { mergeAdapterIntoModel } from '../../shared/lora/merge.js';
 import { hasXs, xsToLora } from '../../shared/lora/xs.js';
+import { writePrivacyJson } from '../../shared/privacy/export.js';
 import { str, type Command } from './flags.js';
 
 export const exportCommand: Command = {
@@ -31,6 +32,9 @@ export const exportCommand: Command = {
     // a LoRA-XS run's checkpoint holds the cores R beside the frozen factors: export the plain LoRA it equals
     const adapter = hasXs(loaded.adapter) ? xsToLora(loaded.adapter) : loaded.adapter;
     await savePeftAdapter({ ...adapter, config: { ...adapter.config, baseModelNameOrPath: baseName } }, out);
+    // a DP run's guarantee travels with the adapter (privacy.json beside adapter_config.json)
+    const dp = [...loaded.state.history].reverse().find((r) => r.status === 'completed' && r.privacy)?.privacy;
+    if (dp) await writePrivacyJson(out, dp);
     process.stderr.write(`wrote the global adapter after round ${loaded.state.completedRounds} (${loaded.state.strategy}, r=${loaded.adapter.config.r}) to ${out}\n`);
     if (mergedDir) {
       const { merged } = await mergeAdapterIntoModel(model!, adapter, mergedDir, { backend: str(v.backend, 'backend') ?? 'auto' });

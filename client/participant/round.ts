@@ -119,6 +119,9 @@ export class ParticipantRound {
     this.#bytesDown = o.bytesDown ?? 0;
     this.#layout = makeLayout(o.rs.layout);
     this.#mods = [...BUILTIN_MODS, ...(o.mods ?? [])];
+    // DP rounds: fixed weight 1 (a contribution is bounded by the clip S); distributed noise needs the fixed-point (secure) path
+    if (o.rs.dp && o.weight !== 1) throw new ProtocolError('DP_WEIGHT', `a DP round lists weight ${o.weight} for this client; DP rounds use weight 1`);
+    if (o.rs.dp?.mode === 'distributed' && !o.rs.secure) throw new ProtocolError('DP_MODE', 'distributed DP noise without secure aggregation');
     this.#secure = o.rs.secure ? this.#startSecure(o) : null;
   }
 
@@ -263,8 +266,9 @@ export class ParticipantRound {
     const rs = this.rs;
     return {
       roundId: rs.roundId, round: rs.round, rank: rs.rank, maxRank: rs.maxRank, layout: this.#layout,
-      weight: this.#secure ? this.#o.weight : Math.max(1, local.examples),
+      weight: this.#secure || rs.dp ? this.#o.weight : Math.max(1, local.examples),
       quant: this.#secure ? this.#secure.quant : null,
+      dp: rs.dp ?? null,
     };
   }
 

@@ -64,6 +64,8 @@ export interface PlainCollectorOptions {
   slots: ReadonlyMap<string, SlotInfo>;
   /** Each upload is clipped to ±clip per coordinate (per unit of weight), as secure aggregation does. */
   clip: number;
+  /** DP: each upload (weight 1) is also clipped to this L2 norm; the coordinator sees plaintext, so it enforces it. */
+  l2Clip?: number;
   deadline: number;
 }
 
@@ -109,6 +111,12 @@ export class PlainCollector implements Collector {
     for (let i = 0; i < v.length; i++) {
       const x = v[i]! / u.weight;
       out[i] = (x > c ? c : x < -c ? -c : x) * slot.weight;
+    }
+    if (o.l2Clip !== undefined) {
+      let sq = 0;
+      for (const x of out) sq += x * x;
+      const norm = Math.sqrt(sq);
+      if (norm > o.l2Clip) { const f = (o.l2Clip / norm) * (1 - 2 ** -20); for (let i = 0; i < out.length; i++) out[i] = out[i]! * f; }
     }
     this.#got.set(id, out);
     return { uploaded: true, metrics: u.metrics };

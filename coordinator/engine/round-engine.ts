@@ -35,6 +35,8 @@ import {
 import type { LoraAdapter } from '../../shared/lora/adapter.js';
 import { weightedEval, type ParticipantRecord, type RoundRecord } from '../metrics.js';
 import { AttemptFailure, PlainCollector, SecureCollector, type Collector, type CollectResult } from './collect.js';
+import { DpEngine, type DpAttempt } from './dp.js';
+import type { DpConfig } from '../../shared/privacy/index.js';
 
 const log = logger('fedlora:coordinator:round');
 
@@ -59,6 +61,8 @@ export interface EngineConfig {
   refactor: boolean;
   /** At most `max` ready messages per participant in `windowMs`. */
   readyLimit: { max: number; windowMs: number };
+  /** Client-level differential privacy (docs/PRIVACY.md); absent: off. */
+  dp?: DpConfig;
 }
 
 export interface EngineInit {
@@ -90,7 +94,7 @@ export type Command =
   /** Persist, then call checkpointed(round) (or checkpointFailed). */
   | { type: 'checkpoint'; round: number; adapter: LoraAdapter; strategyState: ReturnType<StrategyServer['serialize']>; history: RoundRecord[] }
   | { type: 'round'; record: RoundRecord }
-  | { type: 'done'; completedRounds: number; global: LoraAdapter };
+  | { type: 'done'; completedRounds: number; global: LoraAdapter; reason?: string };
 
 export type EnginePhase = 'waiting' | 'training' | 'aggregating' | 'done' | 'closed';
 
@@ -125,13 +129,14 @@ interface Attempt {
   startBytes: Map<number, Uint8Array>;
   collector: Collector;
   secure?: { info: SecureRoundInfo; quant: QuantParams };
+  dp?: DpAttempt;
   replay: ReplayGuard;
   /** Digest of each accepted sealed message per `id/kind`: an identical resend is acked, not refused. */
   accepted: Map<string, string>;
   excluded: { clientId: string; reason: string }[];
 }
 
-interface Pending { round: number; adapter: LoraAdapter; record: RoundRecord; saved: ReturnType<StrategyServer['serialize']> }
+interface Pending { round: number; adapter: LoraAdapter; record: RoundRecord; saved: ReturnType<StrategyServer['serialize']>; dpSaved?: ReturnType<DpEngine['save']> }
 
 export class RoundEngine {
   readonly #c: EngineConfig;
@@ -152,6 +157,9 @@ export class RoundEngine {
   #pumping = false;
   /** now() when the machine last ran: deadlines up to here have been acted on. */
   #pumpedAt = -Infinity;
+  /** Differential privacy: accountant, noise, budget (null when off). */
+  readonly #dp: DpEngine | null;
+  #doneReason: string | undefined;
   /** Round records kept in memory (and so in /status, /metrics and checkpoints). */
   static readonly HISTORY_KEEP = 1000;
 
@@ -162,7 +170,13 @@ export class RoundEngine {
     this.#completed = init.completedRounds;
     this.#attemptNo = init.attempt;
     this.#history = init.history;
+    this.#dp = config.dp ? new DpEngine(config.dp, { clientsPerRound: config.clientsPerRound, minClients: config.minClients, clip: config.clip, length: init.layout.size, history: init.history }) : null;
   }
+
+  /** ε so far and the DP settings, or null without DP. */
+  get privacy(): ReturnType<DpEngine['status']> | null { return this.#dp?.status() ?? null; }
+  /** Why the run ended early (privacy budget), if it did. */
+  get doneReason(): string | undefined { return this.#doneReason; }
 
   get phase(): EnginePhase { return this.#phase; }
   get completedRounds(): number { return this.#completed; }
@@ -321,8 +335,11 @@ export class RoundEngine {
     const p = this.#pending;
     if (!p || p.round !== round) return;
     this.#pending = null;
-    // the round did not happen: restore the server state it advanced
+    // the round did not happen: restore the server state it advanced (the accountant keeps the
+    // round only if its noisy sum could have been seen: a failed checkpoint releases nothing)
     this.#i.server.restore(p.saved);
+    if (p.dpSaved) this.#dp!.restore(p.dpSaved);
+    delete p.record.privacy;
     this.#history.pop();
     p.record.status = 'failed';
     p.record.failure = `checkpoint failed: ${errorMessage(e)}`;
@@ -359,6 +376,8 @@ export class RoundEngine {
   #maybeStart(): boolean {
     const c = this.#c, now = this.#i.now();
     if (this.#completed >= c.rounds) { this.#finish(); return false; }
+    const refusal = this.#dp?.refuseNextRound();
+    if (refusal) { this.#finish(refusal); return false; }
     if (now < this.#retryAt) return false;
     const sitOut = this.#sitOut;
     const ready = this.#readyIds().filter((id) => !sitOut.has(id));
@@ -394,7 +413,8 @@ export class RoundEngine {
     const picked = pool.slice(0, c.clientsPerRound).sort();
     const participants: RoundParticipant[] = picked.map((id) => {
       const m = this.#members.get(id)!;
-      return { id, key: m.key, rank: Math.min(m.maxRank, c.maxRank), weight: Math.max(1, m.examples) };
+      // under DP every contribution has weight 1, so one client moves the sum by at most S (McMahan et al. 2018)
+      return { id, key: m.key, rank: Math.min(m.maxRank, c.maxRank), weight: this.#dp ? 1 : Math.max(1, m.examples) };
     });
     const deadline = now + c.roundTimeoutMs;
     const slots = new Map<string, Slot>(participants.map((p) => [p.id, {
@@ -403,19 +423,20 @@ export class RoundEngine {
     const globalHash = sha256Hex(encode(tensorMapToWire(this.#global.tensors)));
     let collector: Collector;
     let secure: Attempt['secure'];
+    const dp = this.#dp?.prepare(participants.length, c.secure);
     if (c.secure) {
-      const s = this.#prepareSecure(round, participants, globalHash);
+      const s = this.#prepareSecure(round, participants, globalHash, dp);
       secure = { info: s.info, quant: s.quant };
       collector = new SecureCollector({ params: s.params, identity: i.identity, quant: s.quant, phaseMs: c.phaseTimeoutMs, roundDeadline: deadline, now });
     } else {
       collector = new PlainCollector({
-        roundId, layout: i.layout, elementSlots: i.elementSlots, clip: c.clip, deadline,
+        roundId, layout: i.layout, elementSlots: i.elementSlots, clip: c.clip, deadline, ...(dp ? { l2Clip: dp.info.clip } : {}),
         slots: new Map(participants.map((p) => [p.id, { rank: p.rank, weight: p.weight, personal: this.#members.get(p.id)!.personal }])),
       });
     }
     const a: Attempt = {
       round, attempt, roundId, startedAt: now, deadline, slots, participants, globalHash, startBytes: new Map(), collector,
-      ...(secure ? { secure } : {}), replay: new ReplayGuard(), accepted: new Map(), excluded,
+      ...(secure ? { secure } : {}), ...(dp ? { dp } : {}), replay: new ReplayGuard(), accepted: new Map(), excluded,
     };
     this.#open = a;
     this.#phase = 'training';
@@ -424,7 +445,7 @@ export class RoundEngine {
     for (const s of slots.values()) this.#sendStart(a, s);
   }
 
-  #prepareSecure(round: number, participants: RoundParticipant[], globalHash: string): { params: SecAggParams; info: SecureRoundInfo; quant: QuantParams } {
+  #prepareSecure(round: number, participants: RoundParticipant[], globalHash: string, dp?: DpAttempt): { params: SecAggParams; info: SecureRoundInfo; quant: QuantParams } {
     const c = this.#c, i = this.#i;
     const n = participants.length;
     const def = defaultSecAggSizes(n);
@@ -433,7 +454,8 @@ export class RoundEngine {
     const t = Math.min(Math.max(2, c.secAgg.t ?? (c.secAgg.k !== undefined ? Math.floor((k + 1) / 2) + 1 : def.t)), k + 1);
     // weights are capped at maxExamplesPerClient, and the config check made sure the cap fits
     const totalWeight = participants.reduce((s, p) => s + p.weight, 0);
-    const quant = chooseQuantParams({ clip: c.clip, maxTotalWeight: totalWeight, maxClients: n });
+    // DP rounds pick their own scale, with headroom for the noise (shared/privacy/dp.ts)
+    const quant = dp?.quant ?? chooseQuantParams({ clip: c.clip, maxTotalWeight: totalWeight, maxClients: n });
     const params: SecAggParams = {
       round, modelHash: `${i.modelId}:${globalHash}`, vectorLength: i.layout.size,
       participants: participants.map((p) => ({ id: p.id, key: p.key })), k, t, nonce: i.randomBytes(32), coordinatorKey: i.identity.publicKey,
@@ -460,6 +482,7 @@ export class RoundEngine {
       globalHash: a.globalHash,
       participants: a.participants,
       ...(a.secure ? { secure: a.secure.info } : {}),
+      ...(a.dp ? { dp: a.dp.info } : {}),
     };
     bytes = signEnvelope(SIGNED_DOMAINS.roundStart, payload, i.identity);
     a.startBytes.set(rank, bytes);
@@ -532,6 +555,9 @@ export class RoundEngine {
     const contributors = res.contributors.map((id) => a.slots.get(id)).filter((s): s is Slot => s !== undefined);
     if (contributors.length < c.minClients) throw new AttemptFailure('TOO_FEW', `${contributors.length} update(s) < --min-clients ${c.minClients}`);
     this.#checkBound(a, res.sum, contributors);
+    // central DP: Gaussian noise on the checked sum; distributed: it is already in there. Either way the round is accounted
+    const dpSaved = this.#dp?.save();
+    const privacy = a.dp ? this.#dp!.release(a.dp, res.sum, contributors.length) : undefined;
     const saved = i.server.serialize();
     const next = aggregateRound(i.server, {
       sum: res.sum, layout: i.layout, previous: this.#global, maxRank: c.maxRank, refactor: c.refactor,
@@ -539,6 +565,7 @@ export class RoundEngine {
       keepUnrotated: (n) => this.#personalSomewhere(n),
     });
     const record = this.#baseRecord(a, 'completed', contributors.length);
+    if (privacy) record.privacy = privacy;
     if (res.secure && record.secure) {
       record.secure.droppedAfterSharing = res.secure.droppedAfterSharing;
       record.secure.badShares = res.secure.badShares;
@@ -553,8 +580,9 @@ export class RoundEngine {
     this.#open = null;
     this.#phase = 'aggregating';
     this.#remember(record);
-    this.#pending = { round: a.round, adapter: next, record, saved };
-    log.info(`round ${a.round} aggregated: ${contributors.length}/${a.slots.size} updates, train loss ${fmt(record.trainLoss)}, global eval loss ${fmt(record.globalEval?.loss)}, personal ${fmt(record.personalEval?.loss)}`);
+    this.#pending = { round: a.round, adapter: next, record, saved, ...(dpSaved ? { dpSaved } : {}) };
+    log.info(`round ${a.round} aggregated: ${contributors.length}/${a.slots.size} updates, train loss ${fmt(record.trainLoss)}, global eval loss ${fmt(record.globalEval?.loss)}, personal ${fmt(record.personalEval?.loss)}`
+      + (privacy ? `, DP ε=${privacy.epsilon.toFixed(4)} at δ=${privacy.delta} (${privacy.mechanism}, z=${privacy.z.toFixed(3)}, S=${privacy.clip}, q=${privacy.q.toFixed(4)}, ${privacy.rounds} round(s))` : ''));
     i.out({ type: 'checkpoint', round: a.round, adapter: next, strategyState: i.server.serialize(), history: this.#history });
   }
 
@@ -565,7 +593,8 @@ export class RoundEngine {
    */
   #checkBound(a: Attempt, sum: Float32Array, contributors: Slot[]): void {
     const c = this.#c, layout = this.#i.layout, slots = this.#i.elementSlots;
-    const err = a.secure ? quantErrorBound(a.secure.quant, contributors.length) : 1e-6 * c.clip * contributors.reduce((s, x) => s + x.weight, 0);
+    const err = (a.secure ? quantErrorBound(a.secure.quant, contributors.length) : 1e-6 * c.clip * contributors.reduce((s, x) => s + x.weight, 0))
+      + (a.dp && a.secure ? a.dp.noiseBound * 2 ** -a.secure.quant.fracBits : 0); // distributed noise is in the sum already
     for (const e of layout.entries) {
       const sharing = contributors.filter((s) => !(this.#members.get(s.clientId)?.personal(e.name) ?? false));
       const w = new Float64Array(c.maxRank);
@@ -608,7 +637,8 @@ export class RoundEngine {
   #endAttempt(record: RoundRecord): void {
     if (record.status === 'completed') {
       this.#failStreak = 0;
-      log.info(`round ${record.round} completed: ${record.contributors}/${record.participants.length} updates, ${record.bytesUp} B up / ${record.bytesDown} B down (${(record.endedAt - record.startedAt) / 1000}s)`);
+      log.info(`round ${record.round} completed: ${record.contributors}/${record.participants.length} updates, ${record.bytesUp} B up / ${record.bytesDown} B down (${(record.endedAt - record.startedAt) / 1000}s)`
+        + (record.privacy ? `, ε=${record.privacy.epsilon.toFixed(4)} (δ=${record.privacy.delta})` : ''));
     }
     const end: RoundEnd = { roundId: record.roundId, round: record.round, status: record.status, contributors: record.contributors };
     const bytes = signEnvelope(SIGNED_DOMAINS.roundEnd, end, this.#i.identity);
@@ -627,13 +657,15 @@ export class RoundEngine {
     return signEnvelope(SIGNED_DOMAINS.sessionDone, { completedRounds: this.#completed }, this.#i.identity);
   }
 
-  #finish(): void {
+  #finish(reason?: string): void {
     if (this.#phase === 'done') return;
     this.#phase = 'done';
+    this.#doneReason = reason;
     const bytes = this.#sessionDoneBytes();
     for (const m of this.#members.values()) if (m.linked) this.#i.out({ type: 'notify', to: m.id, event: EV.sessionDone, bytes });
-    log.info(`all ${this.#c.rounds} rounds done`);
-    this.#i.out({ type: 'done', completedRounds: this.#completed, global: this.#global });
+    if (reason) log.warn(`run ended after ${this.#completed} of ${this.#c.rounds} rounds: ${reason}`);
+    else log.info(`all ${this.#c.rounds} rounds done`);
+    this.#i.out({ type: 'done', completedRounds: this.#completed, global: this.#global, ...(reason ? { reason } : {}) });
   }
 }
 

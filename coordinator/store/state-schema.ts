@@ -225,6 +225,31 @@ export function roundRecord(g: Guard, v: unknown, f: string, ctx: { maxRank: num
       });
     }
   }
+  if (o.privacy !== undefined) r.privacy = privacyRecord(g, o.privacy, `${f}.privacy`);
+  return r;
+}
+
+/** A DP round's record, including the cumulative RDP a resumed accountant continues from. */
+function privacyRecord(g: Guard, v: unknown, f: string): NonNullable<RoundRecord['privacy']> {
+  const p = g.obj(v, f);
+  const acc = g.obj(p.accountant, `${f}.accountant`);
+  const orders = g.arr(acc.orders, `${f}.accountant.orders`, 4096).map((x, i) => g.num(x, `${f}.accountant.orders[${i}]`, 1, 1e9));
+  const rdp = g.arr(acc.rdp, `${f}.accountant.rdp`, 4096).map((x, i) => g.num(x, `${f}.accountant.rdp[${i}]`, 0, Number.MAX_VALUE));
+  if (rdp.length !== orders.length) g.fail(`${f}.accountant.rdp`, `${rdp.length} values for ${orders.length} orders`);
+  const r: NonNullable<RoundRecord['privacy']> = {
+    mode: g.oneOf(p.mode, `${f}.mode`, ['central', 'distributed'] as const),
+    mechanism: g.oneOf(p.mechanism, `${f}.mechanism`, ['gaussian', 'skellam'] as const),
+    epsilon: g.num(p.epsilon, `${f}.epsilon`, 0, Number.MAX_VALUE),
+    delta: g.num(p.delta, `${f}.delta`, 0, 1),
+    z: g.num(p.z, `${f}.z`, 0, Number.MAX_VALUE),
+    clip: g.num(p.clip, `${f}.clip`, 0, Number.MAX_VALUE),
+    q: g.num(p.q, `${f}.q`, 0, 1),
+    rounds: g.int(p.rounds, `${f}.rounds`, 0, Number.MAX_SAFE_INTEGER),
+    survivors: g.int(p.survivors, `${f}.survivors`, 0, STATE_LIMITS.maxParticipants),
+    accountant: { orders, rdp, rounds: g.int(acc.rounds, `${f}.accountant.rounds`, 0, Number.MAX_SAFE_INTEGER) },
+  };
+  if (p.clientVariance !== undefined) r.clientVariance = g.num(p.clientVariance, `${f}.clientVariance`, 0, Number.MAX_VALUE);
+  if (p.fracBits !== undefined) r.fracBits = g.int(p.fracBits, `${f}.fracBits`, 0, 64);
   return r;
 }
 

@@ -1,3 +1,4 @@
 export * from './accountant.js';
 export * from './sampler.js';
 export * from './dp.js';
+export * from './export.js';

@@ -3,6 +3,7 @@
  * through a `parse*` function before anything uses them; shape checks against the round's
  * announced layout happen in `parseUpdate`.
  */
+import { parseDpInfo, type DpRoundInfo } from '../privacy/dp.js';
 import { ProtocolError } from '../errors.js';
 import { assertFinite, describe, tensorMapFromWire, type WireTensor } from '../codec/index.js';
 import type { TensorMap } from '../tensor.js';
@@ -95,6 +96,8 @@ export interface RoundStart {
   participants: RoundParticipant[];
   /** Present when the round uses secure aggregation. */
   secure?: SecureRoundInfo;
+  /** Present when the run has client-level differential privacy (docs/PRIVACY.md). */
+  dp?: DpRoundInfo;
 }
 
 export interface RoundParticipant { id: string; key: Uint8Array; rank: number; weight: number }
@@ -267,6 +270,7 @@ export function parseRoundStart(v: unknown): RoundStart {
     globalHash: str(o.globalHash, 'roundStart.globalHash', { re: HEX64 }),
     participants: parseParticipants(o.participants),
     ...(o.secure !== undefined && o.secure !== null ? { secure: parseSecureInfo(o.secure) } : {}),
+    ...(o.dp !== undefined && o.dp !== null ? { dp: parseDpInfo(o.dp) } : {}),
   };
 }
 
