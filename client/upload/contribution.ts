@@ -6,12 +6,12 @@
  */
 import { ProtocolError } from '../../shared/errors.js';
 import { flatten, type FlatLayout, type Strategy } from '../../shared/aggregation/index.js';
-import { isAdapterTensorName } from '../../shared/lora/adapter.js';
+import { isAdapterTensorName, parseXsName } from '../../shared/lora/adapter.js';
 import type { TensorMap } from '../../shared/tensor.js';
 
-/** Which tensors stay on this client: the strategy's personal factors plus the client's own globs (LoRA factors and DoRA magnitudes only). */
+/** Which tensors stay on this client: the strategy's personal factors plus the client's own globs (LoRA factors, DoRA magnitudes and LoRA-XS cores only). */
 export function personalRule(strategy: Strategy, globs: (name: string) => boolean): (name: string) => boolean {
-  return (name) => isAdapterTensorName(name) && (strategy.isPersonal(name) || globs(name));
+  return (name) => (isAdapterTensorName(name) || parseXsName(name) !== null) && (strategy.isPersonal(name) || globs(name));
 }
 
 export interface ContributionInput {

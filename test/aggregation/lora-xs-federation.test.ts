@@ -2,7 +2,8 @@
  * A federated LoRA-XS run over real sockets with secure aggregation: the coordinator computes the
  * frozen factors from the llama-tiny checkpoint and ships them in the signed global adapter; three
  * clients with real local training (ranks 2, 4, 4) upload masked vectors that hold only the r×r
- * cores; the unmasked result is the rank-aware average of the cores (within the fixed-point bound),
+ * cores (one keeps its layer-1 cores personal); the unmasked result is the rank-aware average of the
+ * shared cores (within the fixed-point bound),
  * the factors never change, and the export is a plain PEFT LoRA adapter (B = U_r Σ_r R, A = V_rᵀ).
  */
 import { expect } from 'chai';
@@ -23,6 +24,7 @@ import { loadPeftAdapter } from '../../shared/lora/peft.js';
 import { xsToLora } from '../../shared/lora/xs.js';
 import { xsInitFromCheckpoint } from '../../shared/lora/xs-checkpoint.js';
 import { readModelInfo } from '../../shared/model/model-info.js';
+import { loadSafetensors, readFloatTensor } from '../../shared/model/safetensors.js';
 import { loadCausalLM } from '../../shared/model/causal-lm.js';
 import { loadState } from '../../coordinator/state-store.js';
 import { setLogLevel } from '../../shared/log.js';
@@ -64,8 +66,11 @@ describe('LoRA-XS federation over the wire (secure aggregation)', function () {
 
     const seen = contributionLog();
     const uploads: Uint8Array[] = [];
+    // client 1 keeps its layer-1 cores to itself (exclusive personalization): zeros in its upload, kept on disk
+    const personal = (i: number) => (i === 1 ? { personal: ['*.layers.1.*'], personalMode: 'exclusive' as const } : {});
+    const isPersonal = (i: number, name: string) => i === 1 && name.includes('.layers.1.');
     const clients = ranks.map((rank, i) => new Client({
-      coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`, backend: 'cpu',
+      coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), maxRank: rank, clientId: `c${i}`, backend: 'cpu', ...personal(i),
       trainerFactory: (f) => createTrainer({ modelDir: f.modelDir, examples: examples(6 + 4 * i, 10 * i), backend: 'cpu', tokenizer: new ByteTokenizer(), seed: SEED + i, evalFraction: 0.25, maxSeqLen: 48 }),
       observe: { ...seen.observer(i), upload: (b) => uploads.push(b) },
     }));
@@ -88,15 +93,29 @@ describe('LoRA-XS federation over the wire (secure aggregation)', function () {
     for (const e of layout.entries) for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) {
       if (Math.max(i, j) >= 2) expect(dumps[0]!.contribution[e.offset + i * 4 + j], `${e.name}[${i},${j}]`).to.equal(0);
     }
-    // unmasked result = rank-aware average of the plaintext contributions, within the fixed-point bound
-    const acc = new Float64Array(layout.size);
-    for (const d of dumps) for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + d.contribution[i]!;
-    const want = getStrategy('lora-xs').finalize(unflatten(Float32Array.from(acc), layout), dumps.map((d) => ({ rank: d.rank, weight: d.weight })), init, 4);
+    for (const e of layout.entries) {
+      const held = dumps[1]!.contribution.subarray(e.offset, e.offset + e.size);
+      if (isPersonal(1, e.name)) expect(held.every((x) => x === 0), `${e.name} personal to c1`).to.equal(true);
+    }
+    // kept on disk: its layer-1 cores (the glob also matches the frozen factors there, which stay the global's)
+    const kept = await loadSafetensors(join(dir, 'c1', 'personal.safetensors'));
+    expect([...kept.entries.keys()].filter((k) => parseXsName(k)).sort()).to.deep.equal(layout.entries.map((e) => e.name).filter((n) => isPersonal(1, n)).sort());
+    for (const k of kept.entries.keys()) if (!parseXsName(k)) expect(sameBits(readFloatTensor(kept, k).data, init.tensors.get(k)!.data), k).to.equal(true);
+    // unmasked result = rank-aware average of the plaintext contributions of the clients sharing each core,
+    // within the fixed-point bound
+    const want = new Map<string, Float32Array>();
+    for (const e of layout.entries) {
+      const sharing = [0, 1, 2].filter((i) => !isPersonal(i, e.name)).map((i) => dumps[i]!);
+      const acc = new Float64Array(layout.size);
+      for (const d of sharing) for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + d.contribution[i]!;
+      const out = getStrategy('lora-xs').finalize(unflatten(Float32Array.from(acc), layout), sharing.map((d) => ({ rank: d.rank, weight: d.weight })), init, 4);
+      want.set(e.name, out.tensors.get(e.name)!.data);
+    }
     const tol = quantErrorBound(dumps[0]!.quant!, 3) / Math.min(...dumps.map((d) => d.weight)) + 1e-6;
     let moved = 0;
     for (const [k, t] of final.tensors) {
       if (parseXsName(k)) {
-        const w = want.tensors.get(k)!.data;
+        const w = want.get(k)!;
         for (let i = 0; i < t.data.length; i++) expect(Math.abs(t.data[i]! - w[i]!), `${k}[${i}]`).to.be.below(tol);
         moved = Math.max(moved, ...t.data.map(Math.abs));
       } else {
