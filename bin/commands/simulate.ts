@@ -34,6 +34,32 @@ Scenario files (JSON; docs/SCENARIOS.md has every field and its default):
 /** Progress lines when stderr is not a terminal (CI logs, pipes): one every this many ms. */
 export const PLAIN_PROGRESS_MS = 15_000;
 
+/**
+ * What `simulate` writes to stderr for the runner's events. On a terminal: a live progress line
+ * (rewritten in place) and the round lines. Elsewhere (CI logs, pipes): the round lines, and a
+ * plain progress line whenever nothing was written for `intervalMs`, so long phases such as the
+ * baselines are not minutes of silence.
+ */
+export function eventPrinter(write: (text: string) => void, tty: boolean, intervalMs = PLAIN_PROGRESS_MS, now: () => number = Date.now): (e: SimEvent) => void {
+  let live = false;
+  let lastLine = now();
+  return (e) => {
+    if (e.type === 'progress') {
+      if (tty) {
+        write(`\r\x1b[2K${progressLine(e.progress)}`);
+        live = true;
+      } else if (now() - lastLine >= intervalMs) {
+        lastLine = now();
+        write(`${progressLine(e.progress)}\n`);
+      }
+      return;
+    }
+    if (live) { write('\r\x1b[2K'); live = false; }
+    lastLine = now();
+    write(`${e.type === 'log' ? e.message : formatRoundLine(e)}\n`);
+  };
+}
+
 export function progressLine(p: SimProgress): string {
   const fed = p.runsDone < p.runsTotal
     ? `${p.run} round ${p.round}/${p.rounds} ${p.phase}: ${p.uploaded}/${p.participants} uploaded${p.dropped ? `, ${p.dropped} dropped` : ''}`
@@ -41,7 +67,6 @@ export function progressLine(p: SimProgress): string {
   return `[${(p.elapsedMs / 1000).toFixed(0).padStart(4)}s] ${fed} · runs done ${p.runsDone}/${p.runsTotal}${p.detail ? ` · ${p.detail}` : ''}`;
 }
 
-function clear(): void { process.stderr.write('\r\x1b[2K'); }
 
 export const simulateCommand: Command = {
   name: 'simulate',
@@ -90,33 +115,13 @@ export const simulateCommand: Command = {
     if (v['insecure-aggregation'] === true) raw.secureAggregation = false;
     const scenario = parseScenario(raw, base.name);
     const outDir = str(v.out, 'out') ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
-    const tty = process.stderr.isTTY === true;
-    let live = false;
-    let lastPlain = Date.now();
-    const onEvent = (e: SimEvent) => {
-      if (e.type === 'progress') {
-        if (tty) {
-          clear();
-          process.stderr.write(progressLine(e.progress));
-          live = true;
-        } else if (Date.now() - lastPlain >= PLAIN_PROGRESS_MS) {
-          // not a terminal: no carriage-return line, but a plain line now and then (baselines run for minutes)
-          lastPlain = Date.now();
-          process.stderr.write(`${progressLine(e.progress)}\n`);
-        }
-        return;
-      }
-      if (live) { clear(); live = false; }
-      lastPlain = Date.now();
-      if (e.type === 'log') process.stderr.write(`${e.message}\n`);
-      else process.stderr.write(`${formatRoundLine(e)}\n`);
-    };
+    const onEvent = eventPrinter((t) => process.stderr.write(t), process.stderr.isTTY === true);
     const seedsNote = scenario.seeds.length > 1 ? `, seeds ${scenario.seeds.join(', ')} (one run each, then mean ± sd)` : '';
     process.stderr.write(`fedlora simulate: scenario ${scenario.name}: ${scenario.clients} clients, ${scenario.rounds} rounds, ${[scenario.strategy, ...scenario.compare].join(' + ')}${scenario.secureAggregation ? ', secure aggregation' : ''}${seedsNote} → ${outDir}\n`);
     // the runner reports progress itself; library info lines (every join, every phase) would bury it
     if (!process.env.FEDLORA_LOG) setLogLevel('warn');
     const res = await runScenario(scenario, { outDir, onEvent });
-    if (live) clear();
+    if (process.stderr.isTTY) process.stderr.write('\r\x1b[2K');
     process.stdout.write(`${formatSummaryTable(res.report)}\n`);
     process.stdout.write(`wall time ${(res.report.wallMs / 1000).toFixed(1)} s\nreport: ${res.files.json}\n        ${res.files.html}\n        ${res.files.png}\n`);
     return 0;
