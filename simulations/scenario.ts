@@ -95,6 +95,13 @@ export interface Scenario {
   backend: string;
   /** Worker processes hosting clients; 0 = one per CPU core. */
   workers: number;
+  /**
+   * Client-level DP privacy–utility curve (docs/PRIVACY.md): the main strategy runs once without DP
+   * (ε = ∞) and once per budget in `budgets`, each with the noise multiplier that spends exactly
+   * that ε over `rounds` rounds at q = clientsPerRound / clients; the report plots accuracy
+   * against ε. null: no DP.
+   */
+  dp: { mode: 'central' | 'distributed'; clip: number; delta: number; budgets: number[] } | null;
 }
 
 export const DEFAULTS: Scenario = {
@@ -131,6 +138,7 @@ export const DEFAULTS: Scenario = {
   seed: 42,
   backend: 'wasm',
   workers: 0,
+  dp: null,
 };
 
 type Obj = Record<string, unknown>;
@@ -204,10 +212,23 @@ export function serverOptFor(s: Pick<Scenario, 'serverOpt'>, strat: ScenarioStra
   }
 }
 
+/** The `dp` field: null/absent, or {mode, clip, delta, budgets}. */
+function dpField(v: unknown): Scenario['dp'] {
+  if (v === undefined || v === null) return null;
+  if (!isObj(v)) fail('dp', 'must be null or an object {"mode", "clip", "delta", "budgets"}');
+  known(v, 'dp', ['mode', 'clip', 'delta', 'budgets']);
+  const mode = v.mode === undefined ? 'central' : v.mode;
+  if (mode !== 'central' && mode !== 'distributed') fail('dp.mode', `must be "central" or "distributed", got ${JSON.stringify(v.mode)}`);
+  if (!Array.isArray(v.budgets) || v.budgets.length < 1 || v.budgets.length > 8) fail('dp.budgets', 'must be a list of 1 to 8 target ε values');
+  const budgets = (v.budgets as unknown[]).map((x, i) => num(x, `dp.budgets[${i}]`, 0, 1000, 1, true));
+  if (new Set(budgets).size !== budgets.length) fail('dp.budgets', 'must not repeat a budget');
+  return { mode: mode as 'central' | 'distributed', clip: num(v.clip, 'dp.clip', 0, 1e6, 1, true), delta: num(v.delta, 'dp.delta', 0, 0.1, 1e-5, true), budgets: budgets.sort((a, b) => b - a) };
+}
+
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'seed', 'backend', 'workers']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'seed', 'backend', 'workers', 'dp']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -343,6 +364,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     seed: int(raw.seed, 'seed', 0, 2 ** 31 - 1, d.seed),
     backend: str(raw.backend, 'backend', d.backend, 20),
     workers: int(raw.workers, 'workers', 0, 64, d.workers),
+    dp: dpField(raw.dp),
   };
   if (!['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'].includes(s.backend)) fail('backend', `must be auto | tensorflow | webgpu | wasm | cpu, got ${JSON.stringify(s.backend)}`);
   if (s.faults.kill && s.faults.kill.round > s.rounds) fail('faults.kill.round', `must be ≤ rounds (${s.rounds})`);

@@ -353,3 +353,17 @@ export function pldEpsilon(o: { q: number; z: number; steps: number; delta: numb
   }
   return eps;
 }
+
+/**
+ * The smallest Gaussian noise multiplier z (to 1e-3 relative) whose RDP ε after `steps` rounds at
+ * sampling rate q stays within `epsilon` at δ: how a budget becomes a noise level.
+ */
+export function noiseForEpsilon(o: { q: number; steps: number; delta: number; epsilon: number; orders?: readonly number[] }): number {
+  if (!(o.epsilon > 0)) throw new RangeError(`epsilon must be positive, got ${o.epsilon}`);
+  const eps = (z: number) => rdpEpsilon({ q: o.q, z, steps: o.steps, delta: o.delta, ...(o.orders ? { orders: o.orders } : {}) });
+  let lo = 0.05, hi = 1;
+  while (eps(hi) > o.epsilon) { lo = hi; hi *= 2; if (hi > 1e4) throw new RangeError(`no noise multiplier ≤ 1e4 reaches ε = ${o.epsilon}`); }
+  if (eps(lo) <= o.epsilon) return lo;
+  while (hi / lo > 1 + 1e-3) { const m = Math.sqrt(lo * hi); if (eps(m) > o.epsilon) lo = m; else hi = m; }
+  return hi;
+}

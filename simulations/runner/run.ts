@@ -27,6 +27,7 @@ import { referenceRates } from './references.js';
 import { SimWorker } from './pool.js';
 import type { CentralResult, ClientRoundMsg, EvalFigures, EvalResult, FedClientSpec, FromWorker, GlobalEvalResult, LocalResult, WorkerInit } from './messages.js';
 import { packageVersion } from '../../shared/package-root.js';
+import { runPrivacyCurve } from '../privacy-curve.js';
 
 const log = logger('fedlora:simulate');
 
@@ -514,6 +515,8 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
  * with its own full report), then one report at `<out>` whose every figure is mean ± sd over seeds.
  */
 export async function runScenario(s: Scenario, o: RunOptions): Promise<SimResult> {
+  // a `dp` scenario is a privacy–utility curve: one run per budget (simulations/privacy-curve.ts)
+  if (s.dp) return runPrivacyCurve(s, o, runScenario);
   if (s.seeds.length === 0) return runSimulation(s, o);
   if (s.seeds.length === 1) return runSimulation({ ...s, seed: s.seeds[0]!, seeds: [] }, o);
   const reports: Report[] = [];
