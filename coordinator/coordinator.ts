@@ -125,6 +125,8 @@ export interface CoordinatorStatus {
   sessionId: string;
   modelId: string;
   strategy: StrategyName;
+  /** The server optimiser in one line, e.g. `fedadam (lr 0.01, β1 0.9, β2 0.99, τ 0.001)`, or `none`. */
+  serverOpt: string;
   maxRank: number;
   round: number;
   rounds: number;
@@ -409,6 +411,7 @@ export class Coordinator {
     for (const r of history) { bytes.up += r.bytesUp; bytes.down += r.bytesDown; }
     return {
       protocolVersion: PROTOCOL_VERSION, sessionId: this.sessionId, modelId: this.#store?.modelId ?? '', strategy: this.strategy.name,
+      serverOpt: describeServerOpt(checkServerOpt(this.options.serverOpt)),
       maxRank: this.options.maxRank, round: e?.round ?? 1, rounds: this.options.rounds, completedRounds: this.completedRounds, phase: this.phase,
       collecting: e?.collecting ?? null,
       connected: [...this.#byClient.values()].map((c) => ({

@@ -44,7 +44,9 @@ describe('coordinator with --server-opt over real sockets', function () {
   });
 
   it('checkpoints the optimiser; a restart with other settings or none is refused naming them; the same settings resume', async () => {
-    await federate(r.coordinator(new Coordinator(opts({}))));
+    const first = r.coordinator(new Coordinator(opts({})));
+    expect(first.status().serverOpt).to.equal('fedyogi (lr 0.02, β1 0.9, β2 0.99, τ 0.001)');
+    await federate(first);
     const s1 = await meta();
     expect(s1.meta.serverOptimizer).to.deep.equal({ name: 'fedyogi', lr: 0.02, beta1: 0.9, beta2: 0.99, eps: 0.001, steps: 1 });
     expect(s1.tensors.filter((n) => n.startsWith('server_opt.v:')).length).to.be.greaterThan(0);
