@@ -141,7 +141,7 @@ export function formatSummaryTable(r: Report): string {
     line('└', '┴', '┘'),
     `personalized vs local only: ${fmtPp(g.overLocal)}   centralized − global: ${fmtPp(g.toCentralized)}   global vs always-majority: ${fmtPp(g.overMajority)}`,
     `bytes up ${formatBytes(t.bytesUp)}, down ${formatBytes(t.bytesDown)}; full-model equivalent ${formatBytes(t.fullModelEquivalent)}` +
-      (t.ratio !== null ? ` (adapters move ${(t.ratio * 100).toPrecision(2)}% of it)` : '') + `; dropouts ${t.dropouts}` + (r.seeds ? ' (per seed, mean)' : ''),
+      (t.ratio !== null ? ` (adapters move ${(t.ratio * 100).toPrecision(2)}% of it)` : '') + (r.seeds ? ' (mean per seed; dropouts in the per-seed reports)' : `; dropouts ${t.dropouts}`),
   ];
   return out.join('\n');
 }
