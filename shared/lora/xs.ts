@@ -178,7 +178,8 @@ function topEigenvectors(g: Float64Array, n: number, k: number): Float64Array {
       }
       worst = Math.max(worst, Math.sqrt(r2));
     }
-    if (worst <= RESIDUAL_TOL * Math.max(e.sigma[0]!, Number.MIN_VALUE)) break;
+    // converged, or out of iterations: the Ritz pairs above belong to the current basis q
+    if (worst <= RESIDUAL_TOL * Math.max(e.sigma[0]!, Number.MIN_VALUE) || it === MAX_ITERATIONS - 1) break;
     q = householderQR(z, n, p).q;
   }
   // Ritz vectors of the last basis
