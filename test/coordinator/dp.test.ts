@@ -120,6 +120,34 @@ describe('client-level differential privacy over the wire', function () {
     expect(metrics).to.match(new RegExp(`^fedlora_dp_epsilon ${status.privacy!.epsilon.toString().slice(0, 8)}`, 'm'));
   });
 
+  it('a resumed coordinator continues the composition from the checkpointed accountant', async () => {
+    const S = 0.5, z = 1.2, q = 2 / 4, delta = 1e-5;
+    const opts = {
+      allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), clientsPerRound: 2, minClients: 2, maxRank: 2, localSteps: 1,
+      joinWaitMs: 50, refactor: false, strategy: 'fedit' as const, insecureAggregation: true, dp: { mode: 'central' as const, clip: S, noise: z, delta, population: 4 },
+    };
+    const trainers = await Promise.all([0.1, 0.2].map((t) => pullTrainer(t)));
+    const session = async (rounds: number, tag: string) => {
+      const coord = r.coordinator(new Coordinator({ ...opts, rounds }));
+      const url = await coord.serve(0);
+      const clients = [0, 1].map((i) => r.client(new Client({ coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `${tag}${i}`), maxRank: 2, clientId: `c${i}`, trainerFactory: async () => trainers[i]!, insecureAggregation: true })));
+      await Promise.all([coord.done, ...clients.map((c) => c.run())]);
+      const st = coord.status();
+      await coord.close();
+      return st;
+    };
+    const first = await session(1, 'a');
+    expect(first.privacy!.rounds).to.equal(1);
+    const second = await session(3, 'b');
+    expect(second.completedRounds).to.equal(3);
+    const acc = new PrivacyAccountant();
+    const per = roundRdp(acc.orders, centralRound(z, q));
+    for (let i = 0; i < 3; i++) acc.add(per);
+    expect(second.privacy!.rounds).to.equal(3);
+    expect(second.privacy!.epsilon).to.be.closeTo(acc.epsilon(delta), 1e-12);
+    expect(second.privacy!.epsilon).to.be.above(first.privacy!.epsilon);
+  });
+
   it('--dp central with a target ε: the round that would exceed it is refused, the run ends cleanly, privacy.json beside the export', async () => {
     const S = 0.5, z = 1.5, q = 3 / 6, delta = 1e-5;
     // budget between two and three rounds' worth
