@@ -4,8 +4,9 @@
  * coordinator and shipped inside the signed global adapter); only the core R [r, r] per module is
  * trained and uploaded: r² values per module instead of (in + out)·r.
  *
- * Averaging R is exact: with shared factors ΔW_i = s·B R_i A is linear in R_i, so the weighted mean
- * of the cores gives exactly the weighted mean of the client updates ΔW_i.
+ * Averaging R is exact: with shared factors ΔW_i = s·B R_i A is linear in R_i, so at equal ranks the
+ * weighted mean of the cores gives exactly the weighted mean of the client updates ΔW_i (with mixed
+ * ranks, each core element is the weighted mean over the clients that trained it).
  *
  * Heterogeneous ranks nest because factors are ordered by singular value: a client of rank r' gets
  * the first r' rows of A, columns of B and the leading r'×r' block of R (truncateRank), and uploads
