@@ -286,7 +286,8 @@ export class Coordinator {
         modelId: store.modelId, strategy: o.strategy, maxRank: o.maxRank,
         ...(this.#explicit.has('loraAlpha') ? { loraAlpha: o.loraAlpha } : {}),
         ...(o.targetModules?.length ? { targetModules: [...o.targetModules].sort() } : {}),
-      });
+        useDora: o.dora === true,
+      }, { useDora: loaded.adapter.config.useDora === true });
       global = loaded.adapter;
       if (global.config.baseModelNameOrPath == null) global = { ...global, config: { ...global.config, baseModelNameOrPath: baseName } };
       completed = loaded.state.completedRounds;

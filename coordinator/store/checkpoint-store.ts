@@ -141,16 +141,19 @@ function checkFinite(g: Guard, name: string, data: Float32Array, where: string):
 }
 
 /** What a coordinator start asks of an existing state; the optional fields are checked only when given. */
-export type ResumeSettings = Pick<PersistedState, 'modelId' | 'strategy' | 'maxRank'> & Partial<Pick<PersistedState, 'loraAlpha' | 'targetModules'>>;
+export type ResumeSettings = Pick<PersistedState, 'modelId' | 'strategy' | 'maxRank'> & Partial<Pick<PersistedState, 'loraAlpha' | 'targetModules'>> & {
+  /** DoRA run (--dora); compared with `stored.useDora`, which the checkpoint's adapter config carries. */
+  useDora?: boolean;
+};
 
 /**
  * Refuses to resume a state written for a different model or federation setup. Every mismatch is
  * reported at once, with the flags that resume the stored run (or the advice to use a fresh --state).
  */
-export function checkResumable(s: PersistedState, want: ResumeSettings): void {
+export function checkResumable(s: PersistedState, want: ResumeSettings, stored: { useDora?: boolean } = {}): void {
   const diffs: string[] = [], resume: string[] = [];
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-  const check = (field: keyof ResumeSettings, shown: (v: unknown) => string, resumeFlag: (v: unknown) => string) => {
+  const check = (field: Exclude<keyof ResumeSettings, 'useDora'>, shown: (v: unknown) => string, resumeFlag: (v: unknown) => string) => {
     if (want[field] === undefined || same(s[field], want[field])) return;
     diffs.push(`${field}: the state has ${shown(s[field])}, this start ${shown(want[field])}`);
     resume.push(resumeFlag(s[field]));
@@ -161,6 +164,11 @@ export function checkResumable(s: PersistedState, want: ResumeSettings): void {
   check('maxRank', plain, (v) => `--max-rank ${String(v)}`);
   check('loraAlpha', plain, (v) => `--lora-alpha ${String(v)}`);
   check('targetModules', (v) => (v as string[]).join(','), (v) => `--target-modules ${(v as string[]).join(',')}`);
+  if (want.useDora !== undefined && want.useDora !== (stored.useDora === true)) {
+    const dora = stored.useDora === true;
+    diffs.push(`DoRA: the state holds a ${dora ? 'DoRA' : 'plain LoRA'} run, this start ${want.useDora ? 'asks for DoRA' : 'has no --dora'}`);
+    resume.push(dora ? '--dora' : '(without --dora)');
+  }
   if (!diffs.length) return;
   throw new ConfigError(`--state holds a run (${s.completedRounds} round(s) done) with other settings:\n  ${diffs.join('\n  ')}\n`
     + `resume it with: ${resume.join(' ')}; or start a new run with a fresh --state directory`);

@@ -337,7 +337,7 @@ describe('coordinator checkpoint store', () => {
     const saved = await saveState(dir, toSave(2), adapter());
     let msg = '';
     try {
-      checkResumable(saved, { modelId: 'other', strategy: 'fedit', maxRank: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj'] });
+      checkResumable(saved, { modelId: 'other', strategy: 'fedit', maxRank: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj'], useDora: true }, { useDora: false });
     } catch (e) {
       expect(e).to.be.instanceOf(ConfigError);
       msg = (e as Error).message;
@@ -348,7 +348,8 @@ describe('coordinator checkpoint store', () => {
     expect(msg).to.include('maxRank: the state has 2, this start 4');
     expect(msg).to.include('loraAlpha: the state has 4, this start 8');
     expect(msg).to.include('targetModules: the state has q_proj, this start q_proj,v_proj');
-    expect(msg).to.include('resume it with: --model <the folder of base model sha256:abc…> --strategy fedavgm --max-rank 2 --lora-alpha 4 --target-modules q_proj');
+    expect(msg).to.include('DoRA: the state holds a plain LoRA run, this start asks for DoRA');
+    expect(msg).to.include('resume it with: --model <the folder of base model sha256:abc…> --strategy fedavgm --max-rank 2 --lora-alpha 4 --target-modules q_proj (without --dora)');
     // optional settings not given are not compared
     expect(() => checkResumable(saved, { modelId: 'sha256:abc', strategy: 'fedavgm', maxRank: 2 })).to.not.throw();
   });
