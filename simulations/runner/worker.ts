@@ -50,27 +50,42 @@ async function evalOn(adapter: LoraAdapter, examples: readonly Example[]) {
   }
 }
 
+/** How a federated client's evaluations are filtered (simulations measure the global adapter themselves). */
+interface EvalPolicy {
+  /** The round being trained now (1-based). */
+  round: () => number;
+  /** Answer the evaluations asked for before the round's first training (the incoming global adapter) with the empty-set result. */
+  skipGlobal: boolean;
+  /** Whether this round's evaluations after training (the personalized adapter) run. */
+  evaluates: (round: number) => boolean;
+}
+
 /**
  * Trains on the client's train file; evaluates on its own eval file (the split is the runner's).
- * With `skipGlobal`, an evaluation asked for before any training since the last one (the client's
- * look at the incoming global adapter, Client.#train) is answered with the empty-set result
- * (no examples, no figures): the runner measures each round's global adapter once, on the pooled
- * test set. The evaluation after training (the personalized adapter) always runs.
+ * With a policy, an evaluation asked for in a round before that round's first training (the
+ * client's look at the incoming global adapter, Client.#train) is answered with the empty-set
+ * result (no examples, no figures) when `skipGlobal`: the runner measures each round's global
+ * adapter once itself. Evaluations after training (the personalized adapter) run in the rounds
+ * the policy evaluates.
  */
-async function simTrainer(trainFile: string, evalFile: string, seed: number, skipGlobal = false, personalNow: () => boolean = () => true): Promise<LocalTrainer> {
+async function simTrainer(trainFile: string, evalFile: string, seed: number, policy?: EvalPolicy): Promise<LocalTrainer> {
   const [train, ev] = await Promise.all([loadJsonlDataset(trainFile), loadJsonlDataset(evalFile)]);
   const inner = await createTrainer({ modelDir: init!.modelDir, examples: train, lm: lm!, tokenizer: tok!, evalFraction: 0, seed, maxSeqLen: init!.maxSeqLen });
-  let trained = false;
+  let trainedIn = 0;
   return {
     moduleShapes: inner.moduleShapes,
     trainExamples: inner.trainExamples,
     evalExamples: ev.length,
-    train: async (start, o) => { const r = await inner.train(start, o); trained = true; return r; },
+    train: async (start, o) => {
+      const r = await inner.train(start, o);
+      if (policy) trainedIn = policy.round();
+      return r;
+    },
     evaluate: (a) => {
-      const before = !trained;
-      trained = false;
-      if (before) return skipGlobal ? evalOn(a, []) : evalOn(a, ev);
-      return personalNow() ? evalOn(a, ev) : evalOn(a, []);
+      if (!policy) return evalOn(a, ev);
+      const round = policy.round();
+      if (trainedIn !== round) return policy.skipGlobal ? evalOn(a, []) : evalOn(a, ev);
+      return policy.evaluates(round) ? evalOn(a, ev) : evalOn(a, []);
     },
     dispose: () => inner.dispose(),
   };
@@ -97,9 +112,12 @@ function startClient(join_: FedJoin, spec: FedJoin['clients'][number], dropped: 
   const runId = join_.runId;
   const strag = init!.stragglers;
   const factory: TrainerFactory = async (f) => {
-    // the round being trained: the runner tells every worker when a round ends
-    const personalNow = () => !join_.evalRounds || join_.evalRounds.includes((roundsDone.get(runId) ?? 0) + 1);
-    const t = await simTrainer(spec.trainFile, spec.evalFile, f.seed, init!.skipClientGlobalEval === true, personalNow);
+    const t = await simTrainer(spec.trainFile, spec.evalFile, f.seed, {
+      // the round being trained: the runner tells every worker when a round ends
+      round: () => (roundsDone.get(runId) ?? 0) + 1,
+      skipGlobal: init!.skipClientGlobalEval === true,
+      evaluates: (r) => !join_.evalRounds || join_.evalRounds.includes(r),
+    });
     return {
       ...t,
       moduleShapes: t.moduleShapes, trainExamples: t.trainExamples, evalExamples: t.evalExamples,
