@@ -233,6 +233,8 @@ export class Coordinator {
     if (opts.dp && opts.dp.mode !== 'off') {
       const d = this.#dpConfig(opts.dp.population ?? o.clientsPerRound);
       validateDpConfig(d, o.clientsPerRound, this.#secure);
+      // checked before anything is written: with --allow-any-client alone there is no enrolled count to default to
+      if (opts.dp.population === undefined && !opts.authorizedClients) throw new ConfigError('--dp needs the client population for its sampling rate: pass --dp-population N (with --allow-any-client there is no enrolled count to use)');
     }
     if (!opts.authorizedClients && !opts.allowAnyClient) {
       throw new ConfigError('no --authorized-clients given: refusing to start (pass --allow-any-client to accept any key, for development only)');

@@ -78,7 +78,7 @@ export const coordinatorCommand: Command = {
     'tls-cert': { type: 'string', placeholder: 'FILE', help: 'PEM certificate file: serve HTTPS/WSS (with --tls-key)' },
     'tls-key': { type: 'string', placeholder: 'FILE', help: 'PEM private key file for --tls-cert' },
     dp: { type: 'string', placeholder: 'MODE', help: 'client-level differential privacy (docs/PRIVACY.md): off | central (coordinator adds N(0, z²S²) to the sum; trusts the coordinator) | distributed (clients add Skellam noise before masking; needs secure aggregation). Personal tensors are outside the guarantee', default: 'off' },
-    'dp-clip': { type: 'string', placeholder: 'S', help: 'DP: L2 clip of a client\'s whole shared update (all shared tensors, zero-padded to max rank); pick near the median update norm', default: '1' },
+    'dp-clip': { type: 'string', placeholder: 'S', help: 'DP: L2 clip of a client\'s whole shared update (all shared tensors, zero-padded to max rank); start near the median L2 norm of the shared vectors clients upload', default: '1' },
     'dp-noise': { type: 'string', placeholder: 'Z', help: 'DP: noise multiplier z (noise std = z·S on the sum); larger z, smaller ε per round', default: '1' },
     'dp-delta': { type: 'string', placeholder: 'D', help: 'DP: δ of the (ε, δ) guarantee; keep it well below 1/population', default: '1e-5' },
     'dp-target-epsilon': { type: 'string', placeholder: 'E', help: 'DP: refuse to start a round that would take ε above E, and end the run cleanly' },
