@@ -23,7 +23,8 @@ export async function runPrivacyCurve(s: Scenario, o: RunOptions, run: (s: Scena
     const rounds = r.report.rounds.length;
     const g = r.report.final.global;
     return {
-      budget, epsilon: budget === null ? null : rdpEpsilon({ q, z, steps: rounds, delta: dp.delta }), z, rounds,
+      // the coordinator's own figure after the last round (the same accountant; recomputed if absent)
+      budget, epsilon: budget === null ? null : r.report.rounds.at(-1)?.privacy?.epsilon ?? rdpEpsilon({ q, z, steps: rounds, delta: dp.delta }), z, rounds,
       accuracy: g.accuracy, lastAccuracy: g.last?.accuracy ?? null, f1: g.f1, dir, wallMs: r.report.wallMs,
     };
   };

@@ -121,6 +121,8 @@ export interface RoundRecord {
   /** Wall time per phase in ms, e.g. {sample, distribute, train, secagg, aggregate, eval}. */
   phaseMs: Record<string, number>;
   wallMs: number;
+  /** Client-level DP runs: ε spent after this round, at δ (the coordinator's accountant). */
+  privacy?: { epsilon: number; delta: number };
 }
 
 export interface CurvePoint {

@@ -423,6 +423,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
           bytes: { up: rec.bytesUp, down: rec.bytesDown, fullModelEquivalent: rec.participants.length * fullModelBytes * 2 },
           phaseMs: { wait: Math.max(0, wait), round: rec.endedAt - rec.startedAt },
           wallMs: Math.max(0, wait) + rec.endedAt - rec.startedAt,
+          ...(rec.privacy ? { privacy: { epsilon: rec.privacy.epsilon, delta: rec.privacy.delta } } : {}),
         };
       });
     };
