@@ -43,6 +43,8 @@ export function parseCoordinatorUrl(raw: string): URL {
   }
   if (!u.hostname) throw hint('no host name');
   if (u.username || u.password) throw hint('credentials in the URL are not used; remove them');
+  // socket.io reads a path as a namespace, which the coordinator does not serve
+  if (u.pathname !== '/' && u.pathname !== '') throw hint(`the coordinator is served at the root; drop the path ${u.pathname}: ${u.protocol}//${u.host}`);
   return u;
 }
 

@@ -134,6 +134,8 @@ describe('operator error paths (CLI, real processes)', function () {
       const cases: [string[], RegExp][] = [
         [['--coordinator', `127.0.0.1:${port}`, '--data', good], new RegExp(`not a URL; it needs a scheme, e\\.g\\. http://127\\.0\\.0\\.1:${port}`)],
         [['--coordinator', `localhost:${port}`, '--data', good], new RegExp(`no scheme; write http://localhost:${port}`)],
+        [['--coordinator', `ftp://127.0.0.1:${port}`, '--data', good], /scheme ftp:\/\/ is not supported; use http:\/\/ or https:\/\//],
+        [['--coordinator', `${url}/socket`, '--data', good], new RegExp(`drop the path /socket: http://127\\.0\\.0\\.1:${port}`)],
         [['--coordinator', url, '--data', join(dir, 'bad.jsonl')], /bad\.jsonl:2: invalid JSON/],
         [['--coordinator', url, '--data', join(dir, 'fields.jsonl')], /fields\.jsonl:2: needs "text" or "prompt" \+ "completion"/],
         [['--coordinator', url, '--data', join(dir, 'missing.jsonl')], /missing\.jsonl/],
