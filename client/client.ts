@@ -208,7 +208,7 @@ export class Client {
     await this.loadIdentity();
     this.#clientId = o.clientId ?? (await this.#loadOrCreateId());
     const done = new Promise<{ completedRounds: number; roundsTrained: number }>((res, rej) => { this.#resolveRun = res; this.#rejectRun = rej; });
-    const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(o.coordinatorUrl, {
+    const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(o.coordinatorUrl.trim(), {
       auth: { protocolVersion: PROTOCOL_VERSION },
       transports: ['websocket'],
       reconnection: true,

@@ -27,7 +27,8 @@ async function listen(server: Server, port = 0): Promise<number> {
 }
 
 describe('operator error paths (CLI, real processes)', function () {
-  this.timeout(120_000);
+  // several CLI starts per test (each loads tsx and tfjs): generous on a loaded 2-core machine
+  this.timeout(300_000);
   let dir: string;
   before(() => setLogLevel('error'));
   beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-ops-')); });
