@@ -39,7 +39,7 @@ const MUTED = '#666666';
 export interface LineSeries {
   name: string;
   color: string;
-  points: { x: number; y: number | null | undefined }[];
+  points: { x: number; y: number | null | undefined; /** ± this much, drawn as an error bar (e.g. sd over seeds). */ err?: number | null }[];
   dash?: number[];
   width?: number;
   markers?: boolean;
@@ -234,7 +234,10 @@ export function drawLineChart(p: Painter, spec: LineChartSpec): void {
   ];
   top = drawLegend(p, items, top);
   const xs = spec.series.flatMap((s) => s.points.map((q) => q.x));
-  const ys = [...spec.series.flatMap((s) => s.points.map((q) => q.y).filter((y): y is number => typeof y === 'number')), ...(spec.refLines ?? []).map((r) => r.y)];
+  const ys = [
+    ...spec.series.flatMap((s) => s.points.flatMap((q) => (typeof q.y === 'number' ? (typeof q.err === 'number' ? [q.y - q.err, q.y + q.err] : [q.y]) : []))),
+    ...(spec.refLines ?? []).map((r) => r.y),
+  ];
   const [ylo, yhi] = dataRange(ys, spec.yMin, spec.yMax);
   const yt = niceTicks(ylo, yhi, 5).filter((t) => (spec.yMin === undefined || t >= spec.yMin - 1e-9) && (spec.yMax === undefined || t <= spec.yMax + 1e-9));
   const y0 = Math.min(ylo, yt[0] ?? ylo);
@@ -268,6 +271,14 @@ export function drawLineChart(p: Painter, spec: LineChartSpec): void {
       else flush();
     }
     flush();
+    for (const q of s.points) {
+      if (typeof q.y !== 'number' || !Number.isFinite(q.y) || typeof q.err !== 'number' || !(q.err > 0)) continue;
+      const x = toX(q.x);
+      const [lo, hi] = [toY(Math.max(y0, q.y - q.err)), toY(Math.min(y1, q.y + q.err))];
+      p.polyline([[x, lo], [x, hi]], s.color, 1.5);
+      p.polyline([[x - 4, lo], [x + 4, lo]], s.color, 1.5);
+      p.polyline([[x - 4, hi], [x + 4, hi]], s.color, 1.5);
+    }
     if (s.markers !== false) {
       for (const q of s.points) if (typeof q.y === 'number' && Number.isFinite(q.y)) p.circle(toX(q.x), toY(q.y), 3.5, s.color, `${s.name}, round ${q.x}: ${fmt(q.y)}`);
     }

@@ -37,16 +37,18 @@ export function referenceLines(r: Report): RefLine[] {
 
 function curveSeries(name: string, color: string, curve: CurvePoint[] | undefined, key: MetricKey, dash?: number[]): LineSeries | undefined {
   if (!curve || curve.length === 0) return undefined;
-  return { name, color, dash, points: curve.map((c) => ({ x: c.round, y: c[key] ?? null })) };
+  return { name, color, dash, points: curve.map((c) => ({ x: c.round, y: c[key] ?? null, ...(c.sd ? { err: c.sd[key] } : {}) })) };
 }
 
 function metricChart(r: Report, key: 'accuracy' | 'loss'): LineChartSpec {
   const rounds = r.rounds.map((x) => x.round);
   const onTest = r.evaluation?.global === 'test';
   const series: LineSeries[] = [
-    { name: `global adapter (${r.scenario.strategy})${onTest ? ', test set' : ''}`, color: COLORS.global, points: r.rounds.map((x) => ({ x: x.round, y: x.global[key] })) },
-    { name: `personalized${onTest ? " (clients' eval)" : ''}`, color: COLORS.personalized, points: r.rounds.map((x) => ({ x: x.round, y: x.personalized[key] })) },
+    { name: `global adapter (${r.scenario.strategy})${onTest ? ', test set' : ''}`, color: COLORS.global, points: r.rounds.map((x) => ({ x: x.round, y: x.global[key], ...(x.global.sd ? { err: x.global.sd[key] } : {}) })) },
+    { name: `personalized${onTest ? " (clients' eval)" : ''}`, color: COLORS.personalized, points: r.rounds.map((x) => ({ x: x.round, y: x.personalized[key], ...(x.personalized.sd ? { err: x.personalized.sd[key] } : {}) })) },
   ];
+  // rounds that were not evaluated (evalEvery) have no figure: join the evaluated ones
+  for (const sr of series) sr.points = sr.points.filter((q) => typeof q.y === 'number');
   if (key === 'loss') series.push({ name: 'train loss', color: '#777777', dash: [2, 4], points: r.rounds.map((x) => ({ x: x.round, y: x.trainLoss })) });
   const refLines: RefLine[] = key === 'accuracy' ? referenceLines(r) : [];
   const c = r.baselines.centralized;
@@ -57,7 +59,7 @@ function metricChart(r: Report, key: 'accuracy' | 'loss'): LineChartSpec {
   const ls = curveSeries(`local only${onTest ? " (clients' eval)" : ''}`, COLORS.localOnly, l?.curve, key, [3, 4]);
   if (ls) series.push(ls);
   else if (typeof l?.final[key] === 'number') refLines.push({ name: 'local only (final)', color: COLORS.localOnly, y: l.final[key] as number, dash: [3, 4] });
-  const seeds = r.seeds?.length ? `, mean of ${r.seeds.length} seeds` : '';
+  const seeds = r.seeds?.length ? `, mean ± sd of ${r.seeds.length} seeds` : '';
   return key === 'accuracy'
     ? { title: `Eval accuracy per round${onTest ? '' : ' (mean over clients)'}${seeds}`, xLabel: 'round', yLabel: 'accuracy', series, refLines, yMax: 1, yFormat: formatPercent }
     : { title: `Loss per round${rounds.length ? '' : ''}`, xLabel: 'round', yLabel: 'loss (nats/token)', series, refLines, yMin: 0 };

@@ -95,6 +95,12 @@ describe('report statistics', () => {
     const html = renderReportHtml(agg);
     for (const s of seeds) expect(html).to.contain(`href="seed-${s}/report.html"`);
     expect(html).to.match(/\d+\.\d% ± \d+\.\d/);
+    // the accuracy chart draws the sd as error bars (3 strokes each): a copy without sd has fewer paths
+    const paths = (h: string) => (/<figure id="chart-accuracy">([\s\S]*?)<\/figure>/.exec(h)![1]!.match(/<path /g) ?? []).length;
+    const noSd = structuredClone(agg);
+    for (const x of noSd.rounds) { delete x.global.sd; delete x.personalized.sd; }
+    for (const c of [noSd.baselines.centralized!.curve!, noSd.baselines.localOnly!.curve ?? []]) for (const p of c) delete p.sd;
+    expect(paths(html)).to.be.greaterThan(paths(renderReportHtml(noSd)) + 3 * 5);
     expect(() => aggregateReports(reports, [])).to.throw(RangeError);
   });
 });
