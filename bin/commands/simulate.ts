@@ -25,6 +25,7 @@ Scenario files (JSON; docs/SCENARIOS.md has every field and its default):
     "evalFraction": 0.3, "maxEvalPerClient": 32,      each client's held-out split and its cap
     "testSet": 256,                                  pooled test set (fixed, drawn before the partition; 0 = none)
     "finalWindow": 3,                                final figures = mean of the last K evaluated rounds
+    "evalEvery": 1,                                  evaluate every n-th round (and always the last finalWindow)
     "roundTimeoutMs": 120000, "secureAggregation": true, "seed": 42, "backend": "wasm", "workers": 0,
     "seeds": [42, 43, 44],                           several seeds: one run each, report of mean ± sd
     "extends": "default"                             start from a preset's fields
