@@ -221,7 +221,8 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       }
       st.globalEvals.set(rec.round, ge);
       const uploaded = rec.participants.filter((p) => p.status === 'uploaded').map((p) => p.clientId);
-      await msgsIn(st, rec.round, uploaded, 3000);
+      // a client reports its round after its upload is acknowledged: give late reports (a loaded machine) some time
+      await msgsIn(st, rec.round, uploaded, 10_000);
       const figs = roundFigures(ge, clients.map((c) => fromWire(st.msgs.get(`${c.id}:${rec.round}`)?.personal)));
       st.figures.set(rec.round, figs);
       emit({
