@@ -83,6 +83,7 @@ describe('operator error paths (CLI, real processes)', function () {
         await refused(['--keep-checkpoints', 'all'], /--keep-checkpoints must be an integer ≥ 0/);
         await refused(['--strategy', 'fedsgd'], /--strategy must be one of/);
         await refused(['--round-timeout', 'soon'], /--round-timeout must be a duration/);
+        await refused(['--target-modules', 'nope_proj'], /--target-modules nope_proj matches no linear module/);
         await refused(['--tls-cert', join(dir, 'cert.pem')], /--tls-cert and --tls-key go together/);
         await refused(['--authorized-clients', join(dir, 'nobody')], /cannot read --authorized-clients .*nobody: ENOENT/);
         await writeFile(join(dir, 'enrolled'), 'not-a-key hospital\n');
