@@ -455,12 +455,16 @@ export class SecAggClient {
         fail('SECAGG_THRESHOLD', `only ${this.#held.size} of my holders dealt me valid shares${this.#rejected.size ? ` (${this.#rejected.size} rejected)` : ''}, threshold is ${p.t}`);
       }
       const masked = vector.slice();
-      addMask(masked, selfKey(session, p.round, this.id, this.#b), 1);
+      const own = selfKey(session, p.round, this.id, this.#b);
+      addMask(masked, own, 1);
+      own.fill(0);
       for (const v of this.#dealers()) {
         if (v === this.id) continue;
         const sec = x25519(this.#s.secretKey, this.#peers.get(v)!.sPk);
-        addMask(masked, pairKey(session, p.round, this.id, v, sec), r.sign(this.id, v));
+        const key = pairKey(session, p.round, this.id, v, sec);
         sec.fill(0);
+        addMask(masked, key, r.sign(this.id, v));
+        key.fill(0);
       }
       if (this.#rejected.size) return { id: this.id, masked, rejected: this.rejectedPeers };
       return { id: this.id, masked };
@@ -890,13 +894,16 @@ export class SecAggServer {
         for (const x of [...seeds.values(), ...keys.values()]) x.fill(0);
         this.#blame(blame, 'finalize');
       }
-      for (const [u, b] of seeds) { addMask(sum, selfKey(session, p.round, u, b), -1); b.fill(0); }
+      for (const [u, b] of seeds) { const k = selfKey(session, p.round, u, b); addMask(sum, k, -1); k.fill(0); b.fill(0); }
       for (const [dId, sk] of keys) {
         for (const v of r.neighbourIds(dId)) {
           if (!this.#u3.has(v)) continue;
           const sec = x25519(sk, this.#dealers.get(v)!.advert.sPk);
+          const key = pairKey(session, p.round, v, dId, sec);
+          sec.fill(0);
           // v added sign(v,d)·PRG(s_vd); take it out
-          addMask(sum, pairKey(session, p.round, v, dId, sec), r.sign(v, dId) === 1 ? -1 : 1);
+          addMask(sum, key, r.sign(v, dId) === 1 ? -1 : 1);
+          key.fill(0);
         }
         sk.fill(0);
       }
