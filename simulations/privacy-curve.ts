@@ -25,7 +25,7 @@ export async function runPrivacyCurve(s: Scenario, o: RunOptions, run: (s: Scena
     return {
       // the coordinator's own figure after the last round (the same accountant; recomputed if absent)
       budget, epsilon: budget === null ? null : r.report.rounds.at(-1)?.privacy?.epsilon ?? rdpEpsilon({ q, z, steps: rounds, delta: dp.delta }), z, rounds,
-      accuracy: g.accuracy, lastAccuracy: g.last?.accuracy ?? null, f1: g.f1, dir, wallMs: r.report.wallMs,
+      accuracy: g.accuracy, lastAccuracy: g.last?.accuracy ?? null, f1: g.f1, loss: g.loss, dir, wallMs: r.report.wallMs,
     };
   };
   say(`privacy–utility curve: ε = ∞, ${dp.budgets.join(', ')} at δ=${dp.delta}, q=${q.toFixed(3)}, ${s.rounds} rounds`);

@@ -18,6 +18,8 @@ export interface PrivacyPoint {
   accuracy: number | null;
   lastAccuracy: number | null;
   f1: number | null;
+  /** Final global eval loss (mean token cross-entropy of the label, nats): moves even where accuracy sits at the majority rate. */
+  loss: number | null;
   /** This point's own report folder, relative to the curve's folder. */
   dir: string;
   wallMs: number;
@@ -68,7 +70,7 @@ export function privacySvg(r: PrivacyReport): string {
   });
   const pts = r.points.filter((p) => p.accuracy !== null).sort((a, b) => (a.epsilon ?? Infinity) - (b.epsilon ?? Infinity));
   out.push(`<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="${pts.map((p) => `${x(p.epsilon)},${y(p.accuracy!)}`).join(' ')}"/>`);
-  for (const p of pts) out.push(`<circle cx="${x(p.epsilon)}" cy="${y(p.accuracy!)}" r="4" fill="#1f6feb"/><text x="${x(p.epsilon)}" y="${y(p.accuracy!) - 8}" text-anchor="middle">${p.accuracy!.toFixed(3)}</text>`);
+  for (const p of pts) out.push(`<circle cx="${x(p.epsilon)}" cy="${y(p.accuracy!)}" r="4" fill="#1f6feb"/><text x="${x(p.epsilon)}" y="${y(p.accuracy!) - 8}" text-anchor="middle">${p.accuracy!.toFixed(3)}${p.loss !== null ? ` (loss ${p.loss.toFixed(3)})` : ''}</text>`);
   out.push('</svg>');
   return out.join('\n');
 }
@@ -79,13 +81,13 @@ export async function writePrivacyReport(dir: string, r: PrivacyReport): Promise
   const svg = privacySvg(r);
   await writeFile(files.json, JSON.stringify(r, null, 2) + '\n');
   await writeFile(files.svg, svg + '\n');
-  const rows = r.points.map((p) => `<tr><td>${p.budget ?? '∞'}</td><td>${p.epsilon === null ? '∞' : p.epsilon.toFixed(3)}</td><td>${p.z ? p.z.toFixed(3) : '–'}</td><td>${p.rounds}</td><td>${p.accuracy?.toFixed(3) ?? '–'}</td><td>${p.lastAccuracy?.toFixed(3) ?? '–'}</td><td>${p.f1?.toFixed(3) ?? '–'}</td><td><a href="${esc(p.dir)}/report.html">${esc(p.dir)}</a></td><td>${(p.wallMs / 1000).toFixed(0)} s</td></tr>`).join('\n');
+  const rows = r.points.map((p) => `<tr><td>${p.budget ?? '∞'}</td><td>${p.epsilon === null ? '∞' : p.epsilon.toFixed(3)}</td><td>${p.z ? p.z.toFixed(3) : '–'}</td><td>${p.rounds}</td><td>${p.accuracy?.toFixed(3) ?? '–'}</td><td>${p.lastAccuracy?.toFixed(3) ?? '–'}</td><td>${p.f1?.toFixed(3) ?? '–'}</td><td>${p.loss?.toFixed(3) ?? '–'}</td><td><a href="${esc(p.dir)}/report.html">${esc(p.dir)}</a></td><td>${(p.wallMs / 1000).toFixed(0)} s</td></tr>`).join('\n');
   await writeFile(files.html, `<!doctype html><meta charset="utf-8"><title>${esc(r.scenario)}: privacy–utility</title>
 <body style="font-family:sans-serif;max-width:760px;margin:2em auto">
 <h1>${esc(r.scenario)}: privacy–utility</h1>
 <p>${esc(`${r.strategy}, ${r.clients} clients, ${r.clientsPerRound} sampled per round (q=${r.q.toFixed(3)}), ${r.mode} noise, L2 clip S=${r.clip}, δ=${r.delta}. Each finite budget runs with the noise multiplier z that spends it over the run (RDP accountant).`)}</p>
 ${svg}
-<table border="1" cellpadding="4" style="border-collapse:collapse"><tr><th>budget</th><th>ε spent</th><th>z</th><th>rounds</th><th>accuracy (final window)</th><th>last round</th><th>F1</th><th>report</th><th>wall</th></tr>
+<table border="1" cellpadding="4" style="border-collapse:collapse"><tr><th>budget</th><th>ε spent</th><th>z</th><th>rounds</th><th>accuracy (final window)</th><th>last round</th><th>F1</th><th>eval loss</th><th>report</th><th>wall</th></tr>
 ${rows}</table>
 <p>Command: <code>${esc(r.command)}</code></p></body>
 `);

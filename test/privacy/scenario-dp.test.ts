@@ -42,9 +42,9 @@ describe('dp scenario and privacy–utility report', () => {
         scenario: 'dp', mode: 'central', clip: 8, delta: 1e-5, q: 0.2, clients: 100, clientsPerRound: 20, strategy: 'rank-aware', command: 'fedlora simulate --scenario dp',
         references: [{ label: 'local-only', accuracy: 0.71 }],
         points: [
-          { budget: null, epsilon: null, z: 0, rounds: 10, accuracy: 0.93, lastAccuracy: 0.94, f1: 0.8, dir: 'eps-inf', wallMs: 1000 },
-          { budget: 8, epsilon: 7.99, z: 0.9, rounds: 10, accuracy: 0.75, lastAccuracy: 0.74, f1: 0.3, dir: 'eps-8', wallMs: 1000 },
-          { budget: 2, epsilon: 1.99, z: 2.2, rounds: 10, accuracy: 0.7, lastAccuracy: 0.7, f1: 0.1, dir: 'eps-2', wallMs: 1000 },
+          { budget: null, epsilon: null, z: 0, rounds: 10, accuracy: 0.93, lastAccuracy: 0.94, f1: 0.8, loss: 0.2, dir: 'eps-inf', wallMs: 1000 },
+          { budget: 8, epsilon: 7.99, z: 0.9, rounds: 10, accuracy: 0.75, lastAccuracy: 0.74, f1: 0.3, loss: 0.5, dir: 'eps-8', wallMs: 1000 },
+          { budget: 2, epsilon: 1.99, z: 2.2, rounds: 10, accuracy: 0.7, lastAccuracy: 0.7, f1: 0.1, loss: 0.9, dir: 'eps-2', wallMs: 1000 },
         ],
       };
       const files = await writePrivacyReport(dir, r);
