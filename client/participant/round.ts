@@ -19,6 +19,7 @@ import { makeLayout, type FlatLayout, type Strategy } from '../../shared/aggrega
 import { SecAggClient, type Identity, type QuantParams, type SharesMsg } from '../../shared/crypto/index.js';
 import { EV, layoutLength, type RoundEnd, type RoundStart, type SealedKind, type SecAggKind, type UpdateMetrics } from '../../shared/protocol/index.js';
 import type { TensorMap } from '../../shared/tensor.js';
+import { checkDistributedShare } from '../../shared/privacy/dp.js';
 import { BUILTIN_MODS, buildUpload, maskedEncoder, plainEncoder, type UploadContext, type UploadEncoder, type UploadMod } from '../upload/index.js';
 import type { EvalMetrics } from '../trainer.js';
 import type { ClientObservers, ClientRoundSummary } from './observe.js';
@@ -122,6 +123,7 @@ export class ParticipantRound {
     // DP rounds: fixed weight 1 (a contribution is bounded by the clip S); distributed noise needs the fixed-point (secure) path
     if (o.rs.dp && o.weight !== 1) throw new ProtocolError('DP_WEIGHT', `a DP round lists weight ${o.weight} for this client; DP rounds use weight 1`);
     if (o.rs.dp?.mode === 'distributed' && !o.rs.secure) throw new ProtocolError('DP_MODE', 'distributed DP noise without secure aggregation');
+    if (o.rs.dp?.mode === 'distributed') checkDistributedShare(o.rs.dp, o.rs.secure!.quant.fracBits, o.rs.participants.length);
     this.#secure = o.rs.secure ? this.#startSecure(o) : null;
   }
 

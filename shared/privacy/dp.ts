@@ -63,6 +63,20 @@ export function parseDpInfo(v: unknown, path = 'roundStart.dp'): DpRoundInfo {
   return info;
 }
 
+/**
+ * A client's check of the announced distributed noise: its share must be at least
+ * z²(S·2^f)²/(n − 1), what the coordinator owes for the z it announces over n participants
+ * (more is fine: over-provisioning for dropouts). Guards against a coordinator that announces z but
+ * asks for less noise.
+ */
+export function checkDistributedShare(info: DpRoundInfo, fracBits: number, participants: number): void {
+  if (info.mode !== 'distributed') return;
+  const need = (info.noise * info.clip * 2 ** fracBits) ** 2 / Math.max(1, participants - 1);
+  if (!(info.clientVariance! >= need * (1 - 1e-9))) {
+    throw new ProtocolError('DP_NOISE', `announced Skellam variance ${info.clientVariance} per client is below z²(S·2^f)²/(n−1) = ${need.toExponential(4)} for z=${info.noise}, S=${info.clip}, f=${fracBits}, n=${participants}`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clipping
 

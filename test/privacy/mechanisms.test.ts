@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { testRng } from '../crypto/seed.js';
 import {
-  CryptoUniform, WRAP_PROBABILITY, chooseDpQuant, clipL2, poissonPmf, samplePoisson, sampleSkellam, skellamPmf, skellamTailBound, type Uniform,
+  CryptoUniform, WRAP_PROBABILITY, checkDistributedShare, chooseDpQuant, clipL2, poissonPmf, samplePoisson, sampleSkellam, skellamPmf, skellamTailBound, type Uniform,
 } from '../../shared/privacy/index.js';
 import { addInto, decodeSum, encodeUpdate } from '../../shared/crypto/index.js';
 import { skellamNoise, type UploadContext } from '../../client/upload/index.js';
@@ -164,6 +164,14 @@ describe('DP mechanisms', function () {
         }
       });
     }
+
+    it('a client accepts the share chooseDpQuant announces and refuses one below z²(S·2^f)²/(n−1)', () => {
+      const dq = chooseDpQuant({ clients: 8, length: 5000, dpClip: 1, noise: 1.3, clip: 8, distributed: true, expectedClients: 7 });
+      const info = { mode: 'distributed' as const, clip: 1, noise: 1.3, clientVariance: dq.clientVariance };
+      expect(() => checkDistributedShare(info, dq.quant.fracBits, 8)).to.not.throw();
+      expect(() => checkDistributedShare({ ...info, clientVariance: dq.clientVariance * 0.99 }, dq.quant.fracBits, 8)).to.throw(/DP_NOISE|below/);
+      expect(() => checkDistributedShare(info, dq.quant.fracBits + 1, 8)).to.throw(/below/);
+    });
 
     it('the noise bound holds empirically and scales like √V', () => {
       const u = new CryptoUniform();
