@@ -1,5 +1,5 @@
 /**
- * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--steps N] [--only small|gpt2]
+ * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--steps N] [--only small|gpt2] [--dora]
  * LoRA r=16 on every linear layer: a GPT-2-124M-shaped model (random init, written once to a cache
  * folder) and a small Llama-style model. Prints tokens/s, step time and peak memory.
  */
@@ -12,11 +12,12 @@ import { familyOf } from '../shared/model/families/index.js';
 import { writeRandomModel, gpt2SmallConfig, tinyLlamaConfig } from '../shared/model/random-init.js';
 import { LoraTrainer, type Batch } from '../shared/train/trainer.js';
 import { getStrategy } from '../shared/aggregation/index.js';
+import { initDoraFromCheckpoint } from '../shared/lora/dora.js';
 import { tf, currentBackend } from '../shared/backend/index.js';
 
 const { values } = parseArgs({ options: {
   backend: { type: 'string', default: 'auto' }, steps: { type: 'string', default: '3' },
-  only: { type: 'string' }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
+  only: { type: 'string' }, dora: { type: 'boolean', default: false }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
 } });
 
 interface Case { name: string; config: Record<string, unknown>; batch: number; seq: number; rank: number }
@@ -41,19 +42,21 @@ for (const c of cases) {
   const lm = await loadCausalLM(dir, { backend: values.backend! });
   const shapes = lm.linearShapes;
   const adapter = getStrategy('fedit').init(shapes, c.rank, 2 * c.rank, 1, { targetModules: [...new Set([...shapes.keys()].map((m) => m.split('.').slice(-1)[0]!))], fanInFanOut: familyOf(lm.config).fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM' });
-  const trainer = new LoraTrainer(lm, adapter, { lr: 1e-4, totalSteps: 100 });
+  // --dora: the same factors plus a magnitude per module (PEFT's init from the checkpoint)
+  const start = values.dora ? await initDoraFromCheckpoint(dir, adapter) : adapter;
+  const trainer = new LoraTrainer(lm, start, { lr: 1e-4, totalSteps: 100 });
   const V = lm.config.vocabSize;
   const ids = new Int32Array(c.batch * c.seq).map((_, i) => (i * 7919) % V);
   const batch: Batch = { ids, lossMask: new Float32Array(ids.length).fill(1), attentionMask: new Float32Array(ids.length).fill(1), batch: c.batch, length: c.seq };
   let loraParams = 0;
-  for (const t of adapter.tensors.values()) loraParams += t.data.length;
+  for (const t of start.tensors.values()) loraParams += t.data.length;
   await trainer.trainStep([batch]); // warm-up (kernel compilation, allocation)
   const steps = Number(values.steps);
   const t0 = performance.now();
   for (let s = 0; s < steps; s++) { await trainer.trainStep([batch]); sample(); }
   const dt = (performance.now() - t0) / steps;
   const toks = (c.batch * c.seq) / (dt / 1000);
-  console.log(`\n${c.name} on ${currentBackend()?.name}: base ${(lm.parameterCount / 1e6).toFixed(1)}M params, LoRA r=${c.rank} on ${shapes.size} linear layers (${(loraParams / 1e6).toFixed(2)}M trainable)`);
+  console.log(`\n${c.name} on ${currentBackend()?.name}: base ${(lm.parameterCount / 1e6).toFixed(1)}M params, ${values.dora ? 'DoRA' : 'LoRA'} r=${c.rank} on ${shapes.size} linear layers (${(loraParams / 1e6).toFixed(2)}M trainable)`);
   console.log(`  batch ${c.batch} × seq ${c.seq}: step ${dt.toFixed(0)} ms, ${toks.toFixed(0)} tokens/s, peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB, tfjs tensors ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB`);
   trainer.dispose();
   lm.dispose();
