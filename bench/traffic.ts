@@ -2,7 +2,7 @@
  * Bytes per client per round for GPT-2-124M shapes (d = 768, 12 layers, the gpt2 family's default
  * targets c_attn, c_proj, c_fc: every linear layer of the blocks) under LoRA (FedIT), FFA and
  * LoRA-XS, against the full fp32 model.
- *   npx tsx bench/traffic.ts [--ranks 8,16]        (npm run bench:traffic -- --ranks 8,16)
+ *   npx tsx bench/traffic.ts [--ranks 8,16]
  *
  * Uploads are measured on real encoded messages: the plain `Update` (codec + anonymous seal to a
  * coordinator box key) and the masked secure-aggregation upload ({ id, masked: Uint32Array } as
