@@ -296,7 +296,6 @@ export class Coordinator {
       history = loaded.state.history;
       this.#targetModules = loaded.state.targetModules;
       server.restore(loaded.state.strategyState);
-      if ((global.config.useDora === true) !== o.dora) throw new ConfigError(`--state holds a ${global.config.useDora ? 'DoRA' : 'LoRA'} run; resume it ${global.config.useDora ? 'with' : 'without'} --dora`);
       log.info(`resuming from ${o.stateDir}: ${completed} round(s) completed, server optimiser ${serverOpt}`);
     } else {
       const shapes = targetShapes(info, this.#targetModules);
@@ -322,7 +321,8 @@ export class Coordinator {
       // uploads are clipped to ±clip entry-wise (plain and secure); a magnitude beyond it would be cut
       let big = 0;
       for (const [n, t] of global.tensors) if (parseMagnitudeName(n)) for (const v of t.data) big = Math.max(big, Math.abs(v));
-      if (big > this.#clip) throw new ConfigError(`--dora: a magnitude vector entry is ${big.toPrecision(4)}, above the upload clip ${this.#clip}; raise --secagg-clip above it`);
+      if (big > this.#clip) throw new ConfigError(`--dora: a magnitude vector entry is ${big.toPrecision(4)}, above the upload clip ${this.#clip}; raise --secagg-clip to at least ${Math.ceil(big * 1.5)} (headroom for the magnitudes to grow in training)`);
+      if (big > this.#clip / 1.5) log.warn(`--dora: the largest magnitude (${big.toPrecision(4)}) is within 1.5× of the upload clip ${this.#clip}; magnitudes that grow past it are clipped (raise --secagg-clip)`);
     }
     // the identity is created only once the state is known to be resumable (a refused start writes nothing)
     if (o.identity && typeof o.identity === 'object') this.#identity = o.identity;

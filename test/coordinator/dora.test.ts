@@ -129,7 +129,7 @@ describe('DoRA federation over the wire', function () {
     const resumed = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'coord'), rounds: 2, targetModules: ['q_proj', 'v_proj'], maxRank: 4, seed: SEED });
     msg = '';
     try { await resumed.serve(0); } catch (e) { msg = (e as Error).message; } finally { await resumed.close(); }
-    expect(msg).to.match(/holds a DoRA run; resume it with --dora/);
+    expect(msg).to.match(/the state holds a DoRA run, this start has no --dora[\s\S]*--dora/);
   });
 });
 
