@@ -187,4 +187,16 @@ describe('LoRA-XS federation over the wire (secure aggregation)', function () {
       lm.dispose();
     }
   });
+
+  it('refuses --dora and a server optimiser with lora-xs, before serving', async () => {
+    for (const extra of [{ dora: true }, { serverOpt: { name: 'fedadam' as const } }]) {
+      let msg = '';
+      let c: Coordinator | undefined;
+      try {
+        c = new Coordinator({ allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'refused'), strategy: 'lora-xs', maxRank: 4, ...extra });
+        await c.serve(0);
+      } catch (e) { msg = (e as Error).message; } finally { await c?.close(); }
+      expect(msg, JSON.stringify(extra)).to.match(extra.dora ? /--dora cannot be combined with --strategy lora-xs/ : /lora-xs does not take a server optimiser/);
+    }
+  });
 });
