@@ -506,7 +506,7 @@ export class Coordinator {
         // a LoRA-XS global is exported as the plain LoRA it equals (lora_B = U_r Σ_r R, lora_A = V_rᵀ)
         await savePeftAdapter(hasXs(global) ? xsToLora(global) : global, o.exportDir);
         log.info(`exported the global adapter to ${o.exportDir}`);
-        const p = [...(this.#engine?.history ?? [])].reverse().find((r) => r.status === 'completed' && r.privacy)?.privacy;
+        const p = [...(this.#engine?.history ?? [])].reverse().find((r) => r.privacy)?.privacy;
         if (p) await writePrivacyJson(o.exportDir, p);
       }
     } catch (e) {

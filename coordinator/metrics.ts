@@ -172,7 +172,7 @@ export class CoordinatorMetrics {
     if (last?.globalEval) { this.#lastEval.set({ adapter: 'global', metric: 'loss' }, last.globalEval.loss); this.#lastEval.set({ adapter: 'global', metric: 'accuracy' }, last.globalEval.accuracy); }
     if (last?.personalEval) { this.#lastEval.set({ adapter: 'personal', metric: 'loss' }, last.personalEval.loss); this.#lastEval.set({ adapter: 'personal', metric: 'accuracy' }, last.personalEval.accuracy); }
     if (last?.trainLoss !== undefined) this.#lastEval.set({ adapter: 'local', metric: 'train_loss' }, last.trainLoss);
-    const dp = [...s.history].reverse().find((r) => r.status === 'completed' && r.privacy)?.privacy;
+    const dp = [...s.history].reverse().find((r) => r.privacy)?.privacy;
     if (dp) { this.#dpEpsilon.set(dp.epsilon); this.#dpDelta.set(dp.delta); }
     return this.registry.metrics();
   }

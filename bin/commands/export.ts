@@ -33,7 +33,7 @@ export const exportCommand: Command = {
     const adapter = hasXs(loaded.adapter) ? xsToLora(loaded.adapter) : loaded.adapter;
     await savePeftAdapter({ ...adapter, config: { ...adapter.config, baseModelNameOrPath: baseName } }, out);
     // a DP run's guarantee travels with the adapter (privacy.json beside adapter_config.json)
-    const dp = [...loaded.state.history].reverse().find((r) => r.status === 'completed' && r.privacy)?.privacy;
+    const dp = [...loaded.state.history].reverse().find((r) => r.privacy)?.privacy;
     if (dp) await writePrivacyJson(out, dp);
     process.stderr.write(`wrote the global adapter after round ${loaded.state.completedRounds} (${loaded.state.strategy}, r=${loaded.adapter.config.r}) to ${out}\n`);
     if (mergedDir) {

@@ -62,10 +62,12 @@ export class DpEngine {
   constructor(c: DpConfig, o: { clientsPerRound: number; minClients: number; clip: number; length: number; history: readonly RoundRecord[] }) {
     this.#c = c;
     this.#o = o;
-    const last = [...o.history].reverse().find((r) => r.status === 'completed' && r.privacy);
+    // the latest record that carries the accountant (a distributed round whose checkpoint failed still counts)
+    const last = [...o.history].reverse().find((r) => r.privacy);
     this.#acc = new PrivacyAccountant(last?.privacy?.accountant);
   }
 
+  get mode(): DpConfig['mode'] { return this.#c.mode; }
   get q(): number { return this.#o.clientsPerRound / this.#c.population; }
   get epsilon(): number { return this.#acc.epsilon(this.#c.delta); }
 

@@ -335,11 +335,11 @@ export class RoundEngine {
     const p = this.#pending;
     if (!p || p.round !== round) return;
     this.#pending = null;
-    // the round did not happen: restore the server state it advanced (the accountant keeps the
-    // round only if its noisy sum could have been seen: a failed checkpoint releases nothing)
+    // the round did not happen: restore the server state it advanced. Central DP: nothing was
+    // released, so the accountant forgets the round too; distributed: the (untrusted) coordinator has
+    // seen the noisy sum, so the round stays spent (and its record keeps the accountant state)
     this.#i.server.restore(p.saved);
-    if (p.dpSaved) this.#dp!.restore(p.dpSaved);
-    delete p.record.privacy;
+    if (p.dpSaved && this.#dp!.mode === 'central') { this.#dp!.restore(p.dpSaved); delete p.record.privacy; }
     this.#history.pop();
     p.record.status = 'failed';
     p.record.failure = `checkpoint failed: ${errorMessage(e)}`;
