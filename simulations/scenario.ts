@@ -8,7 +8,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, errorMessage } from '../shared/errors.js';
 import { Rng } from '../shared/data/random.js';
-import { checkServerOpt, getStrategy, hasStrategy, serverOptimizerOf, strategyNames, type ServerOptConfig, type StrategyName } from '../shared/aggregation/index.js';
+import { checkServerOpt, getStrategy, needsXsFactors, hasStrategy, serverOptimizerOf, strategyNames, type ServerOptConfig, type StrategyName } from '../shared/aggregation/index.js';
 import { packagePath, packageRoot } from '../shared/package-root.js';
 
 /** Any registered aggregation strategy. */
@@ -367,6 +367,9 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     dp: dpField(raw.dp),
   };
   if (!['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'].includes(s.backend)) fail('backend', `must be auto | tensorflow | webgpu | wasm | cpu, got ${JSON.stringify(s.backend)}`);
+  // the coordinator refuses --dora for adapters that are not plain A/B factors (LoRA-XS cores)
+  const xs = [s.strategy, ...s.compare].filter((n) => needsXsFactors(getStrategy(n)));
+  if (s.dora && xs.length) fail('dora', `DoRA needs plain LoRA A/B adapters; ${xs.join(', ')} cannot run with it (drop it from strategy/compare or set dora to false)`);
   if (s.faults.kill && s.faults.kill.round > s.rounds) fail('faults.kill.round', `must be ≤ rounds (${s.rounds})`);
   if (s.secureAggregation && s.minClients < 2) fail('minClients', 'secure aggregation needs at least 2 (a sum over one client is that client\'s update)');
   const survivorsNeeded = s.clientsPerRound - s.faults.dropoutsPerRound - (s.faults.kill ? 1 : 0);

@@ -120,5 +120,7 @@ describe('DoRA magnitudes in aggregation', () => {
     expect(parseScenario({}).dora).to.equal(false);
     expect(parseScenario({ dora: true }).dora).to.equal(true);
     expect(() => parseScenario({ dora: 'yes' })).to.throw(/dora/);
+    expect(() => parseScenario({ dora: true, compare: ['fedit', 'lora-xs'] })).to.throw(/DoRA needs plain LoRA A\/B adapters; lora-xs cannot run with it/);
+    expect(parseScenario({ dora: false, compare: ['lora-xs'] }).compare).to.deep.equal(['lora-xs']);
   });
 });
