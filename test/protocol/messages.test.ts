@@ -53,6 +53,10 @@ describe('protocol guards', () => {
     expect(parseRoundStart(wire(rs)).global[0]!.shape).to.deep.equal([2, 3]);
     expect(code(() => parseRoundStart(wire({ ...rs, rank: 8 })))).to.equal('BAD_MESSAGE');
     expect(code(() => parseRoundStart(wire({ ...rs, strategy: 'evil' })))).to.equal('BAD_MESSAGE');
+    // DoRA: config.useDora is optional (absent = LoRA) and must be a boolean when present
+    expect(parseRoundStart(wire(rs)).config.useDora).to.equal(undefined);
+    expect(parseRoundStart(wire({ ...rs, config: { ...rs.config, useDora: true } })).config.useDora).to.equal(true);
+    expect(code(() => parseRoundStart(wire({ ...rs, config: { ...rs.config, useDora: 'yes' } })))).to.equal('BAD_MESSAGE');
     expect(code(() => parseRoundStart(wire({ ...rs, participants: [rs.participants[0], rs.participants[0]] })))).to.equal('BAD_MESSAGE');
     expect(code(() => parseRoundStart(wire({ ...rs, participants: [{ ...rs.participants[0], key: new Uint8Array(31) }] })))).to.equal('BAD_MESSAGE');
     const secure = { k: 2, t: 2, nonce: new Uint8Array(32), modelHash: `${id}:${id}`, paramsSignature: new Uint8Array(64), quant: { clip: 8, fracBits: 20, maxTotalWeight: 30, maxClients: 3 } };
