@@ -8,6 +8,7 @@ export * from './shared/model/tokenizer.js';
 export * from './shared/model/random-init.js';
 export * from './shared/lora/adapter.js';
 export * from './shared/lora/peft.js';
+export { doraMagnitude, initDoraFromCheckpoint } from './shared/lora/dora.js';
 export * from './shared/train/trainer.js';
 export * from './shared/train/eval.js';
 export { selectBackend, currentBackend, BACKEND_CHOICES, type BackendChoice, type BackendName, type BackendSelection } from './shared/backend/index.js';
