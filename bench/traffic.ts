@@ -1,7 +1,7 @@
 /**
  * Bytes per client per round for GPT-2-124M shapes (d = 768, 12 layers, the gpt2 family's default
- * targets c_attn, c_proj, c_fc: every linear layer of the blocks) under LoRA (FedIT), FFA and
- * LoRA-XS, against the full fp32 model.
+ * targets c_attn, c_proj, c_fc: every linear layer of the blocks) under LoRA (FedIT), DoRA (FedIT with
+ * magnitude vectors), FFA and LoRA-XS, against the full fp32 model.
  *   npx tsx bench/traffic.ts [--ranks 8,16]
  *
  * Uploads are measured on real encoded messages: the plain `Update` (codec + anonymous seal to a
@@ -16,7 +16,7 @@ import { generateBoxKeyPair } from '../shared/crypto/index.js';
 import { getStrategy, sharedLayout } from '../shared/aggregation/index.js';
 import { normalizeConfig, linearModules } from '../shared/model/config.js';
 import { defaultTargetModules } from '../shared/model/model-info.js';
-import { matchesTarget, type LoraAdapter } from '../shared/lora/adapter.js';
+import { loraMName, matchesTarget, type LoraAdapter } from '../shared/lora/adapter.js';
 import { sealForCoordinator } from '../shared/protocol/index.js';
 import { setLogLevel } from '../shared/log.js';
 
@@ -54,10 +54,14 @@ const ratio = (b: number) => `${Math.round(FULL / b).toLocaleString('en-US')}×`
 out(`GPT-2-124M: ${params.toLocaleString('en-US')} parameters, fp32 ${mb(FULL)} (${FULL.toLocaleString('en-US')} bytes); targets ${targets.join(', ')} → ${shapes.size} modules`);
 out('strategy      r   shared values   upload plain (ratio)      upload masked (ratio)     download/round (global)');
 for (const r of RANKS) {
-  for (const name of ['fedit', 'ffa', 'lora-xs']) {
-    const s = getStrategy(name);
+  for (const name of ['fedit', 'fedit+dora', 'ffa', 'lora-xs']) {
+    const dora = name.endsWith('+dora');
+    const s = getStrategy(dora ? name.slice(0, -5) : name);
     // lora-xs: the stand-in factors have the SVD factors' shapes, which is all the byte count needs
-    const g = s.init(shapes, r, 2 * r, 1, base);
+    const g0 = s.init(shapes, r, 2 * r, 1, base);
+    // DoRA: a magnitude vector [out] per module on top (values do not change the byte count)
+    const g: LoraAdapter = { config: { ...g0.config, ...(dora ? { useDora: true } : {}) }, tensors: new Map(g0.tensors) };
+    if (dora) for (const [m, sh] of shapes) g.tensors.set(loraMName(m), { shape: [sh.out], data: new Float32Array(sh.out).fill(1) });
     const n = sharedLayout(s, g).size;
     const up = plainUpload(n), upM = maskedUpload(n), down = 4 * numel(g);
     out(`${name.padEnd(10)} ${String(r).padStart(4)} ${n.toLocaleString('en-US').padStart(15)}   ${`${mb(up)} (${ratio(up)})`.padEnd(24)} ${`${mb(upM)} (${ratio(upM)})`.padEnd(25)} ${mb(down)}`);
