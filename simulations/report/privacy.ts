@@ -49,8 +49,9 @@ export function privacySvg(r: PrivacyReport): string {
   const finite = r.points.filter((p) => p.epsilon !== null).map((p) => p.epsilon!);
   const lo = Math.min(...finite, 1) / 1.5, hi = Math.max(...finite, 1) * 1.5;
   const pw = W - M.l - M.r, ph = H - M.t - M.b;
-  const xInf = M.l + pw;
-  const x = (e: number | null) => (e === null ? xInf : M.l + ((Math.log(e) - Math.log(lo)) / (Math.log(hi) - Math.log(lo))) * (pw - 60));
+  // ∞ sits inside the right edge so its label fits; the finite points spread over the rest
+  const xInf = M.l + pw - 50;
+  const x = (e: number | null) => (e === null ? xInf : M.l + 20 + ((Math.log(e) - Math.log(lo)) / (Math.log(hi) - Math.log(lo))) * (pw - 140));
   const accs = r.points.map((p) => p.accuracy).filter((a): a is number => a !== null).concat(r.references.map((x) => x.accuracy));
   const aLo = Math.max(0, Math.floor((Math.min(...accs, 1) - 0.05) * 10) / 10), aHi = 1;
   const y = (a: number) => M.t + ph - ((a - aLo) / (aHi - aLo)) * ph;
@@ -70,7 +71,7 @@ export function privacySvg(r: PrivacyReport): string {
   });
   const pts = r.points.filter((p) => p.accuracy !== null).sort((a, b) => (a.epsilon ?? Infinity) - (b.epsilon ?? Infinity));
   out.push(`<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="${pts.map((p) => `${x(p.epsilon)},${y(p.accuracy!)}`).join(' ')}"/>`);
-  for (const p of pts) out.push(`<circle cx="${x(p.epsilon)}" cy="${y(p.accuracy!)}" r="4" fill="#1f6feb"/><text x="${x(p.epsilon)}" y="${y(p.accuracy!) - 8}" text-anchor="middle">${p.accuracy!.toFixed(3)}${p.loss !== null ? ` (loss ${p.loss.toFixed(3)})` : ''}</text>`);
+  for (const p of pts) out.push(`<circle cx="${x(p.epsilon)}" cy="${y(p.accuracy!)}" r="4" fill="#1f6feb"/><text x="${x(p.epsilon)}" y="${y(p.accuracy!) - 8}" text-anchor="${p.epsilon === null ? 'end' : 'middle'}">${p.accuracy!.toFixed(3)}${p.loss !== null ? ` (loss ${p.loss.toFixed(3)})` : ''}</text>`);
   out.push('</svg>');
   return out.join('\n');
 }
