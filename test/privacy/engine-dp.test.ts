@@ -49,3 +49,18 @@ describe('round engine under DP', () => {
     });
   }
 });
+
+describe('round:start dp validation', () => {
+  it('parseDpInfo accepts what the coordinator sends and refuses malformed settings', async () => {
+    const { parseDpInfo } = await import('../../shared/privacy/index.js');
+    expect(parseDpInfo({ mode: 'central', clip: 1, noise: 1.1 })).to.deep.equal({ mode: 'central', clip: 1, noise: 1.1 });
+    expect(parseDpInfo({ mode: 'distributed', clip: 1, noise: 1.1, clientVariance: 5e6 })).to.deep.equal({ mode: 'distributed', clip: 1, noise: 1.1, clientVariance: 5e6 });
+    for (const bad of [
+      null, [], { mode: 'local', clip: 1, noise: 1 }, { mode: 'central', clip: 0, noise: 1 }, { mode: 'central', clip: 1, noise: -1 },
+      { mode: 'central', clip: 1, noise: Number.NaN }, { mode: 'central', clip: 1, noise: 1, clientVariance: 3 },
+      { mode: 'distributed', clip: 1, noise: 1 }, { mode: 'distributed', clip: 1, noise: 1, clientVariance: 2 ** 42 }, { mode: 'central', clip: '1', noise: 1 },
+    ]) {
+      expect(() => parseDpInfo(bad), JSON.stringify(bad)).to.throw(/roundStart\.dp/);
+    }
+  });
+});
