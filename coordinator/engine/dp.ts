@@ -9,6 +9,10 @@ import {
 } from '../../shared/privacy/index.js';
 import type { QuantParams } from '../../shared/crypto/index.js';
 import type { RoundRecord } from '../metrics.js';
+import { errorMessage } from '../../shared/errors.js';
+import { logger } from '../../shared/log.js';
+
+const log = logger('fedlora:coordinator:dp');
 
 export interface DpAttempt {
   info: DpRoundInfo;
@@ -65,6 +69,8 @@ export class DpEngine {
     // the latest record that carries the accountant (a distributed round whose checkpoint failed still counts)
     const last = [...o.history].reverse().find((r) => r.privacy);
     this.#acc = new PrivacyAccountant(last?.privacy?.accountant);
+    // a fixed-point scale must exist for the largest round (ConfigError at start, not mid-run)
+    if (c.mode === 'distributed') this.#quant(o.clientsPerRound);
   }
 
   get mode(): DpConfig['mode'] { return this.#c.mode; }
@@ -124,7 +130,14 @@ export class DpEngine {
   refuseNextRound(): string | null {
     const c = this.#c;
     if (!Number.isFinite(c.targetEpsilon)) return null;
-    const next = this.#acc.epsilon(c.delta, this.#rdp(this.#preview()));
+    let next: number;
+    try {
+      next = this.#acc.epsilon(c.delta, this.#rdp(this.#preview()));
+    } catch (e) {
+      // never an engine failure: the attempt's own preparation reports it (and backs off)
+      log.warn(`privacy budget check failed: ${errorMessage(e)}`);
+      return null;
+    }
     if (next <= c.targetEpsilon) return null;
     return `privacy budget: another round would take ε from ${this.epsilon.toFixed(4)} to ${next.toFixed(4)} > --dp-target-epsilon ${c.targetEpsilon} (δ=${c.delta})`;
   }

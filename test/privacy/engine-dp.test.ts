@@ -7,6 +7,7 @@ import { expect } from 'chai';
 import { EngineHarness } from '../coordinator/engine-harness.js';
 import { parseRoundStart, openEnvelope, SIGNED_DOMAINS } from '../../shared/protocol/index.js';
 import type { DpConfig } from '../../shared/privacy/index.js';
+import { ConfigError } from '../../shared/errors.js';
 
 const dp = (mode: DpConfig['mode']): DpConfig => ({ mode, clip: 1, noise: 1.2, delta: 1e-5, targetEpsilon: Infinity, population: 10, dropoutRate: 0 });
 
@@ -21,6 +22,15 @@ describe('round engine under DP', () => {
     expect(rs.dp!.clientVariance).to.be.closeTo((1.2 * 2 ** rs.secure!.quant.fracBits) ** 2 / 2, 1e-6 * rs.dp!.clientVariance!);
     expect(h.records.at(-1)!.status).to.equal('completed');
     expect(h.engine.privacy!.rounds).to.equal(1);
+  });
+
+  it('distributed DP without a usable fixed-point scale is refused when the engine is built, not mid-run', async () => {
+    // z = 1e7: the noise headroom leaves so few fractional bits that rounding the 1,792 shared values
+    // (√d·2^-(f+1)) would exceed S/2
+    let err: unknown;
+    try { await EngineHarness.create({ participants: [{ rank: 4, examples: 1 }, { rank: 4, examples: 1 }], config: { secure: true, dp: { ...dp('distributed'), noise: 1e7 } } }); } catch (e) { err = e; }
+    expect(err).to.be.instanceOf(ConfigError);
+    expect(String(err)).to.match(/dp-clip/);
   });
 
   for (const mode of ['central', 'distributed'] as const) {
