@@ -578,7 +578,7 @@ export class Client {
     });
     const trainMs = Date.now() - t0;
     bar?.done();
-    const tuned = await this.#personalize(rs, globalAdapter, res.adapter, seed);
+    const tuned = await this.#personalize(rs, globalAdapter, res.adapter, seed, personal);
     const personalModel = tuned ?? res.adapter;
     const personalMetrics = evaluate ? await trainer.evaluate(personalModel) : undefined;
     await this.#savePersonal(personalModel.tensors, tuned !== null);
@@ -592,21 +592,32 @@ export class Client {
   get #exclusive(): boolean { return this.options.personalMode === 'exclusive'; }
 
   /**
-   * 'finetune' personalization: the personal copy = the received global adapter (with the
-   * strategy's own personal factors, e.g. fedsa's B, from this round's training) with the tensors
-   * the globs match fine-tuned on local data; null when there is nothing to fine-tune.
+   * 'finetune' personalization: the personal model = the received global adapter (with the
+   * strategy's own personal factors, e.g. fedsa's B, from this round's training) with this client's
+   * private copy of the tensors the globs match, fine-tuned on local data with the rest frozen. The
+   * copy starts from the global values the first time and is carried from round to round after that
+   * (with its own AdamW moments), so it accumulates local training the way a FedRep / Ditto personal
+   * head does, while the shared counterpart keeps being trained by everyone. A module's A and B are
+   * matched together, so the copy's product does not depend on the global's slot basis.
+   * null when there is nothing to fine-tune.
    */
-  async #personalize(rs: RoundStart, global: LoraAdapter, trained: LoraAdapter, seed: number): Promise<LoraAdapter | null> {
+  async #personalize(rs: RoundStart, global: LoraAdapter, trained: LoraAdapter, seed: number, stored: TensorMap): Promise<LoraAdapter | null> {
     if (this.#exclusive || !(this.options.personal ?? []).length) return null;
     const strategy = this.#strategy!;
     const tune = (n: string) => this.#isPersonalGlob(n) && strategy.isTrainable(n) && (isAdapterTensorName(n) || parseXsName(n) !== null);
     if (![...global.tensors.keys()].some(tune)) return null;
     const tensors: TensorMap = new Map(global.tensors);
     for (const [n, t] of trained.tensors) if (strategy.isPersonal(n)) tensors.set(n, t);
+    for (const [n, g] of global.tensors) {
+      const mine = tune(n) ? stored.get(n) : undefined;
+      if (mine) tensors.set(n, atRank(n, mine, rs.rank, g));
+    }
     const steps = this.options.personalSteps ?? rs.train.steps;
     if (steps < 1) return { config: global.config, tensors };
     const res = await this.#trainer!.train({ config: global.config, tensors }, {
-      steps, lr: rs.train.lr, batchSize: rs.train.batchSize, seed: (seed ^ 0x9e3779b9) >>> 0, trainable: tune, ephemeral: true,
+      steps, lr: rs.train.lr, batchSize: rs.train.batchSize, seed: (seed ^ 0x9e3779b9) >>> 0, trainable: tune,
+      // the copy is this client's own, never rotated by the coordinator: its moments always carry
+      optimizerKey: 'personal', onBasisChange: 'keep',
     });
     return res.adapter;
   }

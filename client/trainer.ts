@@ -43,10 +43,11 @@ export interface TrainOptions {
    */
   onBasisChange?: 'reset' | 'keep';
   /**
-   * A side run (personalization fine-tuning): starts a fresh optimizer and leaves the carried
-   * moments of the main training untouched (default false).
+   * Which carried AdamW state this call uses (default 'main'). A side run such as the client's
+   * personalization fine-tuning passes its own key ('personal'), so its moments and the main
+   * training's never mix; each key carries its own moments from call to call.
    */
-  ephemeral?: boolean;
+  optimizerKey?: string;
 }
 
 export interface TrainResult {
@@ -168,7 +169,7 @@ class Trainer implements LocalTrainer {
   readonly #maxSeqLen: number;
   #round = 0;
   /** AdamW moments carried from one round to the next (private client state, in memory). */
-  #optState: OptimizerState | null = null;
+  #optStates = new Map<string, OptimizerState>();
 
   constructor(lm: CausalLM, owns: boolean, tok: TextTokenizer, train: EncodedExample[], evalSet: Example[], maxSeqLen: number) {
     this.#lm = lm; this.#owns = owns; this.#tok = tok; this.#train = train; this.#eval = evalSet; this.#maxSeqLen = maxSeqLen;
@@ -188,9 +189,11 @@ class Trainer implements LocalTrainer {
       if (!order.length) order = rng.shuffle(this.#train.map((_, i) => i));
       return this.#train[order.pop()!]!;
     };
-    const basisChanged = !o.ephemeral && this.#optState !== null && (o.onBasisChange ?? 'reset') === 'reset' && inRefactoredBasis(start);
-    const carry = !o.ephemeral && this.#optState !== null && o.keepOptimizerState !== false && !basisChanged;
-    const optimizer: TrainResult['optimizer'] = this.#optState === null || o.ephemeral ? 'fresh' : carry ? 'carried' : 'reset';
+    const key = o.optimizerKey ?? 'main';
+    const saved = this.#optStates.get(key) ?? null;
+    const basisChanged = saved !== null && (o.onBasisChange ?? 'reset') === 'reset' && inRefactoredBasis(start);
+    const carry = saved !== null && o.keepOptimizerState !== false && !basisChanged;
+    const optimizer: TrainResult['optimizer'] = saved === null ? 'fresh' : carry ? 'carried' : 'reset';
     // Federated local training: constant learning rate (the rounds are the outer loop), with a
     // short warmup only while the optimizer has no history.
     const trainer = new LoraTrainer(this.#lm, start, {
@@ -200,7 +203,7 @@ class Trainer implements LocalTrainer {
     // Restarting Adam every round makes its first steps sign-like (≈ lr per entry in every direction),
     // which swamps the few steps a round has; carrying the moments keeps local steps well-scaled.
     // A refactored start (new slot basis) drops them: see TrainOptions.onBasisChange.
-    if (carry) trainer.importOptimizerState(this.#optState!);
+    if (carry) trainer.importOptimizerState(saved);
     try {
       const losses: number[] = [];
       for (let s = 0; s < o.steps; s++) {
@@ -213,7 +216,7 @@ class Trainer implements LocalTrainer {
         // a macrotask turn per step: the process keeps answering its sockets while it trains
         await yieldToEventLoop();
       }
-      if (!o.ephemeral) this.#optState = await trainer.exportOptimizerState();
+      this.#optStates.set(key, await trainer.exportOptimizerState());
       const tail = losses.slice(-Math.max(1, Math.ceil(losses.length / 4)));
       return { adapter: await trainer.adapter(), trainLoss: tail.reduce((a, b) => a + b, 0) / tail.length, steps: o.steps, examples: this.#train.length, optimizer };
     } finally {

@@ -91,6 +91,11 @@ export interface Scenario {
    * (serverOptFor); strategies with their own server state (fedavgm) run without it.
    */
   serverOpt: ServerOptConfig;
+  /**
+   * The coordinator's QR+SVD refactor of the global adapter after each round (CoordinatorOptions.refactor).
+   * Off keeps every rank slot in one basis for the whole run, so clients' carried AdamW moments stay valid.
+   */
+  refactor: boolean;
   seed: number;
   backend: string;
   /** Worker processes hosting clients; 0 = one per CPU core. */
@@ -135,6 +140,7 @@ export const DEFAULTS: Scenario = {
   secureAggregation: true,
   dora: false,
   serverOpt: { name: 'none' },
+  refactor: true,
   seed: 42,
   backend: 'wasm',
   workers: 0,
@@ -228,7 +234,7 @@ function dpField(v: unknown): Scenario['dp'] {
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'seed', 'backend', 'workers', 'dp']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'refactor', 'seed', 'backend', 'workers', 'dp']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -361,6 +367,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     secureAggregation: bool(raw.secureAggregation, 'secureAggregation', d.secureAggregation),
     dora: bool(raw.dora, 'dora', d.dora),
     serverOpt: serverOpt(raw.serverOpt, strat, d.serverOpt),
+    refactor: bool(raw.refactor, 'refactor', d.refactor),
     seed: int(raw.seed, 'seed', 0, 2 ** 31 - 1, d.seed),
     backend: str(raw.backend, 'backend', d.backend, 20),
     workers: int(raw.workers, 'workers', 0, 64, d.workers),

@@ -279,6 +279,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
         ...(o.coordinatorExtra ?? {}),
         ...(s.secureAggregation ? {} : { insecureAggregation: true }),
         ...(s.dora ? { dora: true } : {}),
+        refactor: s.refactor,
         authorizedClients: [...identities.values()].map((id) => formatPublicKey(id.publicKey)),
         rejoinGraceMs: s.rejoinGraceMs,
         modelDir: s.model, stateDir: join(dir, 'coordinator'), exportDir: join(dir, 'adapter'), rounds: s.rounds, clientsPerRound: s.clientsPerRound,

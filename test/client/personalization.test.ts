@@ -14,6 +14,7 @@ import { makeLayout } from '../../shared/aggregation/index.js';
 import { loadSafetensors, readFloatTensor } from '../../shared/model/safetensors.js';
 import { globMatcher } from '../../shared/protocol/glob.js';
 import { setLogLevel } from '../../shared/log.js';
+import type { TensorMap } from '../../shared/tensor.js';
 import type { ContributionObservation, ClientRoundSummary } from '../../client/participant/observe.js';
 import { FIXTURE, pullTrainer } from '../coordinator/helpers.js';
 import { Resources } from '../coordinator/hostile-client.js';
@@ -65,18 +66,21 @@ describe('personalization: fine-tuned private copy on top of the global adapter 
     expect(b.data.some((x) => x !== 0)).to.equal(true);
   });
 
-  it('fine-tunes only the personalized tensors, starting from the received global adapter, and keeps them on disk', async () => {
+  it('fine-tunes only the personalized tensors, on a copy carried from round to round, and keeps it on disk', async () => {
     // per round: the shared training, then the fine-tuning run
     expect(trainer.trained).to.have.length(4);
-    const main2 = trainer.trained[2]!, tuned2 = trainer.trained[3]!;
+    const [main1, tuned1, main2, tuned2] = trainer.trained as [TensorMap, TensorMap, TensorMap, TensorMap];
     const st = await loadSafetensors(join(dir, 'c0', 'personal.safetensors'));
     expect([...st.entries.keys()].sort()).to.deep.equal([...main2.keys()].filter(isGlob).sort());
     for (const [k, t] of tuned2) {
       const m = main2.get(k)!;
       if (isGlob(k)) {
-        // stand-in step from the same global start: x + 0.5 (target − x), as in the shared training
+        // round 1 starts the copy from the global (the same start as the shared training); round 2
+        // continues the stored copy: x + 0.5 (target − x) from round 1's result
+        expect(tuned1.get(k)!.data).to.deep.equal(main1.get(k)!.data);
+        const prev = tuned1.get(k)!.data;
+        for (let i = 0; i < t.data.length; i++) expect(t.data[i]!).to.be.closeTo(prev[i]! + 0.5 * (target - prev[i]!), 1e-6);
         expect(readFloatTensor(st, k).data).to.deep.equal(t.data);
-        expect(t.data).to.deep.equal(m.data);
       } else {
         // frozen during fine-tuning: still the received global g, where the shared training gave g + 0.5 (target − g)
         for (let i = 0; i < t.data.length; i++) expect(t.data[i]!).to.be.closeTo(2 * m.data[i]! - target, 1e-6);
