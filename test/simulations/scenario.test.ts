@@ -26,9 +26,14 @@ describe('simulation scenarios', () => {
     expect(d.faults.dropoutsPerRound).to.equal(1);
     expect(d.personal.length).to.be.greaterThan(0);
     expect(Object.keys(d.rankMix).length).to.be.greaterThan(1);
-    // the README's comparison table: the four linear strategies (fedavgm is compared in its own runs)
-    expect(d.compare).to.have.members(['fedit', 'ffa', 'fedsa']);
-    for (const n of d.compare) expect(strategyNames()).to.include(n);
+    // the default is one federated run (it must stay within 5 minutes on 2 cores); the strategies
+    // preset compares every strategy on the same partition
+    expect(d.compare).to.deep.equal([]);
+    expect(d.serverOpt.name).to.equal('fedavgm');
+    const st = await loadScenario('strategies');
+    expect(st.compare).to.have.members(['fedit', 'ffa', 'fedsa', 'lora-xs']);
+    for (const n of st.compare) expect(strategyNames()).to.include(n);
+    expect({ ...st, name: d.name, description: d.description, compare: d.compare }).to.deep.equal(d);
     const t = await loadScenario('tiny-ci');
     expect([t.rounds, t.clients]).to.deep.equal([2, 3]);
   });
