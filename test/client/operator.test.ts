@@ -97,8 +97,8 @@ describe('client: operator-facing behaviour', function () {
     const gate = new Promise<void>((res) => { open = res; });
     let round2By0!: () => void;
     const trained2 = new Promise<void>((res) => { round2By0 = res; });
-    // (a personal fine-tune pass is an extra, ephemeral train call: not a round's training)
-    const t0: LocalTrainer = { ...base0, train: async (s, o) => { const out = await base0.train(s, o); if (!(o as { ephemeral?: boolean }).ephemeral && ++calls0 === 2) round2By0(); return out; } };
+    // (a personal fine-tune pass is an extra train call on the 'personal' optimizer key: not a round's training)
+    const t0: LocalTrainer = { ...base0, train: async (s, o) => { const out = await base0.train(s, o); if (o.optimizerKey !== 'personal' && ++calls0 === 2) round2By0(); return out; } };
     const t1: LocalTrainer = { ...base1, train: async (s, o) => { if (++calls1 === 2) await gate; return base1.train(s, o); } };
     const clients = [t0, t1].map((t, i) => r.client(new Client({
       coordinatorUrl: url, dataFile: 'x', stateDir: join(dir, `c${i}`), clientId: `c${i}`, maxRank: 4, trainerFactory: async () => t,
