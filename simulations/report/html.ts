@@ -96,10 +96,18 @@ export function renderReportHtml(r: Report): string {
     ]),
     [0, 4],
   );
+  // client-level DP: the ε the coordinator's accountant had spent after each round, at the run's δ
+  const dpRounds = r.rounds.some((x) => x.privacy);
+  const lastPrivacy = [...r.rounds].reverse().find((x) => x.privacy)?.privacy;
+  const dp = r.scenario.dp as { mode?: unknown; clip?: unknown } | null | undefined;
+  const privacyCard = lastPrivacy
+    ? card('privacy spent (client-level DP)', `ε = ${lastPrivacy.epsilon.toFixed(3)}`, `at δ = ${lastPrivacy.delta.toExponential(0)}${dp ? ` · ${esc(String(dp.mode))} noise · clip S = ${esc(String(dp.clip))}` : ''} · after round ${r.rounds[r.rounds.length - 1]?.round ?? 0}`)
+    : '';
   const roundTable = table(
-    ['round', 'participants', 'dropouts', 'train loss', 'global acc', 'personalized acc', 'bytes up', 'bytes down', 'full-model eq.', 'wall'],
+    ['round', 'participants', 'dropouts', 'train loss', 'global acc', 'personalized acc', ...(dpRounds ? ['ε spent'] : []), 'bytes up', 'bytes down', 'full-model eq.', 'wall'],
     r.rounds.map((x) => [
       String(x.round), String(x.participants.length), esc(x.dropouts.join(', ') || '—'), num(x.trainLoss), pct(x.global.accuracy), pct(x.personalized.accuracy),
+      ...(dpRounds ? [x.privacy ? x.privacy.epsilon.toFixed(3) : '—'] : []),
       formatBytes(x.bytes.up), formatBytes(x.bytes.down), formatBytes(x.bytes.fullModelEquivalent), `${(x.wallMs / 1000).toFixed(2)} s`,
     ]),
     [2],
@@ -134,6 +142,7 @@ ${card('local-only accuracy', sdPct(r.baselines.localOnly?.final), `personalized
 ${card('centralized accuracy (pooled data)', sdPct(r.baselines.centralized?.final), `centralized − global: ${g.toCentralized === null ? '—' : `${g.toCentralized.toFixed(1)} pp`}`)}
 ${card('bytes moved (up + down)', formatBytes(t.bytesUp + t.bytesDown), t.ratio !== null ? `${(t.ratio * 100).toPrecision(2)}% of full-model equivalent (${formatBytes(t.fullModelEquivalent)})` : '')}
 ${multi ? '' : card('dropouts survived', String(t.dropouts), `over ${r.rounds.length} rounds`)}
+${privacyCard}
 </div>
 <h2>Charts</h2>
 ${figures.join('\n')}

@@ -86,6 +86,22 @@ describe('simulation report', () => {
     expect(formatSummaryTable(r)).to.contain('—');
   });
 
+  it('a DP run shows the ε spent (card and per-round column); a run without DP shows neither', () => {
+    const r: Report = sampleReport({ clients: 3, rounds: 3 });
+    const plain = renderReportHtml(r);
+    expect(plain).to.not.contain('privacy spent');
+    expect(plain).to.not.contain('ε spent');
+    r.scenario.dp = { mode: 'distributed', clip: 0.5, delta: 1e-5, budgets: [4] };
+    r.rounds.forEach((x, i) => { x.privacy = { epsilon: 0.75 * (i + 1), delta: 1e-5 }; });
+    const html = renderReportHtml(r);
+    expect(html).to.contain('privacy spent (client-level DP)');
+    expect(html).to.contain('ε = 2.250'); // the last round's figure, not the first
+    expect(html).to.contain('at δ = 1e-5');
+    expect(html).to.contain('distributed noise · clip S = 0.5');
+    expect(html).to.contain('<th class="n">ε spent</th>');
+    for (const e of ['0.750', '1.500', '2.250']) expect(html).to.contain(`<td class="n">${e}</td>`);
+  });
+
   it('summary table states the final figures, the gaps and the communication ratio', () => {
     const r = sampleReport();
     const table = formatSummaryTable(r);
