@@ -24,7 +24,8 @@ export interface CollectResult {
 
 export interface Notice { to: string; event: string; msg: unknown }
 
-export type Advance = { notices: Notice[] } | { result: CollectResult };
+/** `gather`: hierarchical sums (coordinator/cluster): ask the edges for their partial sums of these ids, then call gathered(). */
+export type Advance = { notices: Notice[] } | { result: CollectResult } | { gather: string[] };
 
 export interface Received { uploaded: boolean; metrics?: UpdateMetrics }
 
@@ -43,6 +44,12 @@ export interface Collector {
   readonly deadline: number;
   receive(id: string, kind: string, msg: unknown): Received;
   close(now: number): Advance;
+  /** True while the phase waits for something other than participants (edges' partial sums): only gathered() or the deadline ends it. */
+  readonly holding?: boolean;
+  /** Hierarchical sums: one edge's Σ of the masked inputs of `ids`. */
+  addPartial?(ids: string[], sum: Uint32Array): void;
+  /** Hierarchical sums: every edge answered (or failed); the phase may close. */
+  gathered?(): void;
 }
 
 /** An attempt that cannot complete; `culprits` are participants whose messages caused it. */
@@ -140,6 +147,12 @@ export interface SecureCollectorOptions {
   /** The masked upload waits for training, until the round deadline. */
   roundDeadline: number;
   now: number;
+  /**
+   * Cluster mode: masked inputs stay at the edges. receive() gets `{ id, rejected?, metrics? }`
+   * (the edge validated and kept the vector), and the masked phase closes in two steps: `gather`
+   * (the host collects one partial sum per edge), then the survivor list over the ids those sums cover.
+   */
+  hierarchical?: boolean;
 }
 
 type SecPhase = 'advertise' | 'share' | 'masked' | 'consistency' | 'unmask';
@@ -157,6 +170,8 @@ export class SecureCollector implements Collector {
   readonly #server: SecAggServer;
   readonly #o: SecureCollectorOptions;
   readonly #complaints: { from: string; about: string[] }[] = [];
+  /** Hierarchical masked phase: 'collect' (refs arrive), 'gather' (partials arrive), 'done'. */
+  #gather: 'collect' | 'gather' | 'done' = 'collect';
 
   constructor(o: SecureCollectorOptions) {
     this.#o = o;
@@ -168,7 +183,16 @@ export class SecureCollector implements Collector {
   get phase(): string { return this.#phase; }
   get deadline(): number { return this.#deadline; }
 
-  accepts(kind: string): boolean { return kind === this.#phase; }
+  accepts(kind: string): boolean { return kind === this.#phase && !(this.#phase === 'masked' && this.#gather !== 'collect'); }
+
+  get holding(): boolean { return this.#phase === 'masked' && this.#gather === 'gather'; }
+
+  addPartial(ids: string[], sum: Uint32Array): void {
+    if (!this.holding) throw new ProtocolError('SECAGG_PHASE', `partial sum arrived in phase ${this.#phase}`);
+    this.#server.addPartial(ids, sum);
+  }
+
+  gathered(): void { if (this.holding) this.#gather = 'done'; }
 
   waitingFor(): string[] { return this.#expected.filter((id) => !this.#got.has(id)); }
 
@@ -185,7 +209,8 @@ export class SecureCollector implements Collector {
       case 'masked': {
         const metrics = parseUpdateMetrics(m.metrics);
         const rejected = m.rejected === undefined ? undefined : m.rejected;
-        s.receiveMasked(id, { id: m.id, masked: m.masked, ...(rejected !== undefined ? { rejected } : {}) } as never);
+        if (this.#o.hierarchical) s.receiveMaskedRef(id, { id: m.id, ...(rejected !== undefined ? { rejected } : {}) });
+        else s.receiveMasked(id, { id: m.id, masked: m.masked, ...(rejected !== undefined ? { rejected } : {}) } as never);
         if (Array.isArray(rejected) && rejected.length) this.#complaints.push({ from: id, about: rejected.filter((x): x is string => typeof x === 'string').slice(0, 64) });
         this.#got.add(id);
         return { uploaded: true, metrics };
@@ -206,6 +231,11 @@ export class SecureCollector implements Collector {
         case 'advertise': { const m = s.closeAdvertise(); next = { ids: [...m.keys()], msgs: m }; break; }
         case 'share': { const m = s.closeShareKeys(); next = { ids: [...m.keys()], msgs: m }; break; }
         case 'masked': {
+          if (this.#o.hierarchical && this.#gather === 'collect') {
+            this.#gather = 'gather';
+            this.#deadline = now + this.#o.phaseMs;
+            return { gather: [...this.#got].sort() };
+          }
           const list = s.closeMaskedInput();
           next = { ids: [...list.survivors], msgs: new Map(list.survivors.map((id) => [id, list])) };
           break;

@@ -56,6 +56,8 @@ export interface EngineConfig {
   /** Per-coordinate clip c of every contribution (secure and plain). */
   clip: number;
   secure: boolean;
+  /** Cluster mode (coordinator/cluster): masked inputs are summed at the edges, the engine gets partial sums. */
+  hierarchical?: boolean;
   secAgg: { k?: number; t?: number };
   train: { steps: number; epochs: number; lr: number; batchSize: number };
   refactor: boolean;
@@ -93,6 +95,8 @@ export type Command =
   | { type: 'notify'; to: string; event: string; bytes: Uint8Array }
   /** Persist, then call checkpointed(round) (or checkpointFailed). */
   | { type: 'checkpoint'; round: number; adapter: LoraAdapter; strategyState: ReturnType<StrategyServer['serialize']>; history: RoundRecord[] }
+  /** Cluster mode: collect the edges' partial sums of these masked inputs, then call partials()/gathered(). */
+  | { type: 'gather'; roundId: string; ids: string[] }
   | { type: 'round'; record: RoundRecord }
   | { type: 'done'; completedRounds: number; global: LoraAdapter; reason?: string };
 
@@ -299,6 +303,44 @@ export class RoundEngine {
     this.#pump();
   }
 
+  /**
+   * Cluster mode: a secagg message an edge opened and validated itself (only `masked` is handled at
+   * the edges: the vector stays there, `inner` is `{ id, rejected?, metrics? }`). `digest` is the
+   * sealed box's SHA-256, so a redelivery to another edge is acknowledged like a resend. Throws for
+   * the reply and changes nothing when refused.
+   */
+  receiveRelayed(id: string, kind: string, roundId: string, inner: unknown, size: number, digest: string): void {
+    const a = this.#phase === 'training' ? this.#open : null;
+    const slot = a?.slots.get(id);
+    if (!a || !slot || roundId !== a.roundId) throw new ProtocolError('STALE_ROUND', `secagg for round ${roundId} is not for a round open for you`);
+    const key = `${id}/${kind}`;
+    if (a.accepted.get(key) === digest) return;
+    if (!a.collector.accepts(kind)) throw new ProtocolError('SECAGG_PHASE', `${kind} is not accepted in phase ${a.collector.phase}`);
+    const r = a.collector.receive(id, kind, inner);
+    a.accepted.set(key, digest);
+    slot.bytesUp += size;
+    if (r.uploaded) {
+      slot.status = 'uploaded';
+      if (r.metrics) applyMetrics(slot, r.metrics);
+    }
+    this.#pump();
+  }
+
+  /** Cluster mode: one edge's partial sum for the open attempt. A partial that does not fit is logged and left out. */
+  partial(roundId: string, ids: string[], sum: Uint32Array): void {
+    const a = this.#open;
+    if (!a || a.roundId !== roundId || !a.collector.addPartial) return;
+    try { a.collector.addPartial(ids, sum); } catch (e) { log.warn(`round ${a.round}: partial sum over ${ids.length} input(s) refused: ${errorMessage(e)}`); }
+  }
+
+  /** Cluster mode: every edge answered the gather (or failed to); the masked phase can close. */
+  gathered(roundId: string): void {
+    const a = this.#open;
+    if (!a || a.roundId !== roundId) return;
+    a.collector.gathered?.();
+    this.#pump();
+  }
+
   /** Time passed: close phases and rounds whose deadlines are due. */
   tick(): void { this.#pump(); }
 
@@ -427,7 +469,7 @@ export class RoundEngine {
     if (c.secure) {
       const s = this.#prepareSecure(round, participants, globalHash, dp);
       secure = { info: s.info, quant: s.quant };
-      collector = new SecureCollector({ params: s.params, identity: i.identity, quant: s.quant, phaseMs: c.phaseTimeoutMs, roundDeadline: deadline, now });
+      collector = new SecureCollector({ params: s.params, identity: i.identity, quant: s.quant, phaseMs: c.phaseTimeoutMs, roundDeadline: deadline, now, ...(c.hierarchical ? { hierarchical: true } : {}) });
     } else {
       collector = new PlainCollector({
         roundId, layout: i.layout, elementSlots: i.elementSlots, clip: c.clip, deadline, ...(dp ? { l2Clip: dp.info.clip } : {}),
@@ -506,11 +548,16 @@ export class RoundEngine {
   /** Closes the collector's phase when nobody reachable still owes a message, or at its deadline. */
   #maybeAdvance(a: Attempt): boolean {
     const now = this.#i.now();
-    const waiting = a.collector.waitingFor().filter((id) => this.#reachable(a, id, now));
+    if (a.collector.holding && now < a.collector.deadline) return false;
+    const waiting = a.collector.holding ? [] : a.collector.waitingFor().filter((id) => this.#reachable(a, id, now));
     if (waiting.length > 0 && now < a.collector.deadline) return false;
     const phase = a.collector.phase;
     try {
       const adv = a.collector.close(now);
+      if ('gather' in adv) {
+        this.#i.out({ type: 'gather', roundId: a.roundId, ids: adv.gather });
+        return true;
+      }
       if ('notices' in adv) {
         if (phase === 'masked' || phase === 'upload') this.#markMissing(a, now);
         for (const n of adv.notices) {

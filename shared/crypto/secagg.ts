@@ -589,6 +589,8 @@ export class SecAggServer {
   #inbox = new Map<string, { from: string; sealed: Sealed }[]>();
   #u2 = new Set<string>();
   #u3 = new Set<string>();
+  /** Masked inputs held by an edge, not yet in #sum (hierarchical sums). */
+  #u3ref = new Set<string>();
   #sum: Uint32Array;
   #survivorList: SurvivorListMsg | undefined;
   #consistency = new Map<string, Uint8Array>();
@@ -734,6 +736,41 @@ export class SecAggServer {
       this.#complaints.set(from, rejected);
       log.warn(`${from} rejected the share envelopes of ${[...rejected].sort().join(', ')}`);
     }
+  }
+
+  /**
+   * Hierarchical sums (coordinator/cluster): an edge validated and kept `from`'s masked vector and
+   * reports only that it has it. Same checks as receiveMasked except the vector; the input counts
+   * (joins U3) only once addPartial brings a sum that includes it.
+   */
+  receiveMaskedRef(from: string, m: { id: unknown; rejected?: unknown }): void {
+    this.#expect('mask');
+    this.#member(from, this.#u2, 'the set that shared keys');
+    if (!m || m.id !== from) fail('SECAGG_MESSAGE', `masked input names ${String(m?.id)}, sender is ${from}`);
+    if (this.#u3.has(from) || this.#u3ref.has(from)) fail('SECAGG_MESSAGE', `duplicate masked input from ${from}`);
+    const rejected = new Set<string>();
+    if (m.rejected !== undefined) {
+      checkIdList(m.rejected, 'rejected');
+      for (const u of m.rejected as string[]) {
+        if (u === from || rejected.has(u) || !this.#u2.has(u) || !this.#r.areNeighbours(from, u)) {
+          fail('SECAGG_MESSAGE', `${from} reports a rejected envelope from ${JSON.stringify(u.slice(0, 64))}, which dealt it none (or twice)`);
+        }
+        rejected.add(u);
+      }
+    }
+    this.#u3ref.add(from);
+    if (rejected.size) this.#complaints.set(from, rejected);
+  }
+
+  /** Adds an edge's sum of the masked inputs of `ids` (each reported by receiveMaskedRef, none counted yet). */
+  addPartial(ids: string[], v: Uint32Array): void {
+    this.#expect('mask');
+    if (!Array.isArray(ids) || ids.length === 0 || new Set(ids).size !== ids.length) fail('SECAGG_MESSAGE', 'partial sum: empty or duplicate id list');
+    for (const id of ids) if (!this.#u3ref.has(id) || this.#u3.has(id)) fail('SECAGG_MESSAGE', `partial sum includes ${String(id).slice(0, 64)}, which is not an uncounted masked input`);
+    if (!(v instanceof Uint32Array) || v.length !== this.#sum.length) fail('SECAGG_MESSAGE', `partial sum must be a Uint32Array of length ${this.#sum.length}`);
+    const s = this.#sum;
+    for (let i = 0; i < s.length; i++) s[i] = (s[i]! + v[i]!) >>> 0;
+    for (const id of ids) this.#u3.add(id);
   }
 
   /** Holders that rejected `dealer`'s envelope, sorted. */
