@@ -1,6 +1,7 @@
 import { Client, dumpContributions } from '../../client/index.js';
 import { ConfigError } from '../../shared/errors.js';
-import { intFlag, listFlag, numFlag, str, type Command } from './flags.js';
+import { configureThreads } from '../../shared/backend/index.js';
+import { intFlag, listFlag, numFlag, str, threadsFlag, type Command } from './flags.js';
 
 export const clientCommand: Command = {
   name: 'client',
@@ -12,6 +13,7 @@ export const clientCommand: Command = {
     state: { type: 'string', placeholder: 'DIR', help: 'client folder: id, model cache, personal tensors; required' },
     'max-rank': { type: 'string', placeholder: 'N', help: 'largest LoRA rank this machine can train', default: '8' },
     backend: { type: 'string', placeholder: 'NAME', help: 'tfjs backend: auto | tensorflow | webgpu | wasm | cpu', default: 'auto' },
+    threads: { type: 'string', placeholder: 'N', help: 'threads for the wasm backend (XNNPACK matrix products): a number, or auto = every core (tfjs uses at most 8); falls back to 1 with the reason logged if the threaded build cannot start', default: 'auto' },
     personal: { type: 'string', placeholder: 'GLOB', help: 'glob over PEFT tensor names this client personalizes, e.g. "*.layers.11.*" (comma-separated or repeated); see --personal-mode', multiple: true },
     'personal-mode': { type: 'string', placeholder: 'MODE', help: 'finetune: the matched tensors are shared like the rest and, each round, a private copy is fine-tuned on top of the global adapter; exclusive: they never leave this client (the global copy is then trained by nobody who keeps them)', default: 'finetune' },
     'personal-steps': { type: 'string', placeholder: 'N', help: 'fine-tuning steps for the personal copy each round under --personal-mode finetune (default: the round\'s local steps)' },
@@ -26,6 +28,7 @@ export const clientCommand: Command = {
     'debug-dump-contributions': { type: 'string', placeholder: 'DIR', help: 'TEST ONLY: also write each round\'s plaintext contribution to DIR/debug-contribution-<round>.msgpack (defeats secure aggregation)' },
   },
   async run(v) {
+    configureThreads(threadsFlag(v.threads));
     const dumpDir = str(v['debug-dump-contributions'], 'debug-dump-contributions');
     const client = new Client({
       coordinatorUrl: str(v.coordinator, 'coordinator', true)!, dataFile: str(v.data, 'data', true)!, stateDir: str(v.state, 'state', true)!,

@@ -132,3 +132,11 @@ export function listFlag(v: unknown): string[] | undefined {
   const parts = (Array.isArray(v) ? v : [v]).flatMap((x) => String(x).split(',')).map((s) => s.trim()).filter(Boolean);
   return parts.length ? parts : undefined;
 }
+
+/** `--threads N|auto` → the count for the wasm backend's thread pool (auto: every core, tfjs caps at 8). */
+export function threadsFlag(v: unknown): number | 'auto' {
+  const s = str(v, 'threads') ?? 'auto';
+  if (s === 'auto') return 'auto';
+  if (!/^\d{1,2}$/.test(s) || Number(s) < 1 || Number(s) > 64) throw new ConfigError(`--threads must be a whole number from 1 to 64 or "auto", got ${JSON.stringify(s)}`);
+  return Number(s);
+}

@@ -1,3 +1,4 @@
+import { configureThreads } from '../../shared/backend/index.js';
 import { join } from 'node:path';
 import { formatSummaryTable, formatRoundLine } from '../../simulations/report/index.js';
 import { loadScenario, parseScenario, presetNames } from '../../simulations/scenario.js';
@@ -83,6 +84,7 @@ export const simulateCommand: Command = {
     seeds: { type: 'string', help: 'comma-separated seeds: one run each and a report of mean ± sd (e.g. 42,43,44)' },
     backend: { type: 'string', help: 'override the tfjs backend: auto | tensorflow | webgpu | wasm | cpu' },
     workers: { type: 'string', help: 'worker processes hosting clients (0 = one per CPU core)' },
+    threads: { type: 'string', placeholder: 'N', help: 'wasm threads in each process of the simulation (its workers share the cores already)', default: '1' },
     'insecure-aggregation': { type: 'boolean', help: 'turn secure aggregation off (plain sums; faster, for comparison only)' },
     'list-presets': { type: 'boolean', help: 'list the bundled scenario presets and exit' },
   },
@@ -97,6 +99,11 @@ export const simulateCommand: Command = {
     const clients = intFlag(v.clients, 'clients', 1);
     const seed = intFlag(v.seed, 'seed', 0);
     const workers = intFlag(v.workers, 'workers', 0);
+    const threads = intFlag(v.threads, 'threads', 1) ?? 1;
+    if (threads > 64) throw new ConfigError(`--threads must be at most 64, got ${threads}`);
+    // this process and every worker it forks (they inherit the environment)
+    process.env.FEDLORA_THREADS = String(threads);
+    configureThreads(threads);
     if (rounds !== undefined) raw.rounds = rounds;
     if (clients !== undefined) {
       raw.clients = clients;

@@ -10,6 +10,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { BackendError, errorMessage } from '../errors.js';
 import { logger } from '../log.js';
 import { registerGradients } from './gradients.js';
+import { initThreadedWasm, threadsFromEnv } from './wasm-threads.js';
 
 await registerGradients();
 
@@ -23,6 +24,10 @@ const log = logger('fedlora:backend');
 
 export interface BackendSelection {
   name: BackendName;
+  /** Threads the backend computes with (wasm: XNNPACK's pool; 1 = single-threaded). */
+  threads: number;
+  /** Why fewer threads than asked for run (threaded wasm failed to start, or another backend). */
+  threadsNote?: string;
   /** Why each backend tried before the chosen one was skipped. */
   skipped: Array<{ name: BackendName; reason: string }>;
 }
@@ -89,8 +94,48 @@ function noGpuDevice(): string | null {
   return null;
 }
 
+let wantThreads: number | null = null;
+let wasmThreads = 1;
+let wasmThreadsNote: string | undefined;
+/** The wasm module initialises once per process; its thread count is fixed from then on. */
+let wasmStarted = false;
+
+/**
+ * Threads for the wasm backend (`--threads`); call before the first backend selection. Without a call,
+ * `FEDLORA_THREADS` decides (a number or `auto`), else 1. Once wasm has started, its pool size is fixed
+ * for the life of the process: a different later request is logged and ignored.
+ */
+export function configureThreads(n: number | 'auto'): void {
+  const v = n === 'auto' ? threadsFromEnv({ FEDLORA_THREADS: 'auto' }) : n;
+  if (!Number.isInteger(v) || v < 1 || v > 64) throw new BackendError(`threads must be a whole number from 1 to 64 or "auto", got ${JSON.stringify(n)}`);
+  if (current?.name === 'wasm' && tf.getBackend() === 'wasm' && v !== wasmThreads && wantThreads !== v) {
+    log.info(`wasm already runs with ${wasmThreads} thread(s); --threads ${v} applies to a new process`);
+  }
+  wantThreads = v;
+}
+
+function requestedThreads(): number {
+  if (wantThreads !== null) return wantThreads;
+  try { return threadsFromEnv(); } catch (e) { throw new BackendError(errorMessage(e)); }
+}
+
 async function tryWasm(): Promise<void> {
-  await import('@tensorflow/tfjs-backend-wasm');
+  const wasm = (await import('@tensorflow/tfjs-backend-wasm')) as unknown as { setThreadsCount(n: number): void; getThreadsCount(): number };
+  const n = requestedThreads();
+  if (wasmStarted) return; // (tf.findBackend would itself start the module: not called here)
+  wasmStarted = true;
+  wasmThreads = 1;
+  wasmThreadsNote = undefined;
+  if (n < 2) return;
+  try {
+    wasmThreads = await initThreadedWasm(tf, wasm, n);
+    if (wasmThreads < n) wasmThreadsNote = `tfjs caps the pool at ${wasmThreads}`;
+  } catch (e) {
+    wasmThreads = 1;
+    wasmThreadsNote = `threaded wasm failed to start (${firstLine(errorMessage(e))}); running single-threaded`;
+    log.info(wasmThreadsNote);
+    wasm.setThreadsCount(1);
+  }
 }
 
 async function tryCpu(): Promise<void> {
@@ -124,10 +169,12 @@ export async function selectBackend(choice: BackendChoice | string = 'auto'): Pr
   for (const name of candidates) {
     try {
       await activate(name);
-      current = { name, skipped };
+      const threads = name === 'wasm' ? wasmThreads : 1;
+      const note = name === 'wasm' ? wasmThreadsNote : undefined;
+      current = { name, skipped, threads, ...(note ? { threadsNote: note } : {}) };
       if (choice === 'auto') lastAuto = current;
       // one quiet line: the backend in use and why the earlier ones were skipped
-      log.info(`using tfjs backend "${name}"${skipped.length ? ` (skipped ${skipped.map((x) => `${x.name}: ${x.reason}`).join('; ')})` : ''}`);
+      log.info(`using tfjs backend "${name}"${name === 'wasm' ? ` (${threads} thread${threads === 1 ? '' : 's'})` : ''}${skipped.length ? ` (skipped ${skipped.map((x) => `${x.name}: ${x.reason}`).join('; ')})` : ''}`);
       return current;
     } catch (e) {
       skipped.push({ name, reason: firstLine(errorMessage(e)) });
