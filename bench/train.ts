@@ -1,7 +1,8 @@
 /**
- * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--steps N] [--only small|gpt2] [--dora]
+ * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--threads N] [--steps N] [--only small|gpt2] [--dora] [--json FILE]
  * LoRA r=16 on every linear layer: a GPT-2-124M-shaped model (random init, written once to a cache
- * folder) and a small Llama-style model. Prints tokens/s, step time and peak memory.
+ * folder) and a small Llama-style model. Prints step time, tokens/s, peak RSS and the wasm heap size
+ * (wasm: the module's linear memory, which cannot pass 4 GiB). --json writes the figures for bench:compare.
  */
 import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
@@ -13,11 +14,12 @@ import { writeRandomModel, gpt2SmallConfig, tinyLlamaConfig } from '../shared/mo
 import { LoraTrainer, type Batch } from '../shared/train/trainer.js';
 import { getStrategy } from '../shared/aggregation/index.js';
 import { initDoraFromCheckpoint } from '../shared/lora/dora.js';
-import { tf, currentBackend } from '../shared/backend/index.js';
+import { writeFileSync } from 'node:fs';
+import { tf, currentBackend, configureThreads } from '../shared/backend/index.js';
 
 const { values } = parseArgs({ options: {
   backend: { type: 'string', default: 'auto' }, steps: { type: 'string', default: '3' },
-  only: { type: 'string' }, dora: { type: 'boolean', default: false }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
+  only: { type: 'string' }, threads: { type: 'string', default: '1' }, json: { type: 'string' }, dora: { type: 'boolean', default: false }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
 } });
 
 interface Case { name: string; config: Record<string, unknown>; batch: number; seq: number; rank: number }
@@ -26,6 +28,13 @@ const cases: Case[] = [
   { name: 'small-llama (d=128, 4 layers, byte vocab)', config: tinyLlamaConfig({ hidden: 128, layers: 4, heads: 4, kvHeads: 2 }), batch: 8, seq: 128, rank: 16 },
 ].filter((c) => !values.only || (values.only === 'gpt2' ? c.name.startsWith('gpt2') : !c.name.startsWith('gpt2')));
 
+configureThreads(values.threads === 'auto' ? 'auto' : Number(values.threads));
+/** Bytes of the wasm module's linear memory (grows, never shrinks); null on other backends. */
+function wasmHeapBytes(): number | null {
+  const b = tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } };
+  return b.wasm?.HEAPU8 ? b.wasm.HEAPU8.buffer.byteLength : null;
+}
+const results: Array<{ case: string; backend: string; threads: number; stepMs: number; tokensPerS: number; peakRssMiB: number; wasmHeapMiB: number | null }> = [];
 let peakRss = 0;
 const sample = () => { peakRss = Math.max(peakRss, process.memoryUsage().rss); };
 const timer = setInterval(sample, 50);
@@ -57,8 +66,12 @@ for (const c of cases) {
   const dt = (performance.now() - t0) / steps;
   const toks = (c.batch * c.seq) / (dt / 1000);
   console.log(`\n${c.name} on ${currentBackend()?.name}: base ${(lm.parameterCount / 1e6).toFixed(1)}M params, ${values.dora ? 'DoRA' : 'LoRA'} r=${c.rank} on ${shapes.size} linear layers (${(loraParams / 1e6).toFixed(2)}M trainable)`);
-  console.log(`  batch ${c.batch} × seq ${c.seq}: step ${dt.toFixed(0)} ms, ${toks.toFixed(0)} tokens/s, peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB, tfjs tensors ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB`);
+  const heap = wasmHeapBytes();
+  const sel = currentBackend()!;
+  console.log(`  batch ${c.batch} × seq ${c.seq}, ${sel.threads} thread(s): step ${dt.toFixed(0)} ms, ${toks.toFixed(0)} tokens/s, peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB, wasm heap ${heap === null ? '—' : `${(heap / 2 ** 20).toFixed(0)} MiB`}, tfjs tensors ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB`);
+  results.push({ case: c.name.split(' ')[0]!, backend: sel.name, threads: sel.threads, stepMs: dt, tokensPerS: toks, peakRssMiB: peakRss / 2 ** 20, wasmHeapMiB: heap === null ? null : heap / 2 ** 20 });
   trainer.dispose();
   lm.dispose();
 }
 clearInterval(timer);
+if (values.json) writeFileSync(values.json, JSON.stringify(results));
