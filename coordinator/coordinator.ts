@@ -32,6 +32,9 @@ import { httpHandler } from './http/handlers.js';
 import { validateDpConfig, writePrivacyJson, type DpConfig, type DpMode } from '../shared/privacy/index.js';
 import type { DpStatus } from './engine/dp.js';
 import { RoundEngine, type Command, type EnginePhase } from './engine/round-engine.js';
+import { Bus } from './cluster/bus.js';
+import { Lease } from './cluster/lease.js';
+import { RemoteLink } from './cluster/remote-link.js';
 
 const log = logger('fedlora:coordinator');
 /** Default clip for every contribution: LoRA factor entries beyond ±8 are clipped before they are summed. */
@@ -114,9 +117,16 @@ export interface CoordinatorOptions {
    * expected dropout rate the distributed noise is over-provisioned for (default 0).
    */
   dp?: { mode: DpMode; clip?: number; noise?: number; delta?: number; targetEpsilon?: number; population?: number; dropoutRate?: number };
+  /**
+   * Scale-out (coordinator/cluster, docs/ARCHITECTURE.md "Scale-out"): run as the cluster leader.
+   * Clients connect to edge processes (`ClusterEdge`), which relay them over Redis; this process
+   * waits for the Redis leader lease, serves only HTTP /status and /metrics itself, and gets one
+   * partial sum of masked inputs per edge. `prefix` namespaces the Redis keys (default `fedlora`).
+   */
+  cluster?: { url: string; prefix?: string; leaseMs?: number };
 }
 
-const SECURITY_OPTIONS = ['identity', 'authorizedClients', 'allowAnyClient', 'insecureAggregation', 'secureAggregation', 'secAgg', 'tls', 'dp'] as const;
+const SECURITY_OPTIONS = ['cluster', 'identity', 'authorizedClients', 'allowAnyClient', 'insecureAggregation', 'secureAggregation', 'secAgg', 'tls', 'dp'] as const;
 type SecurityOption = (typeof SECURITY_OPTIONS)[number];
 type Phase = 'starting' | EnginePhase;
 
@@ -186,6 +196,12 @@ export class Coordinator {
   #closed = false;
   #farewells: Promise<boolean>[] = [];
   readonly #secure: boolean;
+  /** Cluster leader: the bus, the lease, the links relayed by edges (by socket id), and who holds each masked input. */
+  #bus?: Bus;
+  #lease?: Lease;
+  #remote = new Map<string, RemoteLink>();
+  #maskedAt = new Map<string, { edge: string; roundId: string }>();
+  #layoutSize = 0;
 
   constructor(opts: CoordinatorOptions) {
     this.options = {
@@ -348,6 +364,7 @@ export class Coordinator {
     const layout = makeLayout([...global.tensors].filter(([n]) => this.strategy.isShared(n)).map(([name, t]) => ({ name, shape: t.shape })));
     // an upload is 4 bytes per element plus a little framing; the global adapter goes the other way
     this.#maxMessageBytes = Math.max(1 << 20, layout.size * 4 + (1 << 16), o.chunkSize + (1 << 16));
+    this.#layoutSize = layout.size;
     this.#engine = new RoundEngine({
       rounds: o.rounds, clientsPerRound: o.clientsPerRound, minClients: o.minClients, roundTimeoutMs: o.roundTimeoutMs, joinWaitMs: o.joinWaitMs,
       rejoinGraceMs: o.rejoinGraceMs, phaseTimeoutMs: o.secAgg?.phaseTimeoutMs ?? 30_000, maxRank: o.maxRank, seed: o.seed,
@@ -355,6 +372,7 @@ export class Coordinator {
       train: { steps: o.localSteps, epochs: o.localEpochs, lr: o.lr, batchSize: o.batchSize }, refactor: o.refactor,
       readyLimit: { max: o.maxReadyPerWindow, windowMs: o.readyWindowMs },
       ...(dp ? { dp } : {}),
+      ...(o.cluster && this.#secure ? { hierarchical: true } : {}),
     }, {
       sessionId: this.sessionId, modelId: store.modelId, fullModelBytes: store.weightBytes, identity: this.#identity, boxSecretKey: admission.box.keyPair.secretKey,
       strategy: this.strategy, server, global, layout, elementSlots: elementSlots(layout), completedRounds: completed, history,
@@ -365,6 +383,7 @@ export class Coordinator {
 
   /** Starts listening; returns the URL clients connect to. Rounds begin as clients become ready. */
   async serve(port = 0): Promise<string> {
+    if (this.options.cluster) return this.#serveCluster(port);
     await this.#init();
     const tls = this.options.tls;
     const pem = async (v: string | Uint8Array): Promise<string | Buffer> => (typeof v !== 'string' ? Buffer.from(v) : v.includes('-----BEGIN') ? v : readFile(v));
@@ -384,7 +403,7 @@ export class Coordinator {
       }
       next();
     });
-    this.#io.on('connection', (s) => this.#onConnection(s));
+    this.#io.on('connection', (s) => this.#onLink((onRefused) => socketIoLink(s as never, { maxBytes: this.#maxMessageBytes, onRefused })));
     await new Promise<void>((res, rej) => { http.once('error', rej); http.listen(port, this.options.host, () => { http.off('error', rej); res(); }); });
     const addr = http.address() as AddressInfo;
     const host = this.options.host === '0.0.0.0' || this.options.host === '::' ? '127.0.0.1' : this.options.host;
@@ -394,12 +413,103 @@ export class Coordinator {
     return url;
   }
 
+  /**
+   * Cluster leader: wait for the Redis lease (a standby leader blocks here until the lease holder
+   * is gone), load the last checkpoint, then serve edges over the bus and HTTP status locally.
+   */
+  async #serveCluster(port: number): Promise<string> {
+    const c = this.options.cluster!;
+    if (!/^rediss?:\/\//.test(c.url)) throw new ConfigError(`--cluster must be a redis:// URL, got ${c.url}`);
+    const bus = this.#bus = new Bus({ url: c.url, prefix: c.prefix ?? 'fedlora' });
+    await bus.start();
+    const lease = this.#lease = new Lease(bus.redis, bus.prefix, bus.nodeId, c.leaseMs ?? 3000);
+    await lease.acquire(() => this.#closed);
+    lease.onLost = () => { log.error('lost the leader lease: stopping (another leader took over)'); void this.close(); };
+    log.info(`cluster leader ${bus.nodeId} (fencing token ${lease.token})`);
+    await this.#init();
+    bus.onRequest('edge:hello', () => ({ boxSecretKey: this.#admission!.box.keyPair.secretKey, maxMessageBytes: this.#maxMessageBytes }));
+    bus.onRequest('c:open', (b, from) => {
+      const sock = String((b as { sock?: unknown })?.sock ?? '');
+      if (!sock || this.#remote.has(sock)) return;
+      this.#onLink((onRefused) => {
+        const link = new RemoteLink(bus, from, sock, { maxBytes: this.#maxMessageBytes, onRefused });
+        this.#remote.set(sock, link);
+        link.onClose(() => { if (this.#remote.get(sock) === link) this.#remote.delete(sock); });
+        return link;
+      });
+    });
+    bus.onRequest('c:close', (b) => { this.#remote.get(String((b as { sock?: unknown })?.sock))?.closed(String((b as { reason?: unknown }).reason ?? 'closed').slice(0, 100)); });
+    bus.onRequest('c:req', (b, from) => {
+      const o = b as { sock?: unknown; event?: unknown; bytes?: unknown };
+      const link = this.#remote.get(String(o?.sock));
+      if (!link || link.edge !== from) throw new ProtocolError('LINK_CLOSED', 'no such relayed connection');
+      return link.dispatch(String(o.event), o.bytes).then((raw) => ({ raw }));
+    });
+    bus.onRequest('c:masked', (b, from) => {
+      const o = b as { sock?: unknown; roundId?: unknown; digest?: unknown; size?: unknown; length?: unknown; ref?: unknown };
+      const link = this.#remote.get(String(o?.sock));
+      const conn = link && [...this.#conns].find((x) => x.link === link);
+      if (!link || !conn || link.edge !== from) throw new ProtocolError('LINK_CLOSED', 'no such relayed connection');
+      const id = this.#joined(conn);
+      if (typeof o.roundId !== 'string' || typeof o.digest !== 'string' || typeof o.size !== 'number') throw new ProtocolError('BAD_MESSAGE', 'malformed masked reference');
+      if (o.length !== this.#layoutSize) throw new ProtocolError('SECAGG_MESSAGE', `masked input of ${id} must be a Uint32Array of length ${this.#layoutSize}`);
+      // the newest edge to report an input holds it (a client that reconnected elsewhere re-sent it there);
+      // set first: the last reference closes the phase and the gather reads this synchronously
+      const before = this.#maskedAt.get(id);
+      this.#maskedAt.set(id, { edge: from, roundId: o.roundId });
+      try {
+        this.#drive(() => this.#engine!.receiveRelayed(id, 'masked', o.roundId as string, o.ref, o.size as number, o.digest as string));
+      } catch (e) {
+        if (before) this.#maskedAt.set(id, before); else this.#maskedAt.delete(id);
+        throw e;
+      }
+      return {};
+    });
+    const handler = httpHandler({ status: () => this.status(), metrics: () => this.#metrics() });
+    const http = this.#http = createServer(handler);
+    await new Promise<void>((res, rej) => { http.once('error', rej); http.listen(port, this.options.host, () => { http.off('error', rej); res(); }); });
+    const addr = http.address() as AddressInfo;
+    const url = `http://${this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host}:${addr.port}`;
+    log.info(`leading model ${this.#store!.modelId.slice(0, 12)}… (session ${this.sessionId}); status on ${url}`);
+    this.#drive(() => this.#engine!.tick());
+    return url;
+  }
+
+  /** Cluster leader: one partial sum per edge over the inputs it holds, then let the engine close the phase. */
+  #gather(roundId: string, ids: string[]): void {
+    const byEdge = new Map<string, string[]>();
+    for (const id of ids) {
+      const at = this.#maskedAt.get(id);
+      if (!at || at.roundId !== roundId) continue;
+      let l = byEdge.get(at.edge);
+      if (!l) byEdge.set(at.edge, l = []);
+      l.push(id);
+    }
+    const timeout = this.options.secAgg?.phaseTimeoutMs ?? 30_000;
+    void Promise.allSettled([...byEdge].map(async ([edge, list]) => {
+      try {
+        const r = await this.#bus!.request(edge, 'partial', { roundId, ids: list }, timeout) as { sum?: unknown };
+        if (!(r?.sum instanceof Uint32Array)) throw new ProtocolError('BAD_MESSAGE', 'malformed partial sum');
+        if (!this.#closed) this.#drive(() => this.#engine!.partial(roundId, list, r.sum as Uint32Array));
+      } catch (e) {
+        log.warn(`edge ${edge}: no partial sum for ${list.length} masked input(s) of ${roundId}: ${errorMessage(e)} (they count as dropped)`);
+      }
+    })).then(() => {
+      for (const [id, at] of this.#maskedAt) if (at.roundId === roundId) this.#maskedAt.delete(id);
+      if (!this.#closed) this.#drive(() => this.#engine!.gathered(roundId));
+    });
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#timer);
     await Promise.allSettled(this.#farewells.splice(0));
     this.#engine?.close();
+    if (this.#bus) {
+      await this.#lease?.release();
+      await this.#bus.close();
+    }
     for (const c of this.#conns) clearTimeout(c.joinTimer);
     const io = this.#io;
     if (io) await new Promise<void>((res) => { void io.close(() => res()); });
@@ -481,15 +591,19 @@ export class Coordinator {
       case 'checkpoint': {
         const round = cmd.round;
         // the round counts (in /status too) only once its checkpoint is on disk
-        saveState(o.stateDir, {
+        // a cluster leader writes only while it holds the lease under its fencing token
+        (this.#lease ? this.#lease.check() : Promise.resolve()).then(() => saveState(o.stateDir, {
           modelId: this.#store!.modelId, strategy: this.strategy.name, maxRank: o.maxRank, seed: o.seed, loraAlpha: o.loraAlpha,
           targetModules: this.#targetModules, completedRounds: round, strategyState: cmd.strategyState, history: [...cmd.history],
-        }, cmd.adapter, { keep: o.keepCheckpoints }).then(
+        }, cmd.adapter, { keep: o.keepCheckpoints })).then(
           () => { if (!this.#closed) this.#drive(() => this.#engine!.checkpointed(round)); },
           (e: unknown) => { if (!this.#closed) this.#drive(() => this.#engine!.checkpointFailed(round, e)); },
         );
         return;
       }
+      case 'gather':
+        this.#gather(cmd.roundId, cmd.ids);
+        return;
       case 'round':
         try { o.onRound?.(cmd.record); } catch (e) { log.warn(`onRound callback failed: ${errorMessage(e)}`); }
         return;
@@ -517,12 +631,12 @@ export class Coordinator {
 
   // ---------- links ----------
 
-  #onConnection(socket: Socket<ClientToServerEvents, ServerToClientEvents>): void {
+  /** A new client link, local (socket.io) or relayed by an edge (RemoteLink); `make` gets the refusal counter. */
+  #onLink(make: (onRefused: (event: string, e: unknown) => void) => Link): void {
     const o = this.options;
     const conn: Conn = { link: undefined as unknown as Link, maxRank: 0, backend: '', challenges: 0, strikes: 0, chunksInFlight: 0 };
-    const link = conn.link = socketIoLink(socket as never, {
-      maxBytes: this.#maxMessageBytes,
-      onRefused: (event, e) => {
+    const link = conn.link = make(
+      (event, e) => {
         const code = (e as { code?: unknown })?.code ? String((e as { code: unknown }).code) : 'INTERNAL';
         this.#errors.set(code, (this.#errors.get(code) ?? 0) + 1);
         log.debug(`${conn.clientId ?? link.id}: ${event} refused: ${errorMessage(e)}`);
@@ -533,7 +647,7 @@ export class Coordinator {
           link.close();
         }
       },
-    });
+    );
     this.#conns.add(conn);
     // a link that never joins is closed: it holds a socket and learns nothing
     conn.joinTimer = setTimeout(() => {

@@ -1,0 +1,222 @@
+/**
+ * An edge process (`fedlora coordinator --cluster redis://… --role edge`): holds client sockets
+ * and relays them to the leader over the cluster bus, except the one message that is large and
+ * additive: SecAgg+ masked inputs. Those are opened, validated (sender bound to the socket, vector
+ * id and length, resend digest, attempt id — the leader confirms the attempt and phase before the
+ * vector is kept) and kept here; at the end of the masked phase the leader asks for one partial
+ * sum (mod 2^32) over the ids it assigns to this edge. The protocol the client sees is unchanged.
+ */
+import { createServer, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { Server, type Socket } from 'socket.io';
+import { ConfigError, ProtocolError, errorMessage } from '../../shared/errors.js';
+import { logger } from '../../shared/log.js';
+import { decode, encode } from '../../shared/codec/index.js';
+import { EV, PROTOCOL_VERSION, openFromClient, parseSealedEnvelope } from '../../shared/protocol/index.js';
+import { socketIoLink, type Link } from '../../shared/link/index.js';
+import { Bus } from './bus.js';
+
+const log = logger('fedlora:cluster:edge');
+const RELAYED = [EV.authChallenge, EV.hello, EV.modelChunk, EV.ready, EV.update, EV.secagg] as const;
+/** Attempts whose masked inputs are kept (the open one and the one before it). */
+const KEEP_ATTEMPTS = 2;
+
+export interface EdgeOptions {
+  cluster: string;
+  prefix?: string;
+  host?: string;
+  tls?: { cert: string | Uint8Array; key: string | Uint8Array };
+  /** How long a relayed client request may wait for the leader. */
+  relayTimeoutMs?: number;
+  /** How long serve() waits for a leader to exist. */
+  leaderWaitMs?: number;
+}
+
+interface EdgeConn { socket: Socket; link: Link; clientId?: string }
+
+export class ClusterEdge {
+  readonly o: Required<Omit<EdgeOptions, 'tls'>> & Pick<EdgeOptions, 'tls'>;
+  readonly bus: Bus;
+  #leader = '';
+  #boxSecretKey?: Uint8Array;
+  #maxBytes = 1 << 20;
+  #http?: HttpServer;
+  #io?: Server;
+  readonly #conns = new Map<string, EdgeConn>();
+  /** roundId → clientId → { digest, vector }: the masked inputs this edge holds. */
+  readonly #masked = new Map<string, Map<string, { digest: string; vector: Uint32Array }>>();
+  #closed = false;
+
+  constructor(o: EdgeOptions) {
+    if (!/^rediss?:\/\//.test(o.cluster)) throw new ConfigError(`--cluster must be a redis:// URL, got ${o.cluster}`);
+    this.o = { prefix: 'fedlora', host: '127.0.0.1', relayTimeoutMs: 60_000, leaderWaitMs: 30_000, ...o };
+    this.bus = new Bus({ url: o.cluster, prefix: this.o.prefix });
+  }
+
+  get nodeId(): string { return this.bus.nodeId; }
+
+  /** Masked inputs held for an attempt (tests, metrics). */
+  heldInputs(roundId: string): string[] { return [...(this.#masked.get(roundId)?.keys() ?? [])].sort(); }
+
+  async serve(port = 0): Promise<string> {
+    const bus = this.bus;
+    await bus.start();
+    bus.onRequest('c:send', (b) => this.#send(b));
+    bus.onRequest('c:kick', (b) => { this.#conns.get(String((b as { sock?: unknown })?.sock))?.link.close(); return {}; });
+    bus.onRequest('partial', (b) => this.#partial(b));
+    await this.#findLeader();
+    const tls = this.o.tls;
+    const pem = async (v: string | Uint8Array): Promise<string | Buffer> => (typeof v !== 'string' ? Buffer.from(v) : v.includes('-----BEGIN') ? v : readFile(v));
+    const handler = (_req: unknown, res: { writeHead(c: number): void; end(s?: string): void }) => { res.writeHead(404); res.end(); };
+    const http: HttpServer = tls ? createHttpsServer({ cert: await pem(tls.cert), key: await pem(tls.key) }, handler as never) : createServer(handler as never);
+    this.#http = http;
+    const io = this.#io = new Server(http, { maxHttpBufferSize: this.#maxBytes + 4096, pingTimeout: 60_000, pingInterval: 10_000, serveClient: false, cors: { origin: false } });
+    io.use((socket, next) => {
+      const v = (socket.handshake.auth as { protocolVersion?: unknown } | undefined)?.protocolVersion;
+      if (v !== PROTOCOL_VERSION) {
+        const err = new Error(`VERSION_MISMATCH: coordinator speaks protocol ${PROTOCOL_VERSION}, client sent ${JSON.stringify(v)}`);
+        (err as Error & { data?: unknown }).data = { code: 'VERSION_MISMATCH', protocolVersion: PROTOCOL_VERSION };
+        next(err);
+        return;
+      }
+      next();
+    });
+    io.on('connection', (s) => this.#onConnection(s));
+    await new Promise<void>((res, rej) => { http.once('error', rej); http.listen(port, this.o.host, () => { http.off('error', rej); res(); }); });
+    const addr = http.address() as AddressInfo;
+    const url = `${tls ? 'https' : 'http'}://${this.o.host.includes(':') ? `[${this.o.host}]` : this.o.host}:${addr.port}`;
+    log.info(`edge ${this.nodeId} serving on ${url}, leader ${this.#leader}`);
+    return url;
+  }
+
+  async #findLeader(): Promise<void> {
+    const until = Date.now() + this.o.leaderWaitMs;
+    for (;;) {
+      const leader = await this.bus.redis.get(`${this.o.prefix}:leader`);
+      if (leader) {
+        try {
+          const r = await this.bus.request(leader, 'edge:hello', {}, 5000) as { boxSecretKey?: unknown; maxMessageBytes?: unknown };
+          if (!(r?.boxSecretKey instanceof Uint8Array) || r.boxSecretKey.length !== 32 || typeof r.maxMessageBytes !== 'number') throw new ProtocolError('BAD_MESSAGE', 'malformed edge:hello reply');
+          this.#leader = leader;
+          this.#boxSecretKey = r.boxSecretKey;
+          this.#maxBytes = r.maxMessageBytes;
+          return;
+        } catch (e) {
+          log.debug(`leader ${leader} did not answer yet: ${errorMessage(e)}`);
+        }
+      }
+      if (Date.now() > until || this.#closed) throw new ConfigError(`no cluster leader answered within ${this.o.leaderWaitMs} ms`);
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  }
+
+  #onConnection(socket: Socket): void {
+    const link = socketIoLink(socket as never, { maxBytes: this.#maxBytes });
+    const conn: EdgeConn = { socket, link };
+    const sock = socket.id;
+    this.#conns.set(sock, conn);
+    // bus messages from one publisher arrive in order: the leader sees the open before any request
+    void this.bus.emit(this.#leader, 'c:open', { sock }).catch(() => undefined);
+    for (const event of RELAYED) {
+      link.onRequest(event, async (msg) => {
+        if (event === EV.secagg && (msg as { kind?: unknown } | null)?.kind === 'masked') return this.#masked1(conn, msg);
+        const r = await this.bus.request(this.#leader, 'c:req', { sock, event, bytes: encode(msg) }, this.o.relayTimeoutMs) as { raw?: unknown };
+        if (!r || !(r.raw instanceof Uint8Array)) throw new ProtocolError('BAD_MESSAGE', `${event}: malformed reply from the leader`);
+        // bound once the leader admitted it: masked inputs on this socket are opened for this id only
+        if (event === EV.hello && typeof (msg as { clientId?: unknown }).clientId === 'string' && isOk(r.raw)) conn.clientId = (msg as { clientId: string }).clientId;
+        return r.raw;
+      });
+    }
+    link.onClose((reason) => {
+      this.#conns.delete(sock);
+      if (!this.#closed) void this.bus.emit(this.#leader, 'c:close', { sock, reason }).catch(() => undefined);
+    });
+  }
+
+  /** A masked input: validated here, confirmed by the leader (attempt, phase, membership, duplicates), then kept. */
+  async #masked1(conn: EdgeConn, msg: unknown): Promise<Record<string, unknown>> {
+    const id = conn.clientId;
+    if (!id) throw new ProtocolError('NO_HELLO', 'send hello first');
+    const env = parseSealedEnvelope(msg, true);
+    const round = Number(env.roundId.split(':')[1]);
+    if (!Number.isSafeInteger(round) || round < 1) throw new ProtocolError('STALE_ROUND', `malformed round id ${env.roundId.slice(0, 64)}`);
+    const digest = createHash('sha256').update(env.sealed.box).digest('hex');
+    const inner = openFromClient(env, { round, sender: id, kind: 'secagg/masked' }, this.#boxSecretKey!, this.#maxBytes);
+    if (!inner || typeof inner !== 'object') throw new ProtocolError('BAD_MESSAGE', 'secagg masked: expected an object');
+    const m = inner as Record<string, unknown>;
+    if (m.id !== id) throw new ProtocolError('SECAGG_MESSAGE', `masked input names ${String(m.id).slice(0, 64)}, sender is ${id}`);
+    if (!(m.masked instanceof Uint32Array)) throw new ProtocolError('SECAGG_MESSAGE', 'masked input must be a Uint32Array');
+    const held = this.#masked.get(env.roundId)?.get(id);
+    if (held && held.digest !== digest) throw new ProtocolError('SECAGG_MESSAGE', `duplicate masked input from ${id}`);
+    // kept before the leader hears of it: the leader may close the phase and ask for the partial sum
+    // as soon as this (last) reference arrives; a refused reference takes the vector back out
+    let byId = this.#masked.get(env.roundId);
+    if (!byId) {
+      this.#masked.set(env.roundId, byId = new Map());
+      while (this.#masked.size > KEEP_ATTEMPTS) this.#masked.delete(this.#masked.keys().next().value!);
+    }
+    const mine = { digest, vector: m.masked };
+    if (!held) byId.set(id, mine);
+    try {
+      await this.bus.request(this.#leader, 'c:masked', {
+        sock: conn.socket.id, roundId: env.roundId, digest, size: env.sealed.box.byteLength, length: m.masked.length,
+        ref: { id: m.id, ...(m.rejected !== undefined ? { rejected: m.rejected } : {}), ...(m.metrics !== undefined ? { metrics: m.metrics } : {}) },
+      }, this.o.relayTimeoutMs);
+    } catch (e) {
+      if (byId.get(id) === mine) byId.delete(id);
+      throw e;
+    }
+    return {};
+  }
+
+  #partial(b: unknown): { sum: Uint32Array } {
+    const o = b as { roundId?: unknown; ids?: unknown };
+    if (!o || typeof o.roundId !== 'string' || !Array.isArray(o.ids)) throw new ProtocolError('BAD_MESSAGE', 'malformed partial request');
+    const byId = this.#masked.get(o.roundId);
+    if (!byId) throw new ProtocolError('STALE_ROUND', `no masked inputs held for ${o.roundId.slice(0, 64)}`);
+    let sum: Uint32Array | undefined;
+    for (const id of o.ids) {
+      const v = byId.get(String(id))?.vector;
+      if (!v) throw new ProtocolError('SECAGG_MESSAGE', `no masked input held for ${String(id).slice(0, 64)}`);
+      if (!sum) sum = new Uint32Array(v.length);
+      else if (v.length !== sum.length) throw new ProtocolError('SECAGG_MESSAGE', 'masked inputs of different lengths');
+      for (let i = 0; i < sum.length; i++) sum[i] = (sum[i]! + v[i]!) >>> 0;
+    }
+    if (!sum) throw new ProtocolError('BAD_MESSAGE', 'partial request names no input');
+    this.#masked.delete(o.roundId); // one partial per attempt: the vectors are not needed any more
+    return { sum };
+  }
+
+  async #send(b: unknown): Promise<Record<string, unknown>> {
+    const o = b as { sock?: unknown; event?: unknown; bytes?: unknown; timeoutMs?: unknown; notify?: unknown };
+    if (!o || typeof o.sock !== 'string' || typeof o.event !== 'string' || !(o.bytes instanceof Uint8Array) || typeof o.timeoutMs !== 'number') throw new ProtocolError('BAD_MESSAGE', 'malformed c:send');
+    const c = this.#conns.get(o.sock);
+    if (!c || !c.link.open) throw new ProtocolError('LINK_CLOSED', `${o.event}: the client is not connected here`);
+    if (o.notify === true) return { ok: await c.link.notify(o.event, o.bytes, o.timeoutMs) };
+    let raw: unknown;
+    try {
+      raw = await c.socket.timeout(o.timeoutMs).emitWithAck(o.event, o.bytes);
+    } catch (e) {
+      throw new ProtocolError('TIMEOUT', `${o.event}: no reply within ${o.timeoutMs} ms (${errorMessage(e)})`);
+    }
+    const bytes = raw instanceof Uint8Array ? raw : raw instanceof ArrayBuffer ? new Uint8Array(raw) : null;
+    if (!bytes || bytes.byteLength > this.#maxBytes) throw new ProtocolError('BAD_MESSAGE', `${o.event}: the client's reply is not bytes within bounds`);
+    return { raw: new Uint8Array(bytes) };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const io = this.#io;
+    if (io) await new Promise<void>((res) => { void io.close(() => res()); });
+    else if (this.#http) await new Promise<void>((res) => this.#http!.close(() => res()));
+    await this.bus.close();
+  }
+}
+
+function isOk(raw: Uint8Array): boolean {
+  try { return (decode(raw) as { ok?: unknown } | null)?.ok === true; } catch { return false; }
+}
