@@ -2,6 +2,7 @@ import { createServer } from 'node:net';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Coordinator, type CoordinatorOptions } from '../../coordinator/index.js';
+import { ClusterEdge } from '../../coordinator/cluster/edge.js';
 import { ConfigError, errorMessage } from '../../shared/errors.js';
 import { parseAuthorizedClients } from '../../shared/crypto/index.js';
 import { SERVER_OPT_DEFAULTS, SERVER_OPT_NAMES, checkServerOpt, hasStrategy, strategyNames, type ServerOptConfig } from '../../shared/aggregation/index.js';
@@ -83,6 +84,9 @@ export const coordinatorCommand: Command = {
     'dp-delta': { type: 'string', placeholder: 'D', help: 'DP: δ of the (ε, δ) guarantee; keep it well below 1/population', default: '1e-5' },
     'dp-target-epsilon': { type: 'string', placeholder: 'E', help: 'DP: refuse to start a round that would take ε above E, and end the run cleanly' },
     'dp-population': { type: 'string', placeholder: 'N', help: 'DP: clients that could be sampled (q = clients-per-round / N); default: the number of enrolled keys' },
+    cluster: { type: 'string', placeholder: 'URL', help: 'scale-out (docs/ARCHITECTURE.md "Scale-out"): redis://HOST:PORT shared by one leader and its edges; with --role' },
+    role: { type: 'string', placeholder: 'ROLE', help: 'with --cluster: leader (runs the rounds; needs --model/--state; a second leader waits as a standby for the lease) | edge (holds client sockets on --port; needs only --cluster, --port, TLS flags)' },
+    'cluster-prefix': { type: 'string', placeholder: 'NAME', help: 'with --cluster: Redis key namespace of this federation', default: 'fedlora' },
     'dp-dropout': { type: 'string', placeholder: 'X', help: 'DP distributed: expected dropout rate in [0, 0.9); clients add 1/(1−X) more noise so the survivors still carry z', default: '0' },
   },
   async run(v) {
@@ -93,6 +97,10 @@ export const coordinatorCommand: Command = {
     if (!!tlsCert !== !!tlsKey) throw new ConfigError('--tls-cert and --tls-key go together');
     const port = intFlag(v.port, 'port', 0, 65535)!;
     const host = str(v.host, 'host') ?? '127.0.0.1';
+    const cluster = str(v.cluster, 'cluster'), role = str(v.role, 'role'), prefix = str(v['cluster-prefix'], 'cluster-prefix') ?? 'fedlora';
+    if (!!cluster !== !!role) throw new ConfigError('--cluster and --role go together');
+    if (role && role !== 'leader' && role !== 'edge') throw new ConfigError(`--role must be leader or edge, got ${JSON.stringify(role)}`);
+    if (role === 'edge') return runEdge({ cluster: cluster!, prefix, host, port, ...(tlsCert ? { tls: { cert: tlsCert, key: tlsKey! } } : {}) });
     const modelDir = str(v.model, 'model', true)!, stateDir = str(v.state, 'state', true)!;
     const authorizedClients = str(v['authorized-clients'], 'authorized-clients');
     const coord = new Coordinator({
@@ -109,6 +117,7 @@ export const coordinatorCommand: Command = {
       secAgg: { k: intFlag(v['secagg-k'], 'secagg-k', 1), t: intFlag(v['secagg-t'], 'secagg-t', 2), clip: numFlag(v['secagg-clip'], 'secagg-clip') },
       ...(tlsCert || tlsKey ? { tls: { cert: tlsCert!, key: tlsKey! } } : {}),
       ...dpFlags(v),
+      ...(cluster ? { cluster: { url: cluster, prefix } } : {}),
     });
     await checkInputs({ modelDir, stateDir, authorizedClients, tlsCert, tlsKey, identity: str(v.identity, 'identity'), host, port });
     const url = await coord.serve(port);
@@ -127,6 +136,18 @@ export const coordinatorCommand: Command = {
     return 0;
   },
 };
+
+/** `--role edge`: hold client sockets for the cluster's leader until SIGINT/SIGTERM. */
+async function runEdge(o: { cluster: string; prefix: string; host: string; port: number; tls?: { cert: string; key: string } }): Promise<number> {
+  const edge = new ClusterEdge({ cluster: o.cluster, prefix: o.prefix, host: o.host, ...(o.tls ? { tls: o.tls } : {}) });
+  const url = await edge.serve(o.port);
+  process.stdout.write(`edge ${edge.nodeId} listening on ${url} (cluster ${o.cluster})\n`);
+  return new Promise<number>((res) => {
+    const stop = () => { void edge.close().then(() => res(130)); };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+}
 
 const readable = async (file: string, flag: string): Promise<string> => {
   try { return await readFile(file, 'utf8'); } catch (e) { throw new ConfigError(`cannot read --${flag} ${file}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`); }
