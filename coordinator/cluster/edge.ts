@@ -49,6 +49,8 @@ export class ClusterEdge {
   /** roundId → clientId → { digest, vector }: the masked inputs this edge holds. */
   readonly #masked = new Map<string, Map<string, { digest: string; vector: Uint32Array }>>();
   #closed = false;
+  #watch?: NodeJS.Timeout;
+  #switching = false;
 
   constructor(o: EdgeOptions) {
     if (!/^rediss?:\/\//.test(o.cluster)) throw new ConfigError(`--cluster must be a redis:// URL, got ${o.cluster}`);
@@ -89,6 +91,7 @@ export class ClusterEdge {
     const addr = http.address() as AddressInfo;
     const url = `${tls ? 'https' : 'http'}://${this.o.host.includes(':') ? `[${this.o.host}]` : this.o.host}:${addr.port}`;
     log.info(`edge ${this.nodeId} serving on ${url}, leader ${this.#leader}`);
+    this.#watch = setInterval(() => void this.#checkLeader(), 250);
     return url;
   }
 
@@ -110,6 +113,28 @@ export class ClusterEdge {
       }
       if (Date.now() > until || this.#closed) throw new ConfigError(`no cluster leader answered within ${this.o.leaderWaitMs} ms`);
       await new Promise((res) => setTimeout(res, 100));
+    }
+  }
+
+  /**
+   * Failover: when another process holds the leader lease, fetch its box key and drop every client
+   * transport (as a network failure would): the clients reconnect, join the new leader and get the
+   * interrupted round again from its last checkpoint.
+   */
+  async #checkLeader(): Promise<void> {
+    if (this.#switching || this.#closed) return;
+    this.#switching = true;
+    try {
+      const leader = await this.bus.redis.get(`${this.o.prefix}:leader`);
+      if (!leader || leader === this.#leader) return;
+      log.warn(`leader changed ${this.#leader} → ${leader}: clients reconnect`);
+      await this.#findLeader();
+      this.#masked.clear();
+      for (const c of [...this.#conns.values()]) (c.socket as unknown as { conn?: { close(): void } }).conn?.close();
+    } catch (e) {
+      log.warn(`leader check: ${errorMessage(e)}`);
+    } finally {
+      this.#switching = false;
     }
   }
 
@@ -210,6 +235,7 @@ export class ClusterEdge {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#watch);
     const io = this.#io;
     if (io) await new Promise<void>((res) => { void io.close(() => res()); });
     else if (this.#http) await new Promise<void>((res) => this.#http!.close(() => res()));
