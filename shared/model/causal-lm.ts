@@ -12,7 +12,7 @@ import { ModelFormatError } from '../errors.js';
 import { loadConfig, linearModules, linearHasBias, linearWeightShape, type ModelConfig } from './config.js';
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
-import { mm, frozenMatMul, t2 } from './ops.js';
+import { mm, frozenMatMul, t2, weightedCrossEntropy } from './ops.js';
 import { adapterModules, matchesTarget, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
 
 /** LoRA factors of one module as live tensors: A [r, in], B [out, r]; under DoRA also the magnitude m [out]. */
@@ -243,7 +243,7 @@ export class CausalLM {
       case 'relu': return tf.relu(x);
       case 'gelu': return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
       default: { // gelu_new / gelu_pytorch_tanh
-        const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), Math.sqrt(2 / Math.PI));
+        const inner = tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI)); // x·x·x: Pow and its gradient cost more
         return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.tanh(inner)));
       }
     }
@@ -397,16 +397,13 @@ export class CausalLM {
   /** Mean next-token cross entropy over targets with lossMask 1 (and attention mask 1). */
   causalLoss(logits: tf.Tensor3D, ids: tf.Tensor2D, lossMask: tf.Tensor2D, mask: tf.Tensor2D | null): tf.Scalar {
     const [B, T, V] = logits.shape;
-    const n = B * (T - 1);
-    const pred = tf.reshape(tf.slice(logits, [0, 0, 0], [B, T - 1, V]), [n, V]);
-    const tgt = tf.reshape(tf.slice(ids, [0, 1], [B, T - 1]), [n]);
-    let w = tf.reshape(tf.slice(lossMask, [0, 1], [B, T - 1]), [n]);
-    if (mask) w = tf.mul(w, tf.reshape(tf.slice(mask, [0, 1], [B, T - 1]), [n]));
-    const lse = tf.logSumExp(pred, -1);
-    // one-hot pick rather than gather: the wasm backend has no kernel for gather's gradient
-    const picked = tf.sum(tf.mul(pred, tf.oneHot(tf.cast(tgt, 'int32'), V)), -1);
-    const nll = tf.sub(lse, picked);
-    return tf.div(tf.sum(tf.mul(nll, w)), tf.maximum(tf.sum(w), 1)) as tf.Scalar;
+    // every position predicts the next token; the last one has no target (weight 0), so the logits
+    // are used whole, without a slice (and its copy) of [B, T − 1, V]
+    const next = (t: tf.Tensor2D) => tf.concat([tf.slice(t, [0, 1], [B, T - 1]), tf.zerosLike(tf.slice(t, [0, 0], [B, 1]))], 1);
+    const tgt = tf.reshape(next(tf.cast(ids, 'int32') as tf.Tensor2D), [B * T]) as tf.Tensor1D;
+    let w = next(lossMask);
+    if (mask) w = tf.mul(w, next(mask));
+    return weightedCrossEntropy(tf.reshape(logits, [B * T, V]) as tf.Tensor2D, tgt, tf.reshape(w, [B * T]) as tf.Tensor1D);
   }
 
   /** Trainable base variables (only with `trainableBase`), by HF name. */

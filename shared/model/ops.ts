@@ -37,3 +37,35 @@ export function frozenMatMul(x: tf.Tensor2D, wIo: tf.Tensor2D, wOi: tf.Tensor2D 
   })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
   return f(x) as tf.Tensor2D;
 }
+
+/**
+ * Weighted mean cross entropy of `x` [n, V] logits against int32 targets `tgt` [n], weights `w` [n]
+ * (0 = not a target): Σ w·(logSumExp(x) − x[tgt]) / max(Σ w, 1), with its gradient written out —
+ * (softmax(x) − onehot(tgt))·w / max(Σ w, 1). tfjs' own autodiff of logSumExp goes through the
+ * gradient of Max (an `Equal` over all n × V logits) and of the pick; this is one exp pass forward and
+ * one back. `tgt` and `w` are constants (no gradient).
+ */
+export function weightedCrossEntropy(x: tf.Tensor2D, tgt: tf.Tensor1D, w: tf.Tensor1D): tf.Scalar {
+  const [n, V] = x.shape;
+  const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
+    const x2 = xx as tf.Tensor2D;
+    const mx = tf.max(x2, -1, true);
+    const lse = tf.add(tf.log(tf.sum(tf.exp(tf.sub(x2, mx)), -1, true)), mx); // [n, 1]
+    const flat = tf.add(tf.mul(tf.range(0, n, 1, 'int32'), tf.scalar(V, 'int32')), tf.cast(tgt, 'int32'));
+    const picked = tf.gather(tf.reshape(x2, [n * V]), flat); // [n]
+    const denom = tf.maximum(tf.sum(w), 1);
+    const value = tf.div(tf.sum(tf.mul(tf.sub(tf.reshape(lse, [n]), picked), w)), denom);
+    // tgt and w too: the caller's tidy may dispose them before the backward pass runs
+    save([x2, lse, denom, tgt, w]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, slse, sden, st, sw] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Scalar, tf.Tensor1D, tf.Tensor1D];
+        const scale = tf.reshape(tf.div(tf.mul(sw, dy), sden), [n, 1]); // [n, 1]
+        const p = tf.exp(tf.sub(sx, slse));
+        return tf.mul(tf.sub(p, tf.oneHot(tf.cast(st, 'int32') as tf.Tensor1D, V)), scale);
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+  return f(x) as tf.Scalar;
+}
