@@ -60,6 +60,7 @@ export interface ClientFaults {
 }
 
 export interface ClientOptions {
+  /** Coordinator URL, or a comma-separated list (cluster edges): reconnect attempts go round the list. */
   coordinatorUrl: string;
   dataFile: string;
   stateDir: string;
@@ -155,7 +156,7 @@ export class Client {
 
   constructor(o: ClientOptions) {
     if (!o.coordinatorUrl) throw new ConfigError('--coordinator URL is required');
-    parseCoordinatorUrl(o.coordinatorUrl);
+    for (const u of o.coordinatorUrl.split(',').map((x) => x.trim()).filter(Boolean)) parseCoordinatorUrl(u);
     if (o.backend !== undefined && !BACKEND_NAMES.includes(o.backend)) throw new ConfigError(`--backend must be one of ${BACKEND_NAMES.join(', ')}, got ${JSON.stringify(o.backend)}`);
     if (!o.dataFile) throw new ConfigError('--data FILE is required');
     if (!o.stateDir) throw new ConfigError('--state DIR is required');
@@ -202,13 +203,16 @@ export class Client {
   /** Participates until the coordinator declares the session done (or `stop()`). */
   async run(): Promise<{ completedRounds: number; roundsTrained: number }> {
     const o = this.options;
-    const url = parseCoordinatorUrl(o.coordinatorUrl);
+    // a comma-separated list (cluster edges): the first is tried first, each failed attempt moves to the next
+    const urls = o.coordinatorUrl.split(',').map((u) => u.trim()).filter(Boolean);
+    for (const u of urls) parseCoordinatorUrl(u);
+    const url = parseCoordinatorUrl(urls[0] ?? o.coordinatorUrl);
     const ca = await this.prepare();
     await mkdir(o.stateDir, { recursive: true });
     await this.loadIdentity();
     this.#clientId = o.clientId ?? (await this.#loadOrCreateId());
     const done = new Promise<{ completedRounds: number; roundsTrained: number }>((res, rej) => { this.#resolveRun = res; this.#rejectRun = rej; });
-    const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(o.coordinatorUrl.trim(), {
+    const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(urls[0] ?? o.coordinatorUrl.trim(), {
       auth: { protocolVersion: PROTOCOL_VERSION },
       transports: ['websocket'],
       reconnection: true,
@@ -233,6 +237,8 @@ export class Client {
         return;
       }
       const n = ++attempts;
+      // the manager reconnects to its `uri`: rotate through the list (socket.io-client keeps it as a plain field)
+      if (urls.length > 1) { const m = socket.io as unknown as { uri: string }; m.uri = urls[(urls.indexOf(m.uri) + 1) % urls.length]!; }
       void diagnoseConnectError(e, url, ca !== undefined).then((d) => {
         if (this.#stopped) return;
         if (d.fatal) { this.#fail(new ConfigError(`cannot connect to ${o.coordinatorUrl}: ${d.message}`)); return; }

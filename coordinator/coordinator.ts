@@ -488,6 +488,8 @@ export class Coordinator {
     const timeout = this.options.secAgg?.phaseTimeoutMs ?? 30_000;
     void Promise.allSettled([...byEdge].map(async ([edge, list]) => {
       try {
+        // an edge that is gone (closed, or its presence key expired) is not waited for
+        if (!(await this.#bus!.redis.exists(`${this.#bus!.prefix}:edge:${edge}`))) throw new ProtocolError('LINK_CLOSED', 'the edge is gone');
         const r = await this.#bus!.request(edge, 'partial', { roundId, ids: list }, timeout) as { sum?: unknown };
         if (!(r?.sum instanceof Uint32Array)) throw new ProtocolError('BAD_MESSAGE', 'malformed partial sum');
         if (!this.#closed) this.#drive(() => this.#engine!.partial(roundId, list, r.sum as Uint32Array));

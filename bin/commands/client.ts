@@ -8,7 +8,7 @@ export const clientCommand: Command = {
   summary: 'Join a federation: fetch the base model once, train LoRA on local data each round, upload only shared adapter tensors.',
   usage: 'fedlora client --coordinator URL --data FILE --state DIR [options]',
   flags: {
-    coordinator: { type: 'string', placeholder: 'URL', help: 'coordinator URL with its scheme: http://10.0.0.5:7777, or https://… for a coordinator started with --tls-cert; required' },
+    coordinator: { type: 'string', placeholder: 'URL', help: 'coordinator URL with its scheme: http://10.0.0.5:7777, or https://… for a coordinator started with --tls-cert; a comma-separated list of cluster edges is tried in turn when one cannot be reached; required' },
     data: { type: 'string', placeholder: 'FILE', help: 'JSONL training data: {"text"} or {"prompt","completion"} per line (loss on completion only); required' },
     state: { type: 'string', placeholder: 'DIR', help: 'client folder: id, model cache, personal tensors; required' },
     'max-rank': { type: 'string', placeholder: 'N', help: 'largest LoRA rank this machine can train', default: '8' },

@@ -50,6 +50,7 @@ export class ClusterEdge {
   readonly #masked = new Map<string, Map<string, { digest: string; vector: Uint32Array }>>();
   #closed = false;
   #watch?: NodeJS.Timeout;
+  #beat?: NodeJS.Timeout;
   #switching = false;
 
   constructor(o: EdgeOptions) {
@@ -60,6 +61,8 @@ export class ClusterEdge {
 
   get nodeId(): string { return this.bus.nodeId; }
 
+  /** Masked inputs held over all kept attempts (tests, metrics). */
+  heldCount(): number { let n = 0; for (const m of this.#masked.values()) n += m.size; return n; }
   /** Masked inputs held for an attempt (tests, metrics). */
   heldInputs(roundId: string): string[] { return [...(this.#masked.get(roundId)?.keys() ?? [])].sort(); }
 
@@ -92,6 +95,10 @@ export class ClusterEdge {
     const url = `${tls ? 'https' : 'http'}://${this.o.host.includes(':') ? `[${this.o.host}]` : this.o.host}:${addr.port}`;
     log.info(`edge ${this.nodeId} serving on ${url}, leader ${this.#leader}`);
     this.#watch = setInterval(() => void this.#checkLeader(), 250);
+    // presence: the leader asks only live edges for partial sums (a crashed edge's key expires)
+    const beat = () => this.bus.redis.set(`${this.o.prefix}:edge:${this.nodeId}`, '1', 'PX', 3000).catch(() => undefined);
+    await beat();
+    this.#beat = setInterval(() => void beat(), 1000);
     return url;
   }
 
@@ -236,6 +243,8 @@ export class ClusterEdge {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#watch);
+    clearInterval(this.#beat);
+    await this.bus.redis.del(`${this.o.prefix}:edge:${this.nodeId}`).catch(() => undefined);
     const io = this.#io;
     if (io) await new Promise<void>((res) => { void io.close(() => res()); });
     else if (this.#http) await new Promise<void>((res) => this.#http!.close(() => res()));
