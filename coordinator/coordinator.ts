@@ -153,6 +153,8 @@ export interface CoordinatorStatus {
   privacy?: DpStatus;
   /** Why the run ended before all rounds (the privacy budget), when it did. */
   doneReason?: string;
+  /** Cluster leader: its bus node id, fencing token, and the bytes it received over the bus (relayed requests, masked-input references, partial sums). */
+  cluster?: { nodeId: string; fence: number; inboundBytes: number; relayedLinks: number };
 }
 
 /** One socket.io connection, before and after it joined. */
@@ -201,6 +203,7 @@ export class Coordinator {
   #lease?: Lease;
   #remote = new Map<string, RemoteLink>();
   #maskedAt = new Map<string, { edge: string; roundId: string }>();
+  #connOf = new WeakMap<Link, Conn>();
   #layoutSize = 0;
 
   constructor(opts: CoordinatorOptions) {
@@ -448,7 +451,7 @@ export class Coordinator {
     bus.onRequest('c:masked', (b, from) => {
       const o = b as { sock?: unknown; roundId?: unknown; digest?: unknown; size?: unknown; length?: unknown; ref?: unknown };
       const link = this.#remote.get(String(o?.sock));
-      const conn = link && [...this.#conns].find((x) => x.link === link);
+      const conn = link && this.#connOf.get(link);
       if (!link || !conn || link.edge !== from) throw new ProtocolError('LINK_CLOSED', 'no such relayed connection');
       const id = this.#joined(conn);
       if (typeof o.roundId !== 'string' || typeof o.digest !== 'string' || typeof o.size !== 'number') throw new ProtocolError('BAD_MESSAGE', 'malformed masked reference');
@@ -537,6 +540,7 @@ export class Coordinator {
       bytes,
       ...(e?.privacy ? { privacy: e.privacy } : {}),
       ...(e?.doneReason ? { doneReason: e.doneReason } : {}),
+      ...(this.#bus ? { cluster: { nodeId: this.#bus.nodeId, fence: this.#lease?.token ?? 0, inboundBytes: this.#bus.inboundBytes, relayedLinks: this.#remote.size } } : {}),
     };
   }
 
@@ -651,6 +655,7 @@ export class Coordinator {
       },
     );
     this.#conns.add(conn);
+    this.#connOf.set(link, conn);
     // a link that never joins is closed: it holds a socket and learns nothing
     conn.joinTimer = setTimeout(() => {
       if (!conn.clientId) { log.info(`${link.id}: no join within ${o.joinTimeoutMs} ms, closing`); link.close(); }
