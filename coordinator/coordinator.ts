@@ -154,7 +154,7 @@ export interface CoordinatorStatus {
   /** Why the run ended before all rounds (the privacy budget), when it did. */
   doneReason?: string;
   /** Cluster leader: its bus node id, fencing token, and the bytes it received over the bus (relayed requests, masked-input references, partial sums). */
-  cluster?: { nodeId: string; fence: number; inboundBytes: number; relayedLinks: number };
+  cluster?: { nodeId: string; fence: number; inboundBytes: number; relayedLinks: number; partialSums: number; maskedRefs: number };
 }
 
 /** One socket.io connection, before and after it joined. */
@@ -204,6 +204,8 @@ export class Coordinator {
   #remote = new Map<string, RemoteLink>();
   #maskedAt = new Map<string, { edge: string; roundId: string }>();
   #connOf = new WeakMap<Link, Conn>();
+  #partialSums = 0;
+  #maskedRefs = 0;
   #layoutSize = 0;
 
   constructor(opts: CoordinatorOptions) {
@@ -466,6 +468,7 @@ export class Coordinator {
         if (before) this.#maskedAt.set(id, before); else this.#maskedAt.delete(id);
         throw e;
       }
+      this.#maskedRefs++;
       return {};
     });
     const handler = httpHandler({ status: () => this.status(), metrics: () => this.#metrics() });
@@ -495,6 +498,7 @@ export class Coordinator {
         if (!(await this.#bus!.redis.exists(`${this.#bus!.prefix}:edge:${edge}`))) throw new ProtocolError('LINK_CLOSED', 'the edge is gone');
         const r = await this.#bus!.request(edge, 'partial', { roundId, ids: list }, timeout) as { sum?: unknown };
         if (!(r?.sum instanceof Uint32Array)) throw new ProtocolError('BAD_MESSAGE', 'malformed partial sum');
+        this.#partialSums++;
         if (!this.#closed) this.#drive(() => this.#engine!.partial(roundId, list, r.sum as Uint32Array));
       } catch (e) {
         log.warn(`edge ${edge}: no partial sum for ${list.length} masked input(s) of ${roundId}: ${errorMessage(e)} (they count as dropped)`);
@@ -540,7 +544,7 @@ export class Coordinator {
       bytes,
       ...(e?.privacy ? { privacy: e.privacy } : {}),
       ...(e?.doneReason ? { doneReason: e.doneReason } : {}),
-      ...(this.#bus ? { cluster: { nodeId: this.#bus.nodeId, fence: this.#lease?.token ?? 0, inboundBytes: this.#bus.inboundBytes, relayedLinks: this.#remote.size } } : {}),
+      ...(this.#bus ? { cluster: { nodeId: this.#bus.nodeId, fence: this.#lease?.token ?? 0, inboundBytes: this.#bus.inboundBytes, relayedLinks: this.#remote.size, partialSums: this.#partialSums, maskedRefs: this.#maskedRefs } } : {}),
     };
   }
 

@@ -209,6 +209,8 @@ export class SecureCollector implements Collector {
       case 'masked': {
         const metrics = parseUpdateMetrics(m.metrics);
         const rejected = m.rejected === undefined ? undefined : m.rejected;
+        // in the cluster an individual masked vector never reaches the leader: only the edges' references do
+        if (this.#o.hierarchical && m.masked !== undefined) throw new ProtocolError('SECAGG_PHASE', 'masked inputs go to an edge, not to the cluster leader');
         if (this.#o.hierarchical) s.receiveMaskedRef(id, { id: m.id, ...(rejected !== undefined ? { rejected } : {}) });
         else s.receiveMasked(id, { id: m.id, masked: m.masked, ...(rejected !== undefined ? { rejected } : {}) } as never);
         if (Array.isArray(rejected) && rejected.length) this.#complaints.push({ from: id, about: rejected.filter((x): x is string => typeof x === 'string').slice(0, 64) });

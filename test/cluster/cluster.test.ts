@@ -92,6 +92,11 @@ describe('cluster: leader + edges through Redis', function () {
       expect(h[0]!.secure?.droppedAfterSharing).to.deep.equal(['c4']);
     }
     expect(b.history[1]!.contributors).to.equal(4);
+    // the leader got references and at most one partial sum per edge and attempt, never a masked vector
+    const st = leader.status().cluster!;
+    console.log(`      leader: ${st.maskedRefs} masked-input references, ${st.partialSums} partial sums, ${st.inboundBytes} bytes in over the bus`);
+    expect(st.maskedRefs).to.equal(8);
+    expect(st.partialSums).to.be.within(2, 6);
     const d = maxDiff(b.global, a.global);
     console.log(`      max |cluster − single| = ${d}`);
     expect(d).to.be.at.most(1e-6);
