@@ -34,7 +34,7 @@ import type { DpStatus } from './engine/dp.js';
 import { RoundEngine, type Command, type EnginePhase } from './engine/round-engine.js';
 import { Bus } from './cluster/bus.js';
 import { Lease } from './cluster/lease.js';
-import { RemoteLink } from './cluster/remote-link.js';
+import { BlobStore, RemoteLink } from './cluster/remote-link.js';
 
 const log = logger('fedlora:coordinator');
 /** Default clip for every contribution: LoRA factor entries beyond ±8 are clipped before they are summed. */
@@ -431,13 +431,14 @@ export class Coordinator {
     await lease.acquire(() => this.#closed);
     lease.onLost = () => { log.error('lost the leader lease: stopping (another leader took over)'); void this.close(); };
     log.info(`cluster leader ${bus.nodeId} (fencing token ${lease.token})`);
+    const blobs = new BlobStore(bus);
     await this.#init();
     bus.onRequest('edge:hello', () => ({ boxSecretKey: this.#admission!.box.keyPair.secretKey, maxMessageBytes: this.#maxMessageBytes }));
     bus.onRequest('c:open', (b, from) => {
       const sock = String((b as { sock?: unknown })?.sock ?? '');
       if (!sock || this.#remote.has(sock)) return;
       this.#onLink((onRefused) => {
-        const link = new RemoteLink(bus, from, sock, { maxBytes: this.#maxMessageBytes, onRefused });
+        const link = new RemoteLink(bus, from, sock, { maxBytes: this.#maxMessageBytes, onRefused, blobs });
         this.#remote.set(sock, link);
         link.onClose(() => { if (this.#remote.get(sock) === link) this.#remote.delete(sock); });
         return link;

@@ -50,6 +50,7 @@ export class ClusterEdge {
   readonly #masked = new Map<string, Map<string, { digest: string; vector: Uint32Array }>>();
   #closed = false;
   #watch?: NodeJS.Timeout;
+  readonly #blobs = new Map<string, Promise<Uint8Array>>();
   #beat?: NodeJS.Timeout;
   #switching = false;
 
@@ -223,7 +224,8 @@ export class ClusterEdge {
   }
 
   async #send(b: unknown): Promise<Record<string, unknown>> {
-    const o = b as { sock?: unknown; event?: unknown; bytes?: unknown; timeoutMs?: unknown; notify?: unknown };
+    const o = b as { sock?: unknown; event?: unknown; bytes?: unknown; blob?: unknown; timeoutMs?: unknown; notify?: unknown };
+    if (o && typeof o.blob === 'string') o.bytes = await this.#blob(o.blob);
     if (!o || typeof o.sock !== 'string' || typeof o.event !== 'string' || !(o.bytes instanceof Uint8Array) || typeof o.timeoutMs !== 'number') throw new ProtocolError('BAD_MESSAGE', 'malformed c:send');
     const c = this.#conns.get(o.sock);
     if (!c || !c.link.open) throw new ProtocolError('LINK_CLOSED', `${o.event}: the client is not connected here`);
@@ -237,6 +239,24 @@ export class ClusterEdge {
     const bytes = raw instanceof Uint8Array ? raw : raw instanceof ArrayBuffer ? new Uint8Array(raw) : null;
     if (!bytes || bytes.byteLength > this.#maxBytes) throw new ProtocolError('BAD_MESSAGE', `${o.event}: the client's reply is not bytes within bounds`);
     return { raw: new Uint8Array(bytes) };
+  }
+
+  /** A payload the leader stored once by hash (see BlobStore): fetched once per edge, checked, cached. */
+  async #blob(hash: string): Promise<Uint8Array> {
+    if (!/^[0-9a-f]{64}$/.test(hash)) throw new ProtocolError('BAD_MESSAGE', 'malformed blob reference');
+    let p = this.#blobs.get(hash);
+    if (!p) {
+      p = this.bus.redis.getBuffer(`${this.o.prefix}:blob:${hash}`).then((buf) => {
+        if (!buf || buf.byteLength > this.#maxBytes + (1 << 20)) throw new ProtocolError('BAD_MESSAGE', `blob ${hash.slice(0, 12)}… missing or too large`);
+        const bytes = new Uint8Array(buf);
+        if (createHash('sha256').update(bytes).digest('hex') !== hash) throw new ProtocolError('BAD_MESSAGE', `blob ${hash.slice(0, 12)}… does not match its hash`);
+        return bytes;
+      });
+      this.#blobs.set(hash, p);
+      p.catch(() => this.#blobs.delete(hash));
+      while (this.#blobs.size > 16) this.#blobs.delete(this.#blobs.keys().next().value!);
+    }
+    return p;
   }
 
   async close(): Promise<void> {

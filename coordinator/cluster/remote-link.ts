@@ -4,6 +4,7 @@
  * client's raw ack; inbound client requests arrive from the edge (`c:req`) and are answered here
  * exactly like socketIoLink answers them (decoded with a bound, `{ ok:false, code, message }` on refusal).
  */
+import { createHash } from 'node:crypto';
 import { ProtocolError } from '../../shared/errors.js';
 import { decode } from '../../shared/codec/index.js';
 import { errorReply, okReply, parseReply } from '../../shared/protocol/rpc.js';
@@ -12,6 +13,34 @@ import type { Bus } from './bus.js';
 
 /** Extra time the bus gives an edge beyond the client's own deadline. */
 const RELAY_MARGIN_MS = 2000;
+/** Payloads at least this large (round:start with the global adapter) go through Redis once, by hash. */
+export const BLOB_MIN_BYTES = 32 * 1024;
+/** How long a stored payload stays in Redis. */
+const BLOB_TTL_MS = 30 * 60_000;
+
+/**
+ * Large outbound payloads are the same bytes for many clients (round:start is signed once per rank):
+ * stored once in Redis under their SHA-256 and sent to edges as a reference, so the leader's
+ * outbound traffic per round is O(edges × distinct payloads), not O(clients × payload).
+ */
+export class BlobStore {
+  readonly #bus: Bus;
+  readonly #stored = new Map<string, Promise<void>>();
+  constructor(bus: Bus) { this.#bus = bus; }
+  async put(bytes: Uint8Array): Promise<string> {
+    const hash = createHash('sha256').update(bytes).digest('hex');
+    let p = this.#stored.get(hash);
+    if (!p) {
+      p = this.#bus.redis.set(`${this.#bus.prefix}:blob:${hash}`, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), 'PX', BLOB_TTL_MS).then(() => undefined);
+      this.#stored.set(hash, p);
+      p.catch(() => this.#stored.delete(hash));
+      // bounded: older entries are forgotten (re-stored if needed again)
+      while (this.#stored.size > 64) this.#stored.delete(this.#stored.keys().next().value!);
+    }
+    await p;
+    return hash;
+  }
+}
 
 export class RemoteLink implements Link {
   readonly id: string;
@@ -23,8 +52,11 @@ export class RemoteLink implements Link {
   readonly #closers: ((reason: string) => void)[] = [];
   #closed = false;
 
-  constructor(bus: Bus, edge: string, socketId: string, o: { maxBytes: number; onRefused?: (event: string, e: unknown) => void }) {
+  readonly #blobs: BlobStore | undefined;
+
+  constructor(bus: Bus, edge: string, socketId: string, o: { maxBytes: number; onRefused?: (event: string, e: unknown) => void; blobs?: BlobStore }) {
     this.#bus = bus;
+    this.#blobs = o.blobs;
     this.edge = edge;
     this.id = socketId;
     this.#maxBytes = o.maxBytes;
@@ -37,7 +69,7 @@ export class RemoteLink implements Link {
 
   async request(event: string, bytes: Uint8Array, timeoutMs: number, maxReplyBytes?: number): Promise<Record<string, unknown>> {
     if (this.#closed) throw new ProtocolError('LINK_CLOSED', `${event}: link is closed`);
-    const r = await this.#bus.request(this.edge, 'c:send', { sock: this.id, event, bytes, timeoutMs }, timeoutMs + RELAY_MARGIN_MS) as { raw?: unknown };
+    const r = await this.#bus.request(this.edge, 'c:send', { sock: this.id, event, ...(await this.#payload(bytes)), timeoutMs }, timeoutMs + RELAY_MARGIN_MS) as { raw?: unknown };
     if (!r || !(r.raw instanceof Uint8Array)) throw new ProtocolError('BAD_MESSAGE', `${event}: malformed relayed reply`);
     return parseReply(r.raw, maxReplyBytes);
   }
@@ -45,7 +77,7 @@ export class RemoteLink implements Link {
   async notify(event: string, bytes: Uint8Array, timeoutMs: number): Promise<boolean> {
     if (this.#closed) return false;
     try {
-      const r = await this.#bus.request(this.edge, 'c:send', { sock: this.id, event, bytes, timeoutMs, notify: true }, timeoutMs + RELAY_MARGIN_MS) as { ok?: unknown };
+      const r = await this.#bus.request(this.edge, 'c:send', { sock: this.id, event, ...(await this.#payload(bytes)), timeoutMs, notify: true }, timeoutMs + RELAY_MARGIN_MS) as { ok?: unknown };
       return r?.ok === true;
     } catch {
       return false;
@@ -53,6 +85,10 @@ export class RemoteLink implements Link {
   }
 
   onRequest(event: string, handler: RequestHandler): void { this.#handlers.set(event, handler); }
+
+  async #payload(bytes: Uint8Array): Promise<{ bytes: Uint8Array } | { blob: string }> {
+    return this.#blobs && bytes.byteLength >= BLOB_MIN_BYTES ? { blob: await this.#blobs.put(bytes) } : { bytes };
+  }
 
   /** An inbound client request relayed by the edge: always answers with reply bytes. */
   async dispatch(event: string, bytes: unknown): Promise<Uint8Array> {
