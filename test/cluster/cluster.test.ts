@@ -1,6 +1,6 @@
 /**
- * Scale-out over a real redis-server: one leader (Coordinator with `cluster`) and three edges
- * (ClusterEdge), real socket.io over TCP, real clients (the stand-in trainer). Secure rounds finish
+ * Scale-out over a real redis-server: one leader (Coordinator with `cluster`) and three edge
+ * processes (`fedlora coordinator --role edge`), real socket.io over TCP, real clients (the stand-in trainer). Secure rounds finish
  * with a dropout after key sharing, the masked inputs are summed at the edges (the leader receives
  * one partial sum per edge), and the global adapter equals a single-process run on the same seeds.
  */
@@ -9,7 +9,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Coordinator } from '../../coordinator/index.js';
-import { ClusterEdge } from '../../coordinator/cluster/edge.js';
 import { Client } from '../../client/index.js';
 import type { LoraAdapter } from '../../shared/lora/adapter.js';
 import type { RoundRecord } from '../../coordinator/metrics.js';
@@ -17,6 +16,7 @@ import { setLogLevel } from '../../shared/log.js';
 import { FIXTURE, maxDiff, pullTrainer } from '../coordinator/helpers.js';
 import { Resources, waitFor, within } from '../coordinator/hostile-client.js';
 import { startRedis, type RedisServer } from './redis-harness.js';
+import { edgeProcess, type Proc } from './processes.js';
 
 const TARGETS = [0.1, 0.2, 0.3, 0.4, 0.5];
 const SEED = 7;
@@ -26,13 +26,13 @@ describe('cluster: leader + edges through Redis', function () {
   let dir: string;
   let r: Resources;
   let redis: RedisServer | undefined;
-  const edges: ClusterEdge[] = [];
+  const edges: Proc[] = [];
   before(() => setLogLevel((process.env.FEDLORA_TEST_LOG as 'info' | undefined) ?? 'error'));
   beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-cluster-')); r = new Resources(); });
   // every process and the redis-server are stopped even when a test failed, so mocha exits
   afterEach(async () => {
     await r.closeAll();
-    await Promise.all(edges.splice(0).map((e) => within('edge close', e.close(), 5000).catch(() => undefined)));
+    await Promise.all(edges.splice(0).map((e) => within('edge exit', e.kill(), 5000).catch(() => undefined)));
     await redis?.stop();
     redis = undefined;
     await rm(dir, { recursive: true, force: true });
@@ -82,8 +82,9 @@ describe('cluster: leader + edges through Redis', function () {
     redis = await startRedis();
     const leader = r.coordinator(new Coordinator({ ...settings(join(dir, 'leader')), cluster: { url: redis.url, prefix: 'test1' } }));
     await leader.serve(0);
-    for (let i = 0; i < 3; i++) edges.push(new ClusterEdge({ cluster: redis.url, prefix: 'test1' }));
-    const edgeUrls = await Promise.all(edges.map((e) => e.serve(0)));
+    // three edge processes (`fedlora coordinator --role edge`)
+    for (const e of await Promise.all([0, 1, 2].map(() => edgeProcess(redis!.url, 'test1')))) edges.push(e);
+    const edgeUrls = edges.map((e) => (e as Proc & { url: string }).url);
     const b = await federation(leader, TARGETS.map((_, i) => edgeUrls[i % 3]!), 'cluster');
 
     for (const h of [a.history, b.history]) {
