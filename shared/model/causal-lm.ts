@@ -12,7 +12,7 @@ import { ModelFormatError } from '../errors.js';
 import { loadConfig, linearModules, linearHasBias, linearWeightShape, type ModelConfig } from './config.js';
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
-import { mm, frozenMatMul, t2, weightedCrossEntropy } from './ops.js';
+import { bmm, mm, frozenMatMul, t2, weightedCrossEntropy } from './ops.js';
 import { adapterModules, matchesTarget, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
 
 /** LoRA factors of one module as live tensors: A [r, in], B [out, r]; under DoRA also the magnitude m [out]. */
@@ -295,9 +295,9 @@ export class CausalLM {
         // kv head `kv`, so [B, H, T, hd] viewed as [B, Hkv, g·T, hd] multiplies K/V of [B, Hkv, T, hd].
         const g = H / Hkv;
         const qg = tf.reshape(q, [Bsz, Hkv, g * T, hd]) as tf.Tensor4D;
-        const sc = tf.reshape(mm(qg, t2(k)), [Bsz, H, T, T]);
+        const sc = tf.reshape(bmm(qg, t2(k)), [Bsz, H, T, T]);
         const probs = tf.softmax(tf.add(tf.mul(sc, 1 / Math.sqrt(hd)), bias));
-        const att = tf.reshape(mm(tf.reshape(probs, [Bsz, Hkv, g * T, T]), v), [Bsz, H, T, hd]);
+        const att = tf.reshape(bmm(tf.reshape(probs, [Bsz, Hkv, g * T, T]), v), [Bsz, H, T, hd]);
         return tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
       },
     };
