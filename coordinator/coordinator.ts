@@ -496,8 +496,15 @@ export class Coordinator {
     void Promise.allSettled([...byEdge].map(async ([edge, list]) => {
       try {
         // an edge that is gone (closed, or its presence key expired) is not waited for
-        if (!(await this.#bus!.redis.exists(`${this.#bus!.prefix}:edge:${edge}`))) throw new ProtocolError('LINK_CLOSED', 'the edge is gone');
-        const r = await this.#bus!.request(edge, 'partial', { roundId, ids: list }, timeout) as { sum?: unknown };
+        const alive = () => this.#bus!.redis.exists(`${this.#bus!.prefix}:edge:${edge}`).then((n) => n > 0, () => true);
+        if (!(await alive())) throw new ProtocolError('LINK_CLOSED', 'the edge is gone');
+        // a crashed edge's presence key expires within 3 s: stop waiting for it then, not at the phase timeout
+        let watch: NodeJS.Timeout | undefined;
+        const gone = new Promise<never>((_res, rej) => {
+          watch = setInterval(() => void alive().then((ok) => { if (!ok) rej(new ProtocolError('LINK_CLOSED', 'the edge went away')); }), 500);
+        });
+        gone.catch(() => undefined); // a late check after the race settled must not be an unhandled rejection
+        const r = await Promise.race([this.#bus!.request(edge, 'partial', { roundId, ids: list }, timeout), gone]).finally(() => clearInterval(watch)) as { sum?: unknown };
         if (!(r?.sum instanceof Uint32Array)) throw new ProtocolError('BAD_MESSAGE', 'malformed partial sum');
         this.#partialSums++;
         if (!this.#closed) this.#drive(() => this.#engine!.partial(roundId, list, r.sum as Uint32Array));

@@ -1,7 +1,7 @@
 /**
  * Losing an edge mid-round over a real redis-server: one leader, two edges, five clients that
- * list both edges (`coordinatorUrl: "e0,e1"`). Edge 0 is closed while the round waits for masked
- * inputs and holds those of c0 and c1; the other clients' training waits for that, so the loss is
+ * list both edges (`coordinatorUrl: "e0,e1"`). Edge 0 dies while the round waits for masked
+ * inputs and holds those of c0 and c1 (the edge process is SIGKILLed: a crash, its presence key expires); the other clients' training waits for that, so the loss is
  * mid-round by construction. The attempt completes without re-running (c0/c1's masks are recovered
  * or their re-sent inputs come through edge 1), and the next round has all five, through edge 1.
  */
@@ -10,24 +10,24 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Coordinator } from '../../coordinator/index.js';
-import { ClusterEdge } from '../../coordinator/cluster/edge.js';
 import { Client } from '../../client/index.js';
 import { setLogLevel } from '../../shared/log.js';
 import { FIXTURE, pullTrainer } from '../coordinator/helpers.js';
 import { Resources, waitFor, within } from '../coordinator/hostile-client.js';
 import { startRedis, type RedisServer } from './redis-harness.js';
+import { edgeProcess, type Proc } from './processes.js';
 
 describe('cluster: losing an edge', function () {
   this.timeout(60_000);
   let dir: string;
   let r: Resources;
   let redis: RedisServer | undefined;
-  const edges: ClusterEdge[] = [];
+  const edges: Proc[] = [];
   before(() => setLogLevel((process.env.FEDLORA_TEST_LOG as 'info' | undefined) ?? 'error'));
   beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-edgeloss-')); r = new Resources(); });
   afterEach(async () => {
     await r.closeAll();
-    await Promise.all(edges.splice(0).map((e) => within('edge close', e.close(), 5000).catch(() => undefined)));
+    await Promise.all(edges.splice(0).map((e) => within('edge exit', e.kill(), 5000).catch(() => undefined)));
     await redis?.stop();
     redis = undefined;
     await rm(dir, { recursive: true, force: true });
@@ -41,8 +41,8 @@ describe('cluster: losing an edge', function () {
       joinWaitMs: 200, refactor: false, rejoinGraceMs: 300, strategy: 'fedit', seed: 5, cluster: { url: redis.url, prefix: 'el' },
     }));
     await leader.serve(0);
-    for (let i = 0; i < 2; i++) edges.push(new ClusterEdge({ cluster: redis.url, prefix: 'el' }));
-    const [u0, u1] = await Promise.all(edges.map((e) => e.serve(0)));
+    for (const e of await Promise.all([0, 1].map(() => edgeProcess(redis!.url, 'el')))) edges.push(e);
+    const [u0, u1] = edges.map((e) => (e as Proc & { url: string }).url);
     let lost!: () => void;
     const edgeGone = new Promise<void>((res) => { lost = res; });
     const trainers = await Promise.all([0.1, 0.2, 0.3, 0.4, 0.5].map((t) => pullTrainer(t, 8)));
@@ -55,11 +55,9 @@ describe('cluster: losing an edge', function () {
       },
     })));
     const runs = clients.map((c) => c.run());
-    await waitFor('edge 0 holding the masked inputs of c0 and c1', () => {
-      const rid = leader.history.length === 0 && leader.status().collecting === 'masked' ? leader.status() : null;
-      return rid && edges[0]!.heldCount() === 2;
-    }, 30_000);
-    await edges[0]!.close();
+    // only c0 and c1 (edge 0) can upload before the gate opens: two references mean edge 0 holds both inputs
+    await waitFor('edge 0 holding the masked inputs of c0 and c1', () => leader.status().collecting === 'masked' && leader.status().cluster!.maskedRefs === 2, 30_000);
+    await edges[0]!.kill('SIGKILL');
     lost();
     await within('the run', leader.done, 40_000);
     await within('clients finishing', Promise.all(runs), 20_000);
