@@ -205,6 +205,7 @@ export class Coordinator {
   #maskedAt = new Map<string, { edge: string; roundId: string }>();
   #connOf = new WeakMap<Link, Conn>();
   #partialSums = 0;
+  #edgeWatch?: NodeJS.Timeout;
   #maskedRefs = 0;
   #layoutSize = 0;
 
@@ -444,7 +445,21 @@ export class Coordinator {
         return link;
       });
     });
-    bus.onRequest('c:close', (b) => { this.#remote.get(String((b as { sock?: unknown })?.sock))?.closed(String((b as { reason?: unknown }).reason ?? 'closed').slice(0, 100)); });
+    bus.onRequest('c:close', (b, from) => {
+      const link = this.#remote.get(String((b as { sock?: unknown })?.sock));
+      if (link && link.edge === from) link.closed(String((b as { reason?: unknown }).reason ?? 'closed').slice(0, 100));
+    });
+    // a crashed edge sends no c:close: its links go down once its presence key has expired
+    this.#edgeWatch = setInterval(() => {
+      const byEdge = new Set([...this.#remote.values()].map((l) => l.edge));
+      for (const edge of byEdge) {
+        void bus.redis.exists(`${bus.prefix}:edge:${edge}`).then((n) => {
+          if (n > 0 || this.#closed) return;
+          log.warn(`edge ${edge} is gone: its clients count as disconnected`);
+          for (const l of [...this.#remote.values()]) if (l.edge === edge) l.closed('edge gone');
+        }, () => undefined);
+      }
+    }, 1000);
     bus.onRequest('c:req', (b, from) => {
       const o = b as { sock?: unknown; event?: unknown; bytes?: unknown };
       const link = this.#remote.get(String(o?.sock));
@@ -523,6 +538,7 @@ export class Coordinator {
     clearTimeout(this.#timer);
     await Promise.allSettled(this.#farewells.splice(0));
     this.#engine?.close();
+    clearInterval(this.#edgeWatch);
     if (this.#bus) {
       await this.#lease?.release();
       await this.#bus.close();

@@ -74,6 +74,11 @@ export class ClusterEdge {
     bus.onRequest('c:kick', (b) => { this.#conns.get(String((b as { sock?: unknown })?.sock))?.link.close(); return {}; });
     bus.onRequest('partial', (b) => this.#partial(b));
     await this.#findLeader();
+    // presence, set before any client can connect: the leader asks only live edges for partial sums
+    // and drops the links of an edge whose key expired (a crash)
+    const beat = () => this.bus.redis.set(`${this.o.prefix}:edge:${this.nodeId}`, '1', 'PX', 3000).catch(() => undefined);
+    await beat();
+    this.#beat = setInterval(() => void beat(), 1000);
     const tls = this.o.tls;
     const pem = async (v: string | Uint8Array): Promise<string | Buffer> => (typeof v !== 'string' ? Buffer.from(v) : v.includes('-----BEGIN') ? v : readFile(v));
     const handler = (_req: unknown, res: { writeHead(c: number): void; end(s?: string): void }) => { res.writeHead(404); res.end(); };
@@ -96,10 +101,7 @@ export class ClusterEdge {
     const url = `${tls ? 'https' : 'http'}://${this.o.host.includes(':') ? `[${this.o.host}]` : this.o.host}:${addr.port}`;
     log.info(`edge ${this.nodeId} serving on ${url}, leader ${this.#leader}`);
     this.#watch = setInterval(() => void this.#checkLeader(), 250);
-    // presence: the leader asks only live edges for partial sums (a crashed edge's key expires)
-    const beat = () => this.bus.redis.set(`${this.o.prefix}:edge:${this.nodeId}`, '1', 'PX', 3000).catch(() => undefined);
-    await beat();
-    this.#beat = setInterval(() => void beat(), 1000);
+
     return url;
   }
 
