@@ -13,6 +13,8 @@ import { loadConfig, linearModules, linearHasBias, linearWeightShape, type Model
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
 import { bmm, mm, frozenMatMul, t2, weightedCrossEntropy } from './ops.js';
+import { StoredWeight, storedMatMul } from './frozen/stored.js';
+import { BASE_DTYPES, type BaseDtype } from './frozen/quant.js';
 import { adapterModules, matchesTarget, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
 
 /** LoRA factors of one module as live tensors: A [r, in], B [out, r]; under DoRA also the magnitude m [out]. */
@@ -25,11 +27,17 @@ export interface LoadOptions {
   maxBytes?: number;
   /** Load base weights as trainable variables (full-parameter pretraining); default false. */
   trainableBase?: boolean;
+  /**
+   * Keep the frozen linear weights outside the tfjs heap in this storage type and materialise one at a
+   * time (shared/model/frozen): fp32, bf16, int8 (per output channel) or nf4 (QLoRA). Unset: every
+   * weight is a tensor (fastest, largest). Not with trainableBase.
+   */
+  baseDtype?: BaseDtype;
 }
 
 /** A frozen linear layer: W as [in, out] for the forward pass, and as [out, in] where the backend's
  *  transposed matMul is slow (see ops.ts) so the backward pass stays a plain product too. */
-interface Linear { wIo: tf.Tensor2D; wOi: tf.Tensor2D | null; b: tf.Tensor1D | null; in: number; out: number }
+interface Linear { wIo: tf.Tensor2D; wOi: tf.Tensor2D | null; b: tf.Tensor1D | null; in: number; out: number; stored?: StoredWeight }
 
 export class CausalLM {
   readonly config: ModelConfig;
@@ -46,6 +54,9 @@ export class CausalLM {
   #dual = false;
   #params = 0;
   #trainable = false;
+  #baseDtype: BaseDtype | null = null;
+  /** Linear weights kept out of the tfjs heap (baseDtype set): HF name → values in the checkpoint's layout. */
+  #raw = new Map<string, { data: Float32Array; shape: number[] }>();
   #hfNames: string[] = [];
   #disposed = false;
 
@@ -62,6 +73,11 @@ export class CausalLM {
     const files = await checkpointFiles(dir);
     const lm = new CausalLM(dir, config);
     lm.#trainable = opts.trainableBase === true;
+    if (opts.baseDtype !== undefined) {
+      if (!BASE_DTYPES.includes(opts.baseDtype)) throw new RangeError(`baseDtype must be one of ${BASE_DTYPES.join(', ')}, got ${JSON.stringify(opts.baseDtype)}`);
+      if (lm.#trainable) throw new RangeError('baseDtype keeps the base frozen: it cannot be combined with trainableBase');
+      lm.#baseDtype = opts.baseDtype;
+    }
     lm.#dual = !lm.#trainable && ['wasm', 'cpu'].includes(tf.getBackend());
     try {
       for (const f of files) {
@@ -87,6 +103,10 @@ export class CausalLM {
       const t = readFloatTensor(st, name);
       this.#params += t.data.length;
       this.#hfNames.push(key);
+      if (this.#baseDtype && key.endsWith('.weight') && this.linearShapes.has(key.slice(0, -'.weight'.length))) {
+        this.#raw.set(key, { data: t.data, shape: [...t.shape] });
+        continue;
+      }
       const tensor = tf.tensor(t.data, t.shape, 'float32');
       this.#w.set(key, this.#trainable ? tf.variable(tensor, true, `base/${key}`) : tensor);
       if (this.#trainable) tensor.dispose();
@@ -111,8 +131,25 @@ export class CausalLM {
     // Conv1D-style families store [in, out] (the layout the forward multiplies by); nn.Linear [out, in]
     const io = fam.fanInFanOut;
     for (const [path, s] of this.linearShapes) {
-      const w = this.#get(`${path}.weight`, linearWeightShape(c, s)) as tf.Tensor2D;
       const b = linearHasBias(c, path) ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
+      const raw = this.#raw.get(`${path}.weight`);
+      if (this.#baseDtype) {
+        const want = linearWeightShape(c, s);
+        if (!raw) throw new ModelFormatError(`checkpoint has no tensor "${path}.weight"`, this.dir);
+        if (raw.shape.length !== 2 || raw.shape[0] !== want[0] || raw.shape[1] !== want[1]) throw new ModelFormatError(`tensor "${path}.weight" has shape [${raw.shape}], expected [${want}]`, this.dir);
+        // stored as [out, in]: Conv1D-style checkpoints ([in, out]) are transposed once, here
+        let oi = raw.data;
+        if (io) {
+          oi = new Float32Array(raw.data.length);
+          for (let i = 0; i < s.in; i++) for (let o = 0; o < s.out; o++) oi[o * s.in + i] = raw.data[i * s.out + o]!;
+        }
+        const stored = new StoredWeight(oi, s.out, s.in, this.#baseDtype);
+        this.#raw.delete(`${path}.weight`);
+        // wIo/wOi are never read for a stored weight (#linear and #weightIo check `stored` first)
+        this.#lin.set(path, { wIo: null as unknown as tf.Tensor2D, wOi: null, b, in: s.in, out: s.out, stored });
+        continue;
+      }
+      const w = this.#get(`${path}.weight`, linearWeightShape(c, s)) as tf.Tensor2D;
       if (this.#trainable) {
         // gradients must reach the variable itself: no pre-transposed copies
         this.#lin.set(path, io ? { wIo: w, wOi: null, b, in: s.in, out: s.out } : { wIo: w, wOi: w, b, in: s.in, out: s.out });
@@ -198,6 +235,7 @@ export class CausalLM {
 
   /** W as [in, out] (a view of the trainable variable when the base is trainable). */
   #weightIo(l: Linear): tf.Tensor2D {
+    if (l.stored) return l.stored.materializeIo(); // a new tensor: callers run inside a tidy
     return this.#trainable && l.wOi ? (t2(l.wOi) as tf.Tensor2D) : l.wIo;
   }
 
@@ -220,7 +258,7 @@ export class CausalLM {
   #linear(x: tf.Tensor2D, path: string, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor2D {
     const l = this.#lin.get(path)!;
     const mw = merged?.get(path);
-    let y: tf.Tensor2D = mw ? tf.matMul(x, mw) : this.#trainable ? (mm(x, l.wOi ? t2(l.wOi) : l.wIo) as tf.Tensor2D) : frozenMatMul(x, l.wIo, l.wOi);
+    let y: tf.Tensor2D = mw ? tf.matMul(x, mw) : l.stored ? storedMatMul(x, l.stored) : this.#trainable ? (mm(x, l.wOi ? t2(l.wOi) : l.wIo) as tf.Tensor2D) : frozenMatMul(x, l.wIo, l.wOi);
     const f = mw ? undefined : lora?.get(path);
     if (f?.m) {
       // DoRA: base + (g − 1)·base_without_bias + g·scale·lora = g ⊙ (x W + scale·lora) + b
@@ -414,6 +452,7 @@ export class CausalLM {
 
   /** Current base weights in HF layout (names and shapes as in the checkpoint). */
   async baseWeights(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+    if (this.#baseDtype) throw new Error('baseWeights: the linear weights are stored compactly (baseDtype); load without it');
     const out = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const n of this.#hfNames) {
       const t = this.#w.get(n)!;
