@@ -1,5 +1,5 @@
 /**
- * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--threads N] [--steps N] [--only small|gpt2] [--dora] [--json FILE]
+ * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--threads N] [--base-dtype fp32|bf16|int8|nf4] [--steps N] [--only small|gpt2] [--dora] [--json FILE]
  * LoRA r=16 on every linear layer: a GPT-2-124M-shaped model (random init, written once to a cache
  * folder) and a small Llama-style model. Prints step time, tokens/s, peak RSS and the wasm heap size
  * (wasm: the module's linear memory, which cannot pass 4 GiB). --json writes the figures for bench:compare.
@@ -19,7 +19,7 @@ import { tf, currentBackend, configureThreads } from '../shared/backend/index.js
 
 const { values } = parseArgs({ options: {
   backend: { type: 'string', default: 'auto' }, steps: { type: 'string', default: '3' },
-  only: { type: 'string' }, threads: { type: 'string', default: '1' }, json: { type: 'string' }, dora: { type: 'boolean', default: false }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
+  only: { type: 'string' }, threads: { type: 'string', default: '1' }, 'base-dtype': { type: 'string' }, json: { type: 'string' }, dora: { type: 'boolean', default: false }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
 } });
 
 interface Case { name: string; config: Record<string, unknown>; batch: number; seq: number; rank: number }
@@ -48,7 +48,7 @@ for (const c of cases) {
     console.log(`  wrote random ${c.name} to ${dir} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
   peakRss = 0;
-  const lm = await loadCausalLM(dir, { backend: values.backend! });
+  const lm = await loadCausalLM(dir, { backend: values.backend!, ...(values['base-dtype'] ? { baseDtype: values['base-dtype'] as 'nf4' } : {}) });
   const shapes = lm.linearShapes;
   const adapter = getStrategy('fedit').init(shapes, c.rank, 2 * c.rank, 1, { targetModules: [...new Set([...shapes.keys()].map((m) => m.split('.').slice(-1)[0]!))], fanInFanOut: familyOf(lm.config).fanInFanOut, useRslora: false, taskType: 'CAUSAL_LM' });
   // --dora: the same factors plus a magnitude per module (PEFT's init from the checkpoint)
