@@ -43,6 +43,8 @@ const log = logger('fedlora:client');
 
 export interface TrainerFactoryOptions {
   modelDir: string; dataFile: string; backend: string; evalFraction: number; seed: number;
+  /** Storage of the frozen base's linear weights (LoadOptions.baseDtype); unset: in the tfjs heap. */
+  baseDtype?: 'fp32' | 'bf16' | 'int8' | 'nf4';
   /** The dataset, already read and validated before connecting (the default factory passes it on). */
   examples?: Example[];
 }
@@ -66,6 +68,12 @@ export interface ClientOptions {
   stateDir: string;
   maxRank?: number;
   backend?: string;
+  /**
+   * Keep the frozen base's linear weights outside the tfjs heap, compactly (fp32, bf16, int8, or nf4 =
+   * QLoRA's 4-bit NormalFloat) and materialise one at a time: a base model larger than the wasm heap can
+   * train, at some cost in step time. Unset: every weight is a tensor.
+   */
+  baseDtype?: 'fp32' | 'bf16' | 'int8' | 'nf4';
   /** Globs over PEFT tensor names this client personalizes (see personalMode). */
   personal?: string[];
   /**
@@ -157,6 +165,7 @@ export class Client {
   constructor(o: ClientOptions) {
     if (!o.coordinatorUrl) throw new ConfigError('--coordinator URL is required');
     for (const u of o.coordinatorUrl.split(',').map((x) => x.trim()).filter(Boolean)) parseCoordinatorUrl(u);
+    if (o.baseDtype !== undefined && !['fp32', 'bf16', 'int8', 'nf4'].includes(o.baseDtype)) throw new ConfigError(`--base-dtype must be one of fp32, bf16, int8, nf4, got ${JSON.stringify(o.baseDtype)}`);
     if (o.backend !== undefined && !BACKEND_NAMES.includes(o.backend)) throw new ConfigError(`--backend must be one of ${BACKEND_NAMES.join(', ')}, got ${JSON.stringify(o.backend)}`);
     if (!o.dataFile) throw new ConfigError('--data FILE is required');
     if (!o.stateDir) throw new ConfigError('--state DIR is required');
@@ -435,7 +444,7 @@ export class Client {
     if (!this.#trainer) {
       const factory = o.trainerFactory ?? (async (f: TrainerFactoryOptions) => (await import('./trainer.js')).createTrainer(f));
       this.#trainer = await factory({
-        modelDir: this.#modelDir, dataFile: o.dataFile, backend: this.#backend, evalFraction: o.evalFraction!, seed: o.seed ?? 0, ...(this.#examples ? { examples: this.#examples } : {}),
+        modelDir: this.#modelDir, dataFile: o.dataFile, backend: this.#backend, evalFraction: o.evalFraction!, seed: o.seed ?? 0, ...(o.baseDtype ? { baseDtype: o.baseDtype } : {}), ...(this.#examples ? { examples: this.#examples } : {}),
       });
       this.#examples = undefined;
     }

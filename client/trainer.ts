@@ -117,6 +117,8 @@ export interface CreateTrainerOptions {
   dataFile?: string;
   examples?: Example[];
   backend?: string;
+  /** LoadOptions.baseDtype: the frozen linear weights stored outside the tfjs heap. */
+  baseDtype?: 'fp32' | 'bf16' | 'int8' | 'nf4';
   evalFraction?: number;
   seed?: number;
   maxSeqLen?: number;
@@ -142,7 +144,7 @@ export async function createTrainer(opts: CreateTrainerOptions): Promise<LocalTr
   const examples = opts.examples ?? (opts.dataFile ? await loadJsonlDataset(opts.dataFile) : undefined);
   if (!examples) throw new DataError('createTrainer needs dataFile or examples');
   if (examples.length < 2) throw new DataError(`need at least 2 examples, got ${examples.length}`);
-  const lm = opts.lm ?? (await loadCausalLM(opts.modelDir, { backend: opts.backend ?? 'auto' }));
+  const lm = opts.lm ?? (await loadCausalLM(opts.modelDir, { backend: opts.backend ?? 'auto', ...(opts.baseDtype ? { baseDtype: opts.baseDtype } : {}) }));
   const ownsModel = !opts.lm;
   try {
     const tok = opts.tokenizer ?? (await resolveTokenizer(opts.modelDir, lm.config.vocabSize));

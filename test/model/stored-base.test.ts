@@ -104,3 +104,36 @@ describe('stored base weights: options', () => {
     expect(String(e2)).to.match(/cannot be combined with trainableBase/);
   });
 });
+
+describe('stored base weights: a client trainer with baseDtype', function () {
+  this.timeout(120_000);
+  it('trains LoRA on an nf4-stored base (llama-tiny): loss falls, the adapter is ordinary, and fp32 storage tracks the in-heap run', async () => {
+    const { createTrainer } = await import('../../client/trainer.js');
+    const { ByteTokenizer } = await import('../../shared/model/tokenizer.js');
+    const { getStrategy } = await import('../../shared/aggregation/index.js');
+    const BASE = `${FIX}/llama-tiny/base`;
+    const examples = Array.from({ length: 16 }, (_, i) => ({ prompt: `message ${i}: win cash now ${i % 3}`, completion: i % 2 ? ' spam' : ' ham' }));
+    const run = async (baseDtype?: 'nf4' | 'fp32') => {
+      const t = await createTrainer({ modelDir: BASE, examples, backend: 'wasm', tokenizer: new ByteTokenizer(), evalFraction: 0.25, seed: 3, maxSeqLen: 48, ...(baseDtype ? { baseDtype } : {}) });
+      try {
+        const probe = await loadCausalLM(BASE, { backend: 'wasm' });
+        const shapes = probe.linearShapes;
+        probe.dispose();
+        let a = getStrategy('fedit').init(shapes, 4, 8, 5, { targetModules: ['q_proj', 'v_proj'], fanInFanOut: false, useRslora: false, taskType: 'CAUSAL_LM' });
+        const losses: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          const res = await t.train(a, { steps: 3, lr: 1e-2, batchSize: 4, seed: r, trainable: () => true });
+          a = res.adapter;
+          losses.push(res.trainLoss);
+        }
+        return { losses, adapter: a };
+      } finally { t.dispose(); }
+    };
+    const nf4 = await run('nf4'), fp32s = await run('fp32'), heapRun = await run();
+    console.log(`      mean train loss per round: nf4 ${nf4.losses.map((x) => x.toFixed(4)).join(' ')}; fp32 stored ${fp32s.losses.map((x) => x.toFixed(4)).join(' ')}; in heap ${heapRun.losses.map((x) => x.toFixed(4)).join(' ')}`);
+    expect(nf4.losses[2]!).to.be.below(nf4.losses[0]!);
+    for (let i = 0; i < 3; i++) expect(Math.abs(fp32s.losses[i]! - heapRun.losses[i]!)).to.be.below(1e-4);
+    expect([...nf4.adapter.tensors.keys()].sort()).to.deep.equal([...heapRun.adapter.tensors.keys()].sort());
+    expect(nf4.adapter.config).to.deep.equal(heapRun.adapter.config);
+  });
+});
