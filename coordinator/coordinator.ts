@@ -35,6 +35,7 @@ import { RoundEngine, type Command, type EnginePhase } from './engine/round-engi
 import { Bus } from './cluster/bus.js';
 import { Lease } from './cluster/lease.js';
 import { BlobStore, RemoteLink } from './cluster/remote-link.js';
+import { protocolVersionGate } from './http/version-gate.js';
 
 const log = logger('fedlora:coordinator');
 /** Default clip for every contribution: LoRA factor entries beyond ±8 are clipped before they are summed. */
@@ -399,16 +400,7 @@ export class Coordinator {
     this.#io = new Server<ClientToServerEvents, ServerToClientEvents>(http, {
       maxHttpBufferSize: this.#maxMessageBytes + 4096, pingTimeout: 60_000, pingInterval: 10_000, serveClient: false, cors: { origin: false },
     });
-    this.#io.use((socket, next) => {
-      const v = (socket.handshake.auth as { protocolVersion?: unknown } | undefined)?.protocolVersion;
-      if (v !== PROTOCOL_VERSION) {
-        const err = new Error(`VERSION_MISMATCH: coordinator speaks protocol ${PROTOCOL_VERSION}, client sent ${JSON.stringify(v)}`);
-        (err as Error & { data?: unknown }).data = { code: 'VERSION_MISMATCH', protocolVersion: PROTOCOL_VERSION };
-        next(err);
-        return;
-      }
-      next();
-    });
+    this.#io.use(protocolVersionGate);
     this.#io.on('connection', (s) => this.#onLink((onRefused) => socketIoLink(s as never, { maxBytes: this.#maxMessageBytes, onRefused })));
     await new Promise<void>((res, rej) => { http.once('error', rej); http.listen(port, this.options.host, () => { http.off('error', rej); res(); }); });
     const addr = http.address() as AddressInfo;

@@ -15,9 +15,10 @@ import { Server, type Socket } from 'socket.io';
 import { ConfigError, ProtocolError, errorMessage } from '../../shared/errors.js';
 import { logger } from '../../shared/log.js';
 import { decode, encode } from '../../shared/codec/index.js';
-import { EV, PROTOCOL_VERSION, openFromClient, parseSealedEnvelope } from '../../shared/protocol/index.js';
+import { EV, openFromClient, parseSealedEnvelope } from '../../shared/protocol/index.js';
 import { socketIoLink, type Link } from '../../shared/link/index.js';
 import { Bus } from './bus.js';
+import { protocolVersionGate } from '../http/version-gate.js';
 
 const log = logger('fedlora:cluster:edge');
 const RELAYED = [EV.authChallenge, EV.hello, EV.modelChunk, EV.ready, EV.update, EV.secagg] as const;
@@ -85,16 +86,7 @@ export class ClusterEdge {
     const http: HttpServer = tls ? createHttpsServer({ cert: await pem(tls.cert), key: await pem(tls.key) }, handler as never) : createServer(handler as never);
     this.#http = http;
     const io = this.#io = new Server(http, { maxHttpBufferSize: this.#maxBytes + 4096, pingTimeout: 60_000, pingInterval: 10_000, serveClient: false, cors: { origin: false } });
-    io.use((socket, next) => {
-      const v = (socket.handshake.auth as { protocolVersion?: unknown } | undefined)?.protocolVersion;
-      if (v !== PROTOCOL_VERSION) {
-        const err = new Error(`VERSION_MISMATCH: coordinator speaks protocol ${PROTOCOL_VERSION}, client sent ${JSON.stringify(v)}`);
-        (err as Error & { data?: unknown }).data = { code: 'VERSION_MISMATCH', protocolVersion: PROTOCOL_VERSION };
-        next(err);
-        return;
-      }
-      next();
-    });
+    io.use(protocolVersionGate);
     io.on('connection', (s) => this.#onConnection(s));
     await new Promise<void>((res, rej) => { http.once('error', rej); http.listen(port, this.o.host, () => { http.off('error', rej); res(); }); });
     const addr = http.address() as AddressInfo;

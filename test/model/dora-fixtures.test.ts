@@ -5,6 +5,7 @@
  * every CPU backend, with the LoRA oracle's tolerances.
  */
 import { expect } from 'chai';
+import { maxAbsDiff } from './compare.js';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -19,12 +20,6 @@ import { tf } from '../../shared/backend/index.js';
 
 const FIX = 'test/fixtures/hf';
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).to.equal(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 function idsOf(ex: SafetensorsFile): number[][] {
   const t = readTensor(ex, 'input_ids');

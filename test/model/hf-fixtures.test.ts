@@ -3,6 +3,7 @@
  * (test/fixtures/hf, written by make_fixtures.py) must be reproduced on every CPU backend.
  */
 import { expect } from 'chai';
+import { maxAbsDiff } from './compare.js';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,12 +16,6 @@ import { tf } from '../../shared/backend/index.js';
 
 const FIX = 'test/fixtures/hf';
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).to.equal(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 for (const backend of ['cpu', 'wasm']) {
   for (const name of ['gpt2-tiny', 'llama-tiny']) {

@@ -4,6 +4,7 @@
  * bf16) gives the logits of the same model whose checkpoint holds the dequantized weights as fp32.
  */
 import { expect } from 'chai';
+import { maxAbsDiff } from './compare.js';
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,12 +17,6 @@ import { tf } from '../../shared/backend/index.js';
 
 const FIX = 'test/fixtures/hf';
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).to.equal(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 async function idsOf(name: string): Promise<number[][]> {
   const ex = await loadSafetensors(`${FIX}/${name}/expected.safetensors`);
