@@ -27,24 +27,6 @@ export function importPrivateKey(crv: OkpCurve, sk: Uint8Array, pk: Uint8Array):
   return createPrivateKey({ key: { kty: 'OKP', crv, d: b64u(sk), x: b64u(pk) }, format: 'jwk' });
 }
 
-/** Raw 32-byte public key of a public or private OKP KeyObject. */
-export function exportRawPublicKey(k: KeyObject): Uint8Array {
-  const pub = k.type === 'private' ? createPublicKey(k) : k;
-  const x = pub.export({ format: 'jwk' }).x;
-  if (typeof x !== 'string') throw new Error('KeyObject has no OKP public key');
-  return new Uint8Array(Buffer.from(x, 'base64url'));
-}
-
-/** Raw 32-byte private key of an OKP KeyObject (a fresh array the caller owns and may wipe). */
-export function exportRawPrivateKey(k: KeyObject): Uint8Array {
-  const d = k.export({ format: 'jwk' }).d;
-  if (typeof d !== 'string') throw new Error('KeyObject has no OKP private key');
-  const buf = Buffer.from(d, 'base64url');
-  const out = new Uint8Array(buf);
-  buf.fill(0);
-  return out;
-}
-
 export class KeyObjectCache {
   readonly #crv: OkpCurve;
   readonly #maxPublic: number;

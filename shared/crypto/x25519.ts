@@ -1,6 +1,6 @@
-import { diffieHellman, generateKeyPairSync } from 'node:crypto';
+import { diffieHellman, randomFillSync } from 'node:crypto';
 import { x25519 as nobleX25519 } from '@noble/curves/ed25519.js';
-import { KeyObjectCache, exportRawPrivateKey, exportRawPublicKey } from './node-keys.js';
+import { KeyObjectCache, importPrivateKey } from './node-keys.js';
 
 /**
  * X25519 (RFC 7748). The DH runs in OpenSSL (node:crypto, ~40 µs, what a coordinator recovering
@@ -29,9 +29,16 @@ export function x25519Base(sk: Uint8Array): Uint8Array {
   return nobleX25519.getPublicKey(sk);
 }
 
+/**
+ * A fresh key pair: 32 bytes from the OS CSPRNG (RFC 7748 clamps any 32 bytes into a valid scalar) and
+ * the public key from @noble/curves. Not node:crypto's generateKeyPairSync + export: in Node 20 a
+ * garbage collection that runs while a generated key is exported to JWK can finalize the key's
+ * generation job, whose destructor waits on the mutex the export holds, and the process hangs in
+ * futex_wait (seen in the test suite, a native stack taken with gdb).
+ */
 export function x25519KeyPair(): { publicKey: Uint8Array; secretKey: Uint8Array } {
-  const { privateKey } = generateKeyPairSync('x25519');
-  const secretKey = exportRawPrivateKey(privateKey);
-  keys.remember(secretKey, privateKey);
-  return { publicKey: exportRawPublicKey(privateKey), secretKey };
+  const secretKey = randomFillSync(new Uint8Array(32));
+  const publicKey = nobleX25519.getPublicKey(secretKey);
+  keys.remember(secretKey, importPrivateKey('X25519', secretKey, publicKey));
+  return { publicKey, secretKey };
 }
