@@ -11,6 +11,7 @@ import { BackendError, errorMessage } from '../errors.js';
 import { logger } from '../log.js';
 import { registerGradients } from './gradients.js';
 import { initThreadedWasm, threadsFromEnv } from './wasm-threads.js';
+import { installWasmKernels } from './wasm-kernels.js';
 
 await registerGradients();
 
@@ -138,32 +139,6 @@ async function tryWasm(): Promise<void> {
   }
 }
 
-/**
- * tfjs-backend-wasm's Identity copies its input into a new heap buffer. Autodiff saves tensors through
- * Identity, so a training step on wasm holds a second copy of every saved activation (measured on the
- * GPT-2-124M step: 2.7 % of kernel time and ~600 MiB of heap). This kernel shares the input's buffer and
- * counts a reference instead, as the backend's own Reshape does: tfjs kernels never write into their
- * inputs, so a shared buffer is safe. String tensors keep the original kernel.
- */
-let identityShared = false;
-function shareIdentityOnWasm(): void {
-  if (identityShared) return;
-  const original = tf.getKernel(tf.Identity, 'wasm');
-  if (!original) return;
-  tf.unregisterKernel(tf.Identity, 'wasm');
-  tf.registerKernel({
-    kernelName: tf.Identity,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const x = args.inputs.x as tf.TensorInfo;
-      if (x.dtype === 'string') return original.kernelFunc(args);
-      (args.backend as unknown as { incRef(id: tf.DataId): void }).incRef(x.dataId);
-      return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
-    },
-  });
-  identityShared = true;
-}
-
 async function tryCpu(): Promise<void> {
   await import('@tensorflow/tfjs-backend-cpu');
 }
@@ -174,7 +149,7 @@ async function activate(name: BackendName): Promise<void> {
   // the cpu backend's "install tfjs-node" banner is a console.warn that tfjs leaves out in PROD mode
   if (name === 'cpu') tf.env().set('PROD', true);
   await LOADERS[name]();
-  if (name === 'wasm') shareIdentityOnWasm();
+  if (name === 'wasm') installWasmKernels();
   const ok = await tf.setBackend(name);
   if (!ok) throw new Error(`tf.setBackend('${name}') failed to initialise`);
   await tf.ready();

@@ -1,0 +1,101 @@
+/**
+ * Replacements for three tfjs-backend-wasm kernels whose stock versions copy more than they need to.
+ * Registered over the stock ones when the wasm backend starts (shared/backend/index.ts); every case
+ * they do not cover goes to the stock kernel.
+ *
+ * - **Identity** copies its input into a new heap buffer. Autodiff saves tensors through Identity, so a
+ *   training step held a second copy of every saved activation (GPT-2-124M step: ~600 MiB of heap, 2.7 %
+ *   of kernel time). Here it shares the buffer and counts a reference, as the backend's own Reshape
+ *   does: tfjs kernels never write into their inputs.
+ * - **Slice**, and **Unpack** / **SplitV** built on it: the stock slice starts with `readSync`, which
+ *   copies the *whole* input out of the heap, for every slice. Unstacking [12, 128, 64] copied the
+ *   tensor 12 times (GPT-2 step: 145 Unpack calls, 5 % of kernel time). A slice that is one
+ *   contiguous range (every slice along the first axis) is copied here straight from a view of the heap.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+interface WasmBackendLike {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
+  incRef(id: tf.DataId): void;
+}
+
+type KernelArgs = Parameters<tf.KernelFunc>[0];
+
+let installed = false;
+
+export function installWasmKernels(): void {
+  if (installed) return;
+  const stockIdentity = tf.getKernel(tf.Identity, 'wasm');
+  const stockSlice = tf.getKernel(tf.Slice, 'wasm');
+  const stockUnpack = tf.getKernel(tf.Unpack, 'wasm');
+  const stockSplitV = tf.getKernel(tf.SplitV, 'wasm');
+  if (!stockIdentity || !stockSlice || !stockUnpack || !stockSplitV) return;
+
+  const replace = (kernelName: string, kernelFunc: tf.KernelFunc) => {
+    tf.unregisterKernel(kernelName, 'wasm');
+    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc });
+  };
+
+  replace(tf.Identity, (args) => {
+    const x = args.inputs.x as tf.TensorInfo;
+    if (x.dtype === 'string') return stockIdentity.kernelFunc(args);
+    (args.backend as unknown as WasmBackendLike).incRef(x.dataId);
+    return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+  });
+
+  /** x[begin : begin + size] when that is one contiguous range; otherwise the stock kernel. */
+  const slice = (x: tf.TensorInfo, begin: number[], size: number[], args: KernelArgs): tf.TensorInfo => {
+    const [b, s] = tf.slice_util.parseSliceParams(x as unknown as tf.Tensor, begin, size) as [number[], number[]];
+    if (x.dtype === 'string' || !tf.slice_util.isSliceContinous(x.shape, b, s)) {
+      return stockSlice.kernelFunc({ ...args, inputs: { x }, attrs: { begin, size } }) as tf.TensorInfo;
+    }
+    const backend = args.backend as unknown as WasmBackendLike;
+    const offset = tf.slice_util.computeFlatOffset(b, tf.util.computeStrides(x.shape));
+    const n = tf.util.sizeFromShape(s);
+    const out = backend.makeOutput(s, x.dtype);
+    // views after makeOutput: growing the heap there detaches views taken before
+    backend.typedArrayFromHeap(out).set(backend.typedArrayFromHeap(x).subarray(offset, offset + n));
+    return out;
+  };
+
+  replace(tf.Slice, (args) => {
+    const { begin, size } = args.attrs as unknown as { begin: number | number[]; size: number | number[] };
+    const x = args.inputs.x as tf.TensorInfo;
+    return slice(x, typeof begin === 'number' ? [begin] : begin, typeof size === 'number' ? [size] : size, args);
+  });
+
+  replace(tf.Unpack, (args) => {
+    const value = args.inputs.value as tf.TensorInfo;
+    const rank = value.shape.length;
+    let axis = (args.attrs as unknown as { axis: number }).axis;
+    if (axis < 0) axis += rank;
+    const outShape = value.shape.filter((_, i) => i !== axis);
+    const begin = new Array<number>(rank).fill(0);
+    const size = value.shape.slice();
+    size[axis] = 1;
+    const outs: tf.TensorInfo[] = [];
+    for (let i = 0; i < value.shape[axis]!; i++) {
+      begin[axis] = i;
+      const o = slice(value, begin.slice(), size, args);
+      outs.push({ dataId: o.dataId, dtype: o.dtype, shape: outShape });
+    }
+    return outs;
+  });
+
+  replace(tf.SplitV, (args) => {
+    const x = args.inputs.x as tf.TensorInfo;
+    const { numOrSizeSplits, axis } = args.attrs as unknown as { numOrSizeSplits: number | number[]; axis: number };
+    const ax = tf.util.parseAxisParam(axis, x.shape)[0]!;
+    const sizes = tf.backend_util.prepareSplitSize(x as unknown as tf.Tensor, numOrSizeSplits, ax);
+    const begin = new Array<number>(x.shape.length).fill(0);
+    return sizes.map((s) => {
+      const size = x.shape.slice();
+      size[ax] = s;
+      const o = slice(x, begin.slice(), size, args);
+      begin[ax] = begin[ax]! + s;
+      return o;
+    });
+  });
+  installed = true;
+}

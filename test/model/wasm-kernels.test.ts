@@ -1,0 +1,136 @@
+/**
+ * fedlora's wasm kernels (shared/backend/wasm-kernels.ts). Identity shares its input's heap buffer
+ * instead of copying it: one buffer, two references, each dispose drops one, and autodiff (which saves
+ * tensors through Identity) still gives exact gradients. Slice / Unpack / SplitV copy contiguous ranges
+ * from a view of the heap and leave the rest to the stock kernel: every case is checked against
+ * index arithmetic in plain JS.
+ */
+import { expect } from 'chai';
+import { selectBackend, tf } from '../../shared/backend/index.js';
+
+describe('wasm kernels: Identity shares data; Slice, Unpack and SplitV', () => {
+  before(async () => { expect((await selectBackend('wasm')).name).to.equal('wasm'); });
+
+  it('clone (the Identity kernel) returns the same buffer with one more reference; the data outlives the first dispose', () => {
+    const backend = tf.backend() as unknown as { refCount(id: object): number };
+    const before = tf.memory().numDataBuffers;
+    const x = tf.tensor1d([1.5, -2, 3.25, 4]);
+    const y = tf.clone(x);
+    expect(y.dataId).to.equal(x.dataId);
+    expect(backend.refCount(x.dataId)).to.equal(2);
+    expect(tf.memory().numDataBuffers - before).to.equal(1); // one buffer for both tensors (the stock kernel makes two)
+    x.dispose();
+    expect(backend.refCount(y.dataId)).to.equal(1);
+    expect([...y.dataSync()]).to.deep.equal([1.5, -2, 3.25, 4]);
+    y.dispose();
+    expect(backend.refCount(y.dataId)).to.equal(0);
+    expect(tf.memory().numDataBuffers).to.equal(before);
+  });
+
+  it('a value written after a clone (a variable assigned a new value) leaves the shared copy unchanged', () => {
+    const v = tf.variable(tf.tensor1d([1, 2, 3]));
+    const snapshot = tf.clone(v);
+    v.assign(tf.tensor1d([7, 8, 9]));
+    expect([...snapshot.dataSync()]).to.deep.equal([1, 2, 3]);
+    expect([...v.dataSync()]).to.deep.equal([7, 8, 9]);
+    snapshot.dispose(); v.dispose();
+  });
+
+  it('gradients through saved tensors are exact: d/dx Σ x·exp(x) = (1 + x)·exp(x)', () => {
+    const xs = [-1.5, -0.25, 0, 0.5, 2];
+    const start = tf.memory().numTensors;
+    const g = tf.tidy(() => tf.grad((x: tf.Tensor) => tf.sum(tf.mul(x, tf.exp(x))))(tf.tensor1d(xs)));
+    const got = [...g.dataSync()];
+    g.dispose();
+    xs.forEach((x, i) => expect(got[i]).to.be.closeTo((1 + x) * Math.exp(x), 1e-5));
+    expect(tf.memory().numTensors).to.equal(start);
+  });
+
+  /** Values of x[begin : begin + size] for a row-major tensor of `shape` holding 0, 1, 2, …. */
+  function expectedSlice(shape: number[], begin: number[], size: number[]): number[] {
+    const strides = shape.map((_, i) => shape.slice(i + 1).reduce((p, q) => p * q, 1));
+    const out: number[] = [];
+    const idx = new Array<number>(shape.length).fill(0);
+    const total = size.reduce((p, q) => p * q, 1);
+    for (let n = 0; n < total; n++) {
+      let rem = n;
+      for (let d = shape.length - 1; d >= 0; d--) { idx[d] = rem % size[d]!; rem = Math.floor(rem / size[d]!); }
+      out.push(idx.reduce((acc, v, d) => acc + (v + begin[d]!) * strides[d]!, 0));
+    }
+    return out;
+  }
+
+  const ramp = (shape: number[], dtype: 'float32' | 'int32' = 'float32') =>
+    tf.tensor(Array.from({ length: shape.reduce((p, q) => p * q, 1) }, (_, i) => i), shape, dtype);
+
+  it('slice: contiguous and strided ranges, -1 sizes, int32, rank 1 to 5 (against index arithmetic)', () => {
+    const cases: Array<[number[], number[], number[]]> = [
+      [[10], [3], [4]],
+      [[4, 6], [1, 0], [2, 6]],        // whole rows: contiguous
+      [[4, 6], [0, 2], [4, 3]],        // columns: strided
+      [[3, 4, 5], [1, 0, 0], [2, 4, 5]],
+      [[3, 4, 5], [0, 1, 2], [3, 2, 3]],
+      [[2, 3, 4, 5], [1, 2, 0, 0], [1, 1, 4, 5]],
+      [[2, 3, 4, 5], [0, 1, 1, 1], [2, 2, 2, 3]],
+      [[2, 2, 3, 2, 2], [1, 0, 1, 0, 0], [1, 2, 2, 2, 2]],
+    ];
+    for (const dtype of ['float32', 'int32'] as const) {
+      for (const [shape, begin, size] of cases) {
+        const x = ramp(shape, dtype);
+        const y = tf.slice(x, begin, size);
+        expect(y.dtype).to.equal(dtype);
+        expect(y.shape).to.deep.equal(size);
+        expect([...y.dataSync()], `${shape} ${begin} ${size}`).to.deep.equal(expectedSlice(shape, begin, size));
+        x.dispose(); y.dispose();
+      }
+    }
+    const x = ramp([4, 6]);
+    const y = tf.slice(x, [1, 2], [-1, -1]);
+    expect([...y.dataSync()]).to.deep.equal(expectedSlice([4, 6], [1, 2], [3, 4]));
+    x.dispose(); y.dispose();
+  });
+
+  it('unstack along every axis and split into equal and uneven parts match the slices they stand for', () => {
+    const shape = [3, 4, 5];
+    const x = ramp(shape);
+    for (let axis = 0; axis < 3; axis++) {
+      const parts = tf.unstack(x, axis);
+      expect(parts.length).to.equal(shape[axis]);
+      parts.forEach((p, i) => {
+        const begin = [0, 0, 0]; const size = [...shape];
+        begin[axis] = i; size[axis] = 1;
+        expect(p.shape).to.deep.equal(shape.filter((_, d) => d !== axis));
+        expect([...p.dataSync()]).to.deep.equal(expectedSlice(shape, begin, size));
+        p.dispose();
+      });
+    }
+    for (const [axis, splits] of [[0, 3], [1, [1, 3]], [2, [2, -1, 1]], [-1, 5]] as Array<[number, number | number[]]>) {
+      const parts = tf.split(x, splits, axis);
+      const ax = axis < 0 ? axis + 3 : axis;
+      let at = 0;
+      for (const p of parts) {
+        const begin = [0, 0, 0]; begin[ax] = at;
+        expect([...p.dataSync()], `axis ${axis} ${JSON.stringify(splits)}`).to.deep.equal(expectedSlice(shape, begin, p.shape));
+        at += p.shape[ax]!;
+        p.dispose();
+      }
+      expect(at).to.equal(shape[ax]);
+    }
+    x.dispose();
+  });
+
+  it('gradients through slice, unstack and split are the stock ones (scatter back into zeros)', () => {
+    const x = ramp([2, 3, 4]);
+    const g = tf.tidy(() => tf.grad((t: tf.Tensor) => {
+      const [a] = tf.unstack(t, 0);
+      const [, b] = tf.split(t, [1, 2], 1);
+      return tf.add(tf.sum(tf.mul(a!, 2)), tf.add(tf.sum(b!), tf.sum(tf.slice(t, [1, 0, 3], [1, 3, 1]))));
+    })(x));
+    const expected = new Array(24).fill(0).map((_, i) => {
+      const [d0, d1, d2] = [Math.floor(i / 12), Math.floor(i / 4) % 3, i % 4];
+      return (d0 === 0 ? 2 : 0) + (d1 >= 1 ? 1 : 0) + (d0 === 1 && d2 === 3 ? 1 : 0);
+    });
+    expect([...g.dataSync()]).to.deep.equal(expected);
+    x.dispose(); g.dispose();
+  });
+});
