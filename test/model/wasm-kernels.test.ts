@@ -63,7 +63,7 @@ describe('wasm kernels: Identity shares data; Slice, Unpack and SplitV', () => {
   const ramp = (shape: number[], dtype: 'float32' | 'int32' = 'float32') =>
     tf.tensor(Array.from({ length: shape.reduce((p, q) => p * q, 1) }, (_, i) => i), shape, dtype);
 
-  it('slice: contiguous and strided ranges, -1 sizes, int32, rank 1 to 5 (against index arithmetic)', () => {
+  it('slice: contiguous and strided ranges, empty and -1 sizes, int32, rank 1 to 5 (against index arithmetic)', () => {
     const cases: Array<[number[], number[], number[]]> = [
       [[10], [3], [4]],
       [[4, 6], [1, 0], [2, 6]],        // whole rows: contiguous
@@ -73,6 +73,8 @@ describe('wasm kernels: Identity shares data; Slice, Unpack and SplitV', () => {
       [[2, 3, 4, 5], [1, 2, 0, 0], [1, 1, 4, 5]],
       [[2, 3, 4, 5], [0, 1, 1, 1], [2, 2, 2, 3]],
       [[2, 2, 3, 2, 2], [1, 0, 1, 0, 0], [1, 2, 2, 2, 2]],
+      [[2, 2, 3, 2, 2], [0, 1, 0, 1, 1], [2, 1, 3, 1, 1]], // single elements, many runs
+      [[4, 6], [2, 1], [0, 3]],        // empty
     ];
     for (const dtype of ['float32', 'int32'] as const) {
       for (const [shape, begin, size] of cases) {
