@@ -90,6 +90,15 @@ export interface ClientOptions {
   personalMode?: 'finetune' | 'exclusive';
   /** Fine-tuning steps for the personal copy under 'finetune' (default: the round's local steps). */
   personalSteps?: number;
+  /** Learning rate of the personal copy's fine-tuning (default: the round's lr). */
+  personalLr?: number;
+  /**
+   * Ditto-style proximal weight λ for the personal copy's fine-tuning (default 0 = none): the loss
+   * gets (λ/2)·Σ‖s·B·A − s·B_g·A_g‖² over the modules it fine-tunes, B_g·A_g the global adapter the
+   * client received this round. On the products, not the factors, so it does not depend on the slot
+   * basis the coordinator's refactor chooses for the global.
+   */
+  personalProx?: number;
   evalFraction?: number;
   /** Folder that may already hold the base model (checked against the modelId; skips the download). */
   modelDir?: string;
@@ -178,6 +187,8 @@ export class Client {
     this.#isPersonalGlob = globMatcher(o.personal ?? []);
     if (o.personalMode !== undefined && o.personalMode !== 'finetune' && o.personalMode !== 'exclusive') throw new ConfigError(`personalMode must be 'finetune' or 'exclusive', got ${JSON.stringify(o.personalMode)}`);
     if (o.personalSteps !== undefined && (!Number.isInteger(o.personalSteps) || o.personalSteps < 0 || o.personalSteps > 100_000)) throw new ConfigError(`personalSteps must be an integer in [0, 100000], got ${JSON.stringify(o.personalSteps)}`);
+    if (o.personalLr !== undefined && !(Number.isFinite(o.personalLr) && o.personalLr > 0 && o.personalLr <= 10)) throw new ConfigError(`personalLr must be a number in (0, 10], got ${JSON.stringify(o.personalLr)}`);
+    if (o.personalProx !== undefined && !(Number.isFinite(o.personalProx) && o.personalProx >= 0 && o.personalProx <= 1e6)) throw new ConfigError(`personalProx must be a number in [0, 1000000], got ${JSON.stringify(o.personalProx)}`);
     const { onUpload, onRound } = o;
     this.#observe = {
       ...o.observe,
@@ -629,8 +640,10 @@ export class Client {
     }
     const steps = this.options.personalSteps ?? rs.train.steps;
     if (steps < 1) return { config: global.config, tensors };
+    const prox = this.options.personalProx ?? 0;
     const res = await this.#trainer!.train({ config: global.config, tensors }, {
-      steps, lr: rs.train.lr, batchSize: rs.train.batchSize, seed: (seed ^ 0x9e3779b9) >>> 0, trainable: tune,
+      steps, lr: this.options.personalLr ?? rs.train.lr, batchSize: rs.train.batchSize, seed: (seed ^ 0x9e3779b9) >>> 0, trainable: tune,
+      ...(prox > 0 ? { prox: { weight: prox, reference: global } } : {}),
       // the copy is this client's own, never rotated by the coordinator: its moments always carry
       optimizerKey: 'personal', onBasisChange: 'keep',
     });

@@ -48,6 +48,8 @@ export interface TrainOptions {
    * training's never mix; each key carries its own moments from call to call.
    */
   optimizerKey?: string;
+  /** A proximal term towards `reference` (LoraTrainerOptions.prox): Ditto-style personalization. */
+  prox?: { weight: number; reference: LoraAdapter };
 }
 
 export interface TrainResult {
@@ -201,7 +203,7 @@ class Trainer implements LocalTrainer {
     const trainer = new LoraTrainer(this.#lm, start, {
       lr: o.lr, totalSteps: o.steps, warmupSteps: o.warmupSteps ?? (carry ? 0 : Math.min(10, Math.floor(o.steps / 4))),
       schedule: o.schedule ?? 'constant', weightDecay: o.weightDecay ?? 0, maxGradNorm: 1.0, minLrRatio: 0.1,
-    }, o.trainable);
+    }, o.trainable, o.prox ? { prox: o.prox } : {});
     // Restarting Adam every round makes its first steps sign-like (≈ lr per entry in every direction),
     // which swamps the few steps a round has; carrying the moments keeps local steps well-scaled.
     // A refactored start (new slot basis) drops them: see TrainOptions.onBasisChange.

@@ -67,6 +67,14 @@ export interface Scenario {
   loraAlpha: number;
   /** Globs over PEFT tensor names that stay on every client (personalization layers). */
   personal: string[];
+  /**
+   * How a client trains its private copy of the `personal` tensors each round ('finetune' mode):
+   * `steps` (default train.localSteps; 0 = none), `lr` (default train.lr) and `prox`, the weight λ of
+   * a Ditto-style proximal term (λ/2)·Σ‖s·B·A − s·B_g·A_g‖² that pulls each fine-tuned module's
+   * product towards the received global one (0 = none). The local-only baseline gets these steps too
+   * (examples seen, see localStepsPerRound in runner/run.ts).
+   */
+  personalTrain: { steps: number; lr: number; prox: number };
   train: { localSteps: number; lr: number; batchSize: number; maxSeqLen: number };
   faults: {
     /** Each sampled client skips its upload (disconnects) in a round with this probability. */
@@ -132,6 +140,7 @@ export const DEFAULTS: Scenario = {
   rankMix: { '4': 0.5, '8': 0.3, '16': 0.2 },
   loraAlpha: 32,
   personal: [],
+  personalTrain: { steps: 8, lr: 5e-3, prox: 0 },
   train: { localSteps: 8, lr: 5e-3, batchSize: 8, maxSeqLen: 128 },
   faults: { dropoutProbability: 0, dropoutsPerRound: 0, stragglers: null, kill: null },
   roundTimeoutMs: 120_000,
@@ -234,7 +243,7 @@ function dpField(v: unknown): Scenario['dp'] {
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'refactor', 'seed', 'backend', 'workers', 'dp']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'personalTrain', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'refactor', 'seed', 'backend', 'workers', 'dp']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -308,6 +317,18 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     };
   }
 
+  let personalTrain: Scenario['personalTrain'] = { steps: train.localSteps, lr: train.lr, prox: 0 };
+  if (raw.personalTrain !== undefined) {
+    const p = raw.personalTrain;
+    if (!isObj(p)) fail('personalTrain', 'must be an object {"steps", "lr", "prox"}');
+    known(p, 'personalTrain', ['steps', 'lr', 'prox']);
+    personalTrain = {
+      steps: int(p.steps, 'personalTrain.steps', 0, 100_000, train.localSteps),
+      lr: num(p.lr, 'personalTrain.lr', 0, 10, train.lr, true),
+      prox: num(p.prox, 'personalTrain.prox', 0, 1e6, 0),
+    };
+  }
+
   const faults: Scenario['faults'] = { dropoutProbability: 0, dropoutsPerRound: 0, stragglers: null, kill: null };
   if (raw.faults !== undefined) {
     const f = raw.faults;
@@ -359,6 +380,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     rankMix,
     loraAlpha: num(raw.loraAlpha, 'loraAlpha', 0, 1e6, d.loraAlpha, true),
     personal,
+    personalTrain,
     train,
     faults,
     roundTimeoutMs: int(raw.roundTimeoutMs, 'roundTimeoutMs', 100, 86_400_000, d.roundTimeoutMs),

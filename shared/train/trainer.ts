@@ -155,6 +155,16 @@ export class AdamW {
   }
 }
 
+export interface LoraTrainerOptions {
+  /**
+   * A proximal term added to the training loss (Ditto-style personalization): (weight/2) ·
+   * Σ_m ‖s·B_m·A_m − s_ref·B_ref,m·A_ref,m‖²_F over the modules with a trainable A, B or LoRA-XS core
+   * that `reference` also holds. On the products ΔW, not on the factors, so a reference whose rank
+   * slots are in another basis (or of another rank) pulls towards the same function.
+   */
+  prox?: { weight: number; reference: LoraAdapter };
+}
+
 export class LoraTrainer {
   readonly lm: CausalLM;
   readonly #template: LoraAdapter;
@@ -162,9 +172,12 @@ export class LoraTrainer {
   readonly #scales = new Map<string, number>();
   readonly #opt: AdamW;
   readonly #trainable: string[];
+  /** The proximal term's weight and, per module, the reference product s_ref·B_ref·A_ref. */
+  readonly #prox: { weight: number; products: Map<string, tf.Tensor2D> } | null = null;
   #disposed = false;
 
-  constructor(lm: CausalLM, start: LoraAdapter, optim: OptimConfig, trainable: (peftName: string) => boolean = () => true) {
+  constructor(lm: CausalLM, start: LoraAdapter, optim: OptimConfig, trainable: (peftName: string) => boolean = () => true, extra: LoraTrainerOptions = {}) {
+    if (extra.prox && !(Number.isFinite(extra.prox.weight) && extra.prox.weight >= 0)) throw new RangeError(`prox weight must be a finite number ≥ 0, got ${extra.prox.weight}`);
     lm.validateAdapter(start);
     checkXsShapes(start.tensors);
     this.lm = lm;
@@ -189,6 +202,46 @@ export class LoraTrainer {
       for (const v of this.#vars.values()) v.dispose();
       throw e;
     }
+    if (extra.prox && extra.prox.weight > 0) {
+      const ref = extra.prox.reference;
+      const products = new Map<string, tf.Tensor2D>();
+      for (const m of this.#scales.keys()) {
+        const own = [loraAName(m), loraBName(m), xsRName(m)].some((n) => train.has(n));
+        const a = ref.tensors.get(loraAName(m)), b = ref.tensors.get(loraBName(m)), r = ref.tensors.get(xsRName(m));
+        if (!own || !a || !b) continue;
+        const scale = moduleScale(ref.config, m, a.shape[0]);
+        products.set(m, tf.tidy(() => {
+          const A = tf.tensor2d(a.data, a.shape as [number, number]);
+          const Aeff = r ? tf.matMul(tf.tensor2d(r.data, r.shape as [number, number]), A) : A;
+          return tf.mul(tf.matMul(tf.tensor2d(b.data, b.shape as [number, number]), Aeff), scale) as tf.Tensor2D;
+        }));
+      }
+      this.#prox = { weight: extra.prox.weight, products };
+    }
+  }
+
+  /** The proximal term for runtime `rt` (a scalar; zero without one). Called inside the caller's tape. */
+  #proxLoss(rt: LoraRuntime): tf.Scalar {
+    if (!this.#prox || !this.#prox.products.size) return tf.scalar(0);
+    const terms: tf.Scalar[] = [];
+    for (const [m, ref] of this.#prox.products) {
+      const e = rt.get(m)!;
+      terms.push(tf.sum(tf.square(tf.sub(tf.mul(tf.matMul(e.B, e.A), e.scale), ref))));
+    }
+    return tf.mul(tf.addN(terms), this.#prox.weight / 2);
+  }
+
+  /** The training loss of one batch: causal LM loss plus the proximal term when there is one. */
+  #loss(t: { ids: tf.Tensor2D; lm: tf.Tensor2D; am: tf.Tensor2D }): tf.Scalar {
+    const rt = this.#runtime();
+    const ce = this.lm.causalLoss(this.lm.forward(t.ids, t.am, rt), t.ids, t.lm, t.am);
+    return this.#prox ? tf.add(ce, this.#proxLoss(rt)) : ce;
+  }
+
+  /** The proximal term at the current values (0 without one): tests, diagnostics. */
+  async proxValue(): Promise<number> {
+    const v = tf.tidy(() => this.#proxLoss(this.#runtime()));
+    try { return (await v.data())[0]!; } finally { v.dispose(); }
   }
 
   get step(): number { return this.#opt.step; }
@@ -212,7 +265,7 @@ export class LoraTrainer {
     if (!this.#trainable.length) throw new Error('nothing to train: no adapter tensor is trainable');
     const t = batchTensors(b);
     try {
-      return await this.#opt.accumulate(() => this.lm.causalLoss(this.lm.forward(t.ids, t.am, this.#runtime()), t.ids, t.lm, t.am));
+      return await this.#opt.accumulate(() => this.#loss(t));
     } finally {
       t.ids.dispose(); t.lm.dispose(); t.am.dispose();
     }
@@ -227,7 +280,7 @@ export class LoraTrainer {
     if (!names.length) throw new Error('nothing to train: no adapter tensor is trainable');
     const t = batchTensors(b);
     try {
-      const { value, grads } = tf.variableGrads(() => this.lm.causalLoss(this.lm.forward(t.ids, t.am, this.#runtime()), t.ids, t.lm, t.am), names.map((n) => this.#vars.get(n)!));
+      const { value, grads } = tf.variableGrads(() => this.#loss(t), names.map((n) => this.#vars.get(n)!));
       const out: TensorMap = new Map();
       for (const n of names) {
         const g = grads[this.#vars.get(n)!.name]!;
@@ -287,6 +340,7 @@ export class LoraTrainer {
     if (this.#disposed) return;
     this.#disposed = true;
     for (const v of this.#vars.values()) v.dispose();
+    for (const p of this.#prox?.products.values() ?? []) p.dispose();
     this.#opt.dispose();
   }
 }

@@ -125,12 +125,21 @@ export function roundFigures(globalEval: GlobalEvalResult | undefined, personal:
 }
 
 /**
- * Local-only budget, in local steps per round-sized chunk: the examples a client sees in the
- * federation in expectation (it is sampled in clientsPerRound of clients rounds), with cumulative
- * rounding so the total is round(rounds × localSteps × clientsPerRound / clients).
+ * Steps a sampled client trains on its own examples in one round: the local steps of the shared
+ * update plus, when it personalizes (`personal` globs, 'finetune'), the steps of its private copy.
  */
-export function localStepsPerRound(s: Pick<Scenario, 'rounds' | 'clients' | 'clientsPerRound' | 'train'>): number[] {
-  const per = (s.train.localSteps * s.clientsPerRound) / s.clients;
+export function ownStepsPerRound(s: Pick<Scenario, 'train' | 'personal' | 'personalTrain'>): number {
+  return s.train.localSteps + (s.personal.length ? s.personalTrain.steps : 0);
+}
+
+/**
+ * Local-only budget, in local steps per round-sized chunk: the examples a client sees of its own
+ * data in the federation in expectation (it is sampled in clientsPerRound of clients rounds, and a
+ * sampled client trains ownStepsPerRound steps: its shared update and its personal copy), with
+ * cumulative rounding so the total is round(rounds × ownStepsPerRound × clientsPerRound / clients).
+ */
+export function localStepsPerRound(s: Pick<Scenario, 'rounds' | 'clients' | 'clientsPerRound' | 'train' | 'personal' | 'personalTrain'>): number[] {
+  const per = (ownStepsPerRound(s) * s.clientsPerRound) / s.clients;
   return Array.from({ length: s.rounds }, (_, i) => Math.round((i + 1) * per) - Math.round(i * per));
 }
 
@@ -295,7 +304,10 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
         id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, stateDir: join(dir, 'clients', c.id), identityFile: join(c.dir, 'client.identity'), maxRank: c.rank, dropRounds: drops.get(c.id) ?? [],
         ...(isMain && victim?.id === c.id ? { reportTrainStart: true } : {}),
       });
-      const extra = o.clientExtra ?? {};
+      const extra = {
+        ...(s.personal.length ? { personalSteps: s.personalTrain.steps, personalLr: s.personalTrain.lr, ...(s.personalTrain.prox > 0 ? { personalProx: s.personalTrain.prox } : {}) } : {}),
+        ...(o.clientExtra ?? {}),
+      };
       const coordinatorKey = st.coordinator.publicKey!;
       for (const w of pool) {
         const mine = clients.filter((c) => hostOf(c) === w && !(isMain && victim?.id === c.id));
@@ -470,7 +482,7 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
     notes.push('Personalized (per round) = each client\'s adapter right after its local training in that round, on its own eval split; mean over the clients that trained. The exported adapters\' figures (final global, and with each client\'s personal tensors in place) are under final.exported.');
     notes.push(`Final figures are the mean over the last ${Math.min(K, s.rounds)} evaluated round(s) (finalWindow ${K}); the last round alone is kept as "last".${allRounds ? '' : ` Evaluated rounds (evalEvery ${s.evalEvery}): ${evalRounds.join(', ')}.`}`);
     const steps = localStepsPerRound(s);
-    notes.push(`Same budget in examples seen (batch ${s.train.batchSize}): a federated round is ${s.clientsPerRound} × ${s.train.localSteps} local steps; centralized trains ${s.train.localSteps * s.clientsPerRound} steps per round on the pooled train splits; local-only trains ${steps.reduce((a, b) => a + b, 0)} steps per client in all (${s.clientsPerRound}/${s.clients} of ${s.rounds} × ${s.train.localSteps}), carrying its optimizer state between round-sized chunks as federated clients do. Baselines are evaluated after every round-sized chunk.`);
+    notes.push(`Same budget in examples seen (batch ${s.train.batchSize}): a federated round is ${s.clientsPerRound} × ${s.train.localSteps} local steps; centralized trains ${s.train.localSteps * s.clientsPerRound} steps per round on the pooled train splits; local-only trains ${steps.reduce((a, b) => a + b, 0)} steps per client in all (${s.clientsPerRound}/${s.clients} of ${s.rounds} × ${ownStepsPerRound(s)}${s.personal.length ? `: ${s.train.localSteps} shared + ${s.personalTrain.steps} personal` : ''}), carrying its optimizer state between round-sized chunks as federated clients do. Baselines are evaluated after every round-sized chunk.`);
     const evalSizes = clients.map((c) => c.eval.length);
     const cpu = cpus()[0]?.model;
     const report: Report = {

@@ -107,6 +107,20 @@ describe('simulation scenarios', () => {
     expect(serverOptFor(parseScenario({}), 'rank-aware')).to.equal(undefined);
   });
 
+  it('personalTrain: steps and lr default to the round\'s, prox to none; validated like the other fields', () => {
+    expect(parseScenario({ train: { localSteps: 6, lr: 0.002 } }).personalTrain).to.deep.equal({ steps: 6, lr: 0.002, prox: 0 });
+    expect(parseScenario({ train: { localSteps: 6 }, personalTrain: { steps: 12, lr: 0.01, prox: 0.5 } }).personalTrain).to.deep.equal({ steps: 12, lr: 0.01, prox: 0.5 });
+    // steps 0: the personal copy is the global's, never fine-tuned
+    expect(parseScenario({ personalTrain: { steps: 0 } }).personalTrain.steps).to.equal(0);
+    refuses({ personalTrain: { steps: -1 } }, 'personalTrain.steps');
+    refuses({ personalTrain: { steps: 2.5 } }, 'personalTrain.steps');
+    refuses({ personalTrain: { lr: 0 } }, 'personalTrain.lr');
+    refuses({ personalTrain: { prox: -0.1 } }, 'personalTrain.prox');
+    refuses({ personalTrain: { prox: 'big' } }, 'personalTrain.prox');
+    refuses({ personalTrain: { epochs: 2 } }, 'personalTrain.epochs');
+    refuses({ personalTrain: 12 }, 'personalTrain');
+  });
+
   it('assigns ranks deterministically in the mix proportions', () => {
     const a = assignRanks({ 4: 0.5, 8: 0.3, 16: 0.2 }, 10, 42);
     expect(a).to.deep.equal(assignRanks({ 4: 0.5, 8: 0.3, 16: 0.2 }, 10, 42));

@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { aggregateReports, aggregateMetrics, finalFigure, meanSd, renderReportHtml, formatSummaryTable, sampleReport, assertReport, type Report } from '../../simulations/report/index.js';
 import { referenceLines } from '../../simulations/report/specs.js';
 import { referenceRates, majorityLabel, constantRate } from '../../simulations/runner/references.js';
-import { localStepsPerRound, roundFigures } from '../../simulations/runner/run.js';
+import { localStepsPerRound, ownStepsPerRound, roundFigures } from '../../simulations/runner/run.js';
 import { evaluatedRounds } from '../../simulations/scenario.js';
 
 describe('report statistics', () => {
@@ -146,11 +146,22 @@ describe('reference rates', () => {
 
 describe('runner arithmetic', () => {
   it('local-only budget: what a client trains in the federation, in expectation, with cumulative rounding', () => {
-    const base = { rounds: 3, clients: 6, clientsPerRound: 6, train: { localSteps: 8, lr: 0.005, batchSize: 8, maxSeqLen: 128 } };
+    const base = { rounds: 3, clients: 6, clientsPerRound: 6, train: { localSteps: 8, lr: 0.005, batchSize: 8, maxSeqLen: 128 }, personal: [], personalTrain: { steps: 5, lr: 0.005, prox: 0 } };
     expect(localStepsPerRound(base)).to.deep.equal([8, 8, 8]);
     const sampled = localStepsPerRound({ ...base, rounds: 4, clientsPerRound: 4 }); // 8 × 4/6 = 5.33 per round
     expect(sampled.reduce((a, b) => a + b, 0)).to.equal(Math.round(4 * 8 * 4 / 6));
     expect(sampled).to.deep.equal([5, 6, 5, 5]);
+  });
+
+  it('local-only budget counts the personal fine-tuning steps too: every example a client trains on of its own', () => {
+    const base = { rounds: 3, clients: 6, clientsPerRound: 6, train: { localSteps: 8, lr: 0.005, batchSize: 8, maxSeqLen: 128 }, personal: ['*.layers.1.*'], personalTrain: { steps: 5, lr: 0.005, prox: 0 } };
+    expect(ownStepsPerRound(base)).to.equal(13);
+    expect(localStepsPerRound(base)).to.deep.equal([13, 13, 13]);
+    // no personal globs: the personal steps never run, so they are not counted
+    expect(ownStepsPerRound({ ...base, personal: [] })).to.equal(8);
+    const sampled = localStepsPerRound({ ...base, rounds: 4, clientsPerRound: 4 }); // 13 × 4/6 = 8.67 per round
+    expect(sampled.reduce((a, b) => a + b, 0)).to.equal(Math.round(4 * 13 * 4 / 6));
+    expect(sampled).to.deep.equal([9, 8, 9, 9]);
   });
 
   it('evaluated rounds: every evalEvery-th, the last finalWindow ones and the last', () => {
