@@ -7,7 +7,7 @@
  */
 import { createServer, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket as NetSocket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -149,7 +149,8 @@ export interface CoordinatorStatus {
   connected: { clientId: string; name?: string; ready: boolean; maxRank: number; backend: string; examples: number }[];
   participating: { clientId: string; name?: string; rank: number; status: string }[];
   lastRound: RoundRecord | null;
-  bytes: { up: number; down: number; modelServed: number; fullModel: number };
+  /** `received`: bytes this process read from its client connections (TCP payload: WebSocket frames and HTTP); 0 on a cluster leader, whose clients' traffic arrives over the bus (cluster.inboundBytes). */
+  bytes: { up: number; down: number; modelServed: number; fullModel: number; received: number };
   /** Client-level DP: ε spent so far and the settings (absent without DP). */
   privacy?: DpStatus;
   /** Why the run ended before all rounds (the privacy budget), when it did. */
@@ -209,6 +210,9 @@ export class Coordinator {
   #edgeWatch?: NodeJS.Timeout;
   #maskedRefs = 0;
   #layoutSize = 0;
+  /** Open client connections and the bytes read on those already closed (bytes.received). */
+  #sockets = new Set<NetSocket>();
+  #receivedClosed = 0;
 
   constructor(opts: CoordinatorOptions) {
     this.options = {
@@ -397,6 +401,11 @@ export class Coordinator {
     const handler = httpHandler({ status: () => this.status(), metrics: () => this.#metrics() });
     const http: HttpServer = tls ? createHttpsServer({ cert: await pem(tls.cert), key: await pem(tls.key) }, handler) : createServer(handler);
     this.#http = http;
+    // bytes read from client connections (TCP payload: WebSocket frames, HTTP), for /status bytes.received
+    http.on('connection', (sock) => {
+      this.#sockets.add(sock);
+      sock.once('close', () => { this.#receivedClosed += sock.bytesRead; this.#sockets.delete(sock); });
+    });
     this.#io = new Server<ClientToServerEvents, ServerToClientEvents>(http, {
       maxHttpBufferSize: this.#maxMessageBytes + 4096, pingTimeout: 60_000, pingInterval: 10_000, serveClient: false, cors: { origin: false },
     });
@@ -545,7 +554,9 @@ export class Coordinator {
   status(): CoordinatorStatus {
     const e = this.#engine;
     const history = e?.history ?? [];
-    const bytes = { up: 0, down: 0, modelServed: this.#modelServed, fullModel: this.#store?.weightBytes ?? 0 };
+    let received = this.#receivedClosed;
+    for (const sock of this.#sockets) received += sock.bytesRead;
+    const bytes = { up: 0, down: 0, modelServed: this.#modelServed, fullModel: this.#store?.weightBytes ?? 0, received };
     for (const r of history) { bytes.up += r.bytesUp; bytes.down += r.bytesDown; }
     return {
       protocolVersion: PROTOCOL_VERSION, sessionId: this.sessionId, modelId: this.#store?.modelId ?? '', strategy: this.strategy.name,

@@ -317,11 +317,17 @@ export class ParticipantRound {
       this.#attempts--;
       // an attempt that was not taken leaves the round ready for the next round:start, unless another is still under way
       if (this.#state === 'delivering') {
-        if (sent?.accepted) this.#to('done');
-        else if (this.#attempts === 0) this.#to('trained');
+        if (sent?.accepted) { this.#to('done'); this.#release(); } else if (this.#attempts === 0) this.#to('trained');
       }
     }
     if (sent) this.#report(sent.bytes.byteLength, sent.accepted);
+  }
+
+  /** A taken upload is never built or sent again: drop the contribution and the sealed bytes (a round may outlive it by phases). */
+  #release(): void {
+    if (this.#local) this.#local = { ...this.#local, tensors: new Map() };
+    this.#secure?.sent.delete('masked');
+    this.#upload = Promise.resolve(null);
   }
 
   #deliverable(): boolean { return this.#state === 'trained' || this.#state === 'delivering'; }
