@@ -11,7 +11,7 @@ import { tf, selectBackend, type BackendChoice } from '../backend/index.js';
 import { ModelFormatError } from '../errors.js';
 import { loadConfig, linearModules, linearHasBias, linearWeightShape, type ModelConfig } from './config.js';
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
-import { loadSafetensors, readFloatTensor, type SafetensorsFile } from './safetensors.js';
+import { openSafetensors, type SafetensorsReader } from './safetensors.js';
 import { bmm, mm, frozenMatMul, t2, weightedCrossEntropy } from './ops.js';
 import { StoredWeight, storedMatMul } from './frozen/stored.js';
 import { BASE_DTYPES, type BaseDtype } from './frozen/quant.js';
@@ -33,7 +33,15 @@ export interface LoadOptions {
    * weight is a tensor (fastest, largest). Not with trainableBase.
    */
   baseDtype?: BaseDtype;
+  /**
+   * Vocabulary rows per chunk of the LM head in the training loss (and, for a stored head, in the
+   * logits): the [N, V] logits never exist whole. Default: 2^23 values of the head per chunk.
+   */
+  headChunkRows?: number;
 }
+
+/** Default size of an LM-head chunk, in values of the head ([rows, d]). */
+const HEAD_CHUNK_VALUES = 1 << 23;
 
 /** A frozen linear layer: W as [in, out] for the forward pass, and as [out, in] where the backend's
  *  transposed matMul is slow (see ops.ts) so the backward pass stays a plain product too. */
@@ -48,15 +56,22 @@ export class CausalLM {
   #w = new Map<string, tf.Tensor>();
   #lin = new Map<string, Linear>();
   #rope = new Map<number, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
-  #head!: tf.Tensor2D;
-  #headT!: tf.Tensor2D;
+  /**
+   * The LM head as [V, d], one layout (tied: the embedding table itself): logits are computed as
+   * (W xᵀ)ᵀ and dx as dy W, both plain products, so no transposed copy of the head is kept. In-heap
+   * unless baseDtype is set, then #headStored (and #embStored) hold it outside the tfjs heap as fp32.
+   */
+  #head: tf.Tensor2D | null = null;
+  #headStored: StoredWeight | null = null;
+  #embStored: StoredWeight | null = null;
+  #headChunkRows = 0;
   /** Keep [out, in] copies of frozen weights (wasm/cpu: transposed matMul kernels are slow). */
   #dual = false;
   #params = 0;
   #trainable = false;
   #baseDtype: BaseDtype | null = null;
-  /** Linear weights kept out of the tfjs heap (baseDtype set): HF name → values in the checkpoint's layout. */
-  #raw = new Map<string, { data: Float32Array; shape: number[] }>();
+  /** Weights kept out of the tfjs heap (baseDtype set), quantized as they are read: module path → weight. */
+  #stored = new Map<string, StoredWeight>();
   #hfNames: string[] = [];
   #disposed = false;
 
@@ -78,11 +93,14 @@ export class CausalLM {
       if (lm.#trainable) throw new RangeError('baseDtype keeps the base frozen: it cannot be combined with trainableBase');
       lm.#baseDtype = opts.baseDtype;
     }
+    if (opts.headChunkRows !== undefined && !(Number.isInteger(opts.headChunkRows) && opts.headChunkRows > 0)) throw new RangeError(`headChunkRows must be a positive integer, got ${opts.headChunkRows}`);
+    lm.#headChunkRows = opts.headChunkRows ?? Math.max(256, Math.floor(HEAD_CHUNK_VALUES / config.hiddenSize));
     lm.#dual = !lm.#trainable && ['wasm', 'cpu'].includes(tf.getBackend());
     try {
       for (const f of files) {
-        const st = await loadSafetensors(f, opts.maxBytes ?? 16 * 1024 ** 3);
-        lm.#ingest(st);
+        // tensor by tensor: the checkpoint is never in memory whole
+        const st = await openSafetensors(f, opts.maxBytes ?? 16 * 1024 ** 3);
+        try { await lm.#ingest(st); } finally { await st.close(); }
       }
       lm.#finish();
     } catch (e) {
@@ -92,19 +110,35 @@ export class CausalLM {
     return lm;
   }
 
-  #ingest(st: SafetensorsFile): void {
-    const fam = this.#family;
+  async #ingest(st: SafetensorsReader): Promise<void> {
+    const fam = this.#family, c = this.config;
     for (const name of st.entries.keys()) {
       if (fam.isBuffer?.(name)) continue;
       // older checkpoints save RoPE's inverse frequencies; they are recomputed from rope_theta
       if (name.endsWith('rotary_emb.inv_freq')) continue;
       const pre = fam.optionalPrefix;
       const key = !pre || name.startsWith(pre) || name === fam.tensors.lmHead ? name : `${pre}${name}`;
-      const t = readFloatTensor(st, name);
+      const t = await st.readFloat(name);
       this.#params += t.data.length;
       this.#hfNames.push(key);
-      if (this.#baseDtype && key.endsWith('.weight') && this.linearShapes.has(key.slice(0, -'.weight'.length))) {
-        this.#raw.set(key, { data: t.data, shape: [...t.shape] });
+      const path = key.endsWith('.weight') ? key.slice(0, -'.weight'.length) : '';
+      const s = this.linearShapes.get(path);
+      if (this.#baseDtype && s) {
+        // stored as [out, in] and quantized now, so only one fp32 weight is alive at a time
+        const want = linearWeightShape(c, s);
+        if (t.shape.length !== 2 || t.shape[0] !== want[0] || t.shape[1] !== want[1]) throw new ModelFormatError(`tensor "${key}" has shape [${t.shape}], expected [${want}]`, this.dir);
+        let oi = t.data;
+        if (fam.fanInFanOut) { // Conv1D-style checkpoints ([in, out]) are transposed once, here
+          oi = new Float32Array(t.data.length);
+          for (let i = 0; i < s.in; i++) for (let o = 0; o < s.out; o++) oi[o * s.in + i] = t.data[i * s.out + o]!;
+        }
+        this.#stored.set(path, new StoredWeight(oi, s.out, s.in, this.#baseDtype));
+        continue;
+      }
+      if (this.#baseDtype && (key === fam.tensors.embeddings || (key === fam.tensors.lmHead && !c.tieWordEmbeddings))) {
+        // the embedding table / LM head [V, d] stays fp32 (as QLoRA keeps them unquantized), outside the heap
+        if (t.shape.length !== 2 || t.shape[0] !== c.vocabSize || t.shape[1] !== c.hiddenSize) throw new ModelFormatError(`tensor "${key}" has shape [${t.shape}], expected [${c.vocabSize},${c.hiddenSize}]`, this.dir);
+        this.#stored.set(key, new StoredWeight(t.data, c.vocabSize, c.hiddenSize, 'fp32'));
         continue;
       }
       const tensor = tf.tensor(t.data, t.shape, 'float32');
@@ -125,26 +159,26 @@ export class CausalLM {
   #finish(): void {
     const c = this.config, fam = this.#family, names = fam.tensors;
     const d = c.hiddenSize;
-    this.#get(names.embeddings, [c.vocabSize, d]);
+    const storedRows = (name: string) => {
+      const w = this.#stored.get(name);
+      if (!w) throw new ModelFormatError(`checkpoint has no tensor "${name}"`, this.dir);
+      return w;
+    };
+    if (this.#baseDtype) {
+      this.#embStored = storedRows(names.embeddings);
+      this.#headStored = c.tieWordEmbeddings ? this.#embStored : storedRows(names.lmHead);
+    } else {
+      this.#get(names.embeddings, [c.vocabSize, d]);
+      if (!c.tieWordEmbeddings) this.#get(names.lmHead, [c.vocabSize, d]);
+    }
     if (names.positions) this.#get(names.positions, [c.maxPositions, d]);
-    if (!c.tieWordEmbeddings) this.#get(names.lmHead, [c.vocabSize, d]);
     // Conv1D-style families store [in, out] (the layout the forward multiplies by); nn.Linear [out, in]
     const io = fam.fanInFanOut;
     for (const [path, s] of this.linearShapes) {
       const b = linearHasBias(c, path) ? (this.#get(`${path}.bias`, [s.out]) as tf.Tensor1D) : null;
-      const raw = this.#raw.get(`${path}.weight`);
       if (this.#baseDtype) {
-        const want = linearWeightShape(c, s);
-        if (!raw) throw new ModelFormatError(`checkpoint has no tensor "${path}.weight"`, this.dir);
-        if (raw.shape.length !== 2 || raw.shape[0] !== want[0] || raw.shape[1] !== want[1]) throw new ModelFormatError(`tensor "${path}.weight" has shape [${raw.shape}], expected [${want}]`, this.dir);
-        // stored as [out, in]: Conv1D-style checkpoints ([in, out]) are transposed once, here
-        let oi = raw.data;
-        if (io) {
-          oi = new Float32Array(raw.data.length);
-          for (let i = 0; i < s.in; i++) for (let o = 0; o < s.out; o++) oi[o * s.in + i] = raw.data[i * s.out + o]!;
-        }
-        const stored = new StoredWeight(oi, s.out, s.in, this.#baseDtype);
-        this.#raw.delete(`${path}.weight`);
+        const stored = this.#stored.get(path);
+        if (!stored) throw new ModelFormatError(`checkpoint has no tensor "${path}.weight"`, this.dir);
         // wIo/wOi are never read for a stored weight (#linear and #weightIo check `stored` first)
         this.#lin.set(path, { wIo: null as unknown as tf.Tensor2D, wOi: null, b, in: s.in, out: s.out, stored });
         continue;
@@ -170,9 +204,7 @@ export class CausalLM {
       for (const n of fam.layerNorms) for (const k of normParams) this.#get(`${p}.${n}.${k}`, [d]);
     }
     for (const k of normParams) this.#get(`${names.finalNorm}.${k}`, [d]);
-    const head = this.#w.get(c.tieWordEmbeddings ? names.embeddings : names.lmHead)! as tf.Tensor2D;
-    this.#headT = this.#trainable ? head : (tf.transpose(head) as tf.Tensor2D); // [d, V] for a plain forward product
-    this.#head = head;
+    if (!this.#baseDtype) this.#head = this.#w.get(c.tieWordEmbeddings ? names.embeddings : names.lmHead)! as tf.Tensor2D;
   }
 
   /** Module paths matched by PEFT `target_modules` (suffix match). */
@@ -299,15 +331,29 @@ export class CausalLM {
    * Must run inside tf.tidy (or a gradient scope): intermediate tensors are not disposed here.
    */
   forward(ids: tf.Tensor2D, mask: tf.Tensor2D | null, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor3D {
+    const [Bsz, T] = ids.shape;
+    const x = this.#hidden(ids, mask, lora, merged);
+    const logits = this.#trainable ? mm(x, t2(this.#head!)) : this.#headLogits(x);
+    return tf.reshape(logits, [Bsz, T, this.config.vocabSize]);
+  }
+
+  /** Final hidden states [B·T, d] (after the last norm), the input of the LM head. Inside a tidy/tape. */
+  #hidden(ids: tf.Tensor2D, mask: tf.Tensor2D | null, lora?: LoraRuntime, merged?: Map<string, tf.Tensor2D>): tf.Tensor2D {
     const c = this.config, fam = this.#family;
     const [Bsz, T] = ids.shape;
     // a learned position table has exactly maxPositions rows; rotary positions extrapolate
     if (fam.tensors.positions && T > c.maxPositions) throw new RangeError(`sequence length ${T} exceeds n_positions ${c.maxPositions}`);
     const d = c.hiddenSize, H = c.numHeads, Hkv = c.numKvHeads, hd = c.headDim, N = Bsz * T;
     const flatIds = tf.reshape(ids, [N]);
-    const emb = this.#w.get(fam.tensors.embeddings)!;
-    // trainable embeddings: one-hot product (the wasm backend lacks gather's gradient kernel)
-    let x = (this.#trainable ? mm(tf.oneHot(flatIds, c.vocabSize), emb) : tf.gather(emb, flatIds)) as tf.Tensor2D;
+    let x: tf.Tensor2D;
+    if (this.#embStored) {
+      // stored table: the rows of these ids are gathered in JS; only [N, d] enters the heap
+      x = tf.tensor2d(this.#embStored.gatherRows(flatIds.dataSync()), [N, d]);
+    } else {
+      const emb = this.#w.get(fam.tensors.embeddings)!;
+      // trainable embeddings: one-hot product (the wasm backend lacks gather's gradient kernel)
+      x = (this.#trainable ? mm(tf.oneHot(flatIds, c.vocabSize), emb) : tf.gather(emb, flatIds)) as tf.Tensor2D;
+    }
     if (fam.tensors.positions) {
       const wpe = tf.slice(this.#w.get(fam.tensors.positions)!, [0, 0], [T, d]);
       x = tf.reshape(tf.add(tf.reshape(x, [Bsz, T, d]), wpe), [N, d]) as tf.Tensor2D;
@@ -340,9 +386,140 @@ export class CausalLM {
       },
     };
     for (let i = 0; i < c.numLayers; i++) x = fam.forwardBlock(kit, x, fam.layerPrefix(i));
-    x = this.#norm(x, fam.tensors.finalNorm);
-    const logits = this.#trainable ? mm(x, t2(this.#head)) : frozenMatMul(x, this.#headT, this.#head);
-    return tf.reshape(logits, [Bsz, T, c.vocabSize]);
+    return this.#norm(x, fam.tensors.finalNorm);
+  }
+
+  /** Rows [v0, v1) of the frozen LM head as a tensor [v1 − v0, d]; `owned`: a copy the caller disposes. */
+  #headRows(v0: number, v1: number): { w: tf.Tensor2D; owned: boolean } {
+    const d = this.config.hiddenSize;
+    if (this.#headStored) return { w: tf.tensor2d(this.#headStored.rows(v0, v1), [v1 - v0, d]), owned: true };
+    if (v0 === 0 && v1 === this.config.vocabSize) return { w: this.#head!, owned: false };
+    return { w: tf.slice(this.#head!, [v0, 0], [v1 - v0, d]), owned: true };
+  }
+
+  /** Head rows of the given token ids, [n, d] (a new tensor). */
+  #headGather(ids: Int32Array): tf.Tensor2D {
+    if (this.#headStored) return tf.tensor2d(this.#headStored.gatherRows(ids), [ids.length, this.config.hiddenSize]);
+    return tf.tidy(() => tf.gather(this.#head!, tf.tensor1d(ids, 'int32')) as tf.Tensor2D);
+  }
+
+  /** Vocabulary chunks [v0, v1) of the head: one for an in-heap head (no copies), else #headChunkRows each. */
+  #chunks(whole: boolean): Array<[number, number]> {
+    const V = this.config.vocabSize, step = whole ? V : this.#headChunkRows;
+    const out: Array<[number, number]> = [];
+    for (let v0 = 0; v0 < V; v0 += step) out.push([v0, Math.min(V, v0 + step)]);
+    return out;
+  }
+
+  /**
+   * Logits x Wᵀ [N, V] of the frozen head W [V, d], computed as (W xᵀ)ᵀ per vocabulary chunk; only dx
+   * flows back, dy W per chunk. Every product is a plain one (see ops.ts) without a transposed copy of W.
+   */
+  #headLogits(x: tf.Tensor2D): tf.Tensor2D {
+    const chunks = this.#chunks(!this.#headStored);
+    const f = tf.customGrad(((xx: tf.Tensor) => {
+      const xT = tf.transpose(xx);
+      const parts = chunks.map(([v0, v1]) => tf.tidy(() => {
+        const { w } = this.#headRows(v0, v1);
+        return tf.transpose(tf.matMul(w, xT as tf.Tensor2D));
+      }));
+      xT.dispose();
+      const value = parts.length === 1 ? parts[0]! : tf.concat(parts, 1);
+      if (parts.length > 1) tf.dispose(parts);
+      return {
+        value,
+        gradFunc: (dy: tf.Tensor) => {
+          let dx: tf.Tensor | null = null;
+          for (const [v0, v1] of chunks) {
+            const next: tf.Tensor = tf.tidy(() => {
+              const { w } = this.#headRows(v0, v1);
+              const g = chunks.length === 1 ? dy : tf.slice(dy, [0, v0], [dy.shape[0]!, v1 - v0]);
+              const p = tf.matMul(g as tf.Tensor2D, w);
+              return dx ? tf.add(dx, p) : p;
+            });
+            dx?.dispose();
+            dx = next;
+          }
+          return dx!;
+        },
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+    return f(x) as tf.Tensor2D;
+  }
+
+  /**
+   * Weighted mean next-token cross entropy straight from the hidden states x [N, d], fused with the LM
+   * head and computed one vocabulary chunk at a time: Σ w·(logSumExp_v(x·W_v) − x·W_tgt) / max(Σ w, 1).
+   * Forward keeps one logSumExp per chunk ([N] each); backward recomputes each chunk's logits and adds
+   * (softmax − onehot)·w/Σw times that chunk of W to dx. Neither pass holds the [N, V] logits. `tgt` are
+   * constants (JS ints in [0, V)); only x gets a gradient.
+   */
+  #headLoss(x: tf.Tensor2D, tgt: Int32Array, w: tf.Tensor1D): tf.Scalar {
+    const chunks = this.#chunks(false);
+    const f = tf.customGrad(((xx: tf.Tensor, ww: tf.Tensor, save: tf.GradSaveFunc) => {
+      const x2 = xx as tf.Tensor2D;
+      const xT = tf.transpose(x2) as tf.Tensor2D; // [d, N]
+      const parts = chunks.map(([v0, v1]) => tf.tidy(() => {
+        const { w: hw, owned } = this.#headRows(v0, v1);
+        const lT = tf.matMul(hw, xT); // [Vc, N]
+        if (owned) hw.dispose();
+        const m = tf.max(lT, 0);
+        return tf.add(tf.log(tf.sum(tf.exp(tf.sub(lT, m)), 0)), m) as tf.Tensor1D;
+      }));
+      xT.dispose();
+      const lse = parts.length === 1 ? parts[0]! : tf.logSumExp(tf.stack(parts), 0) as tf.Tensor1D;
+      if (parts.length > 1) tf.dispose(parts);
+      const rows = this.#headGather(tgt);
+      const picked = tf.sum(tf.mul(x2, rows), -1);
+      rows.dispose();
+      const denom = tf.maximum(tf.sum(ww), 1);
+      const value = tf.div(tf.sum(tf.mul(tf.sub(lse, picked), ww)), denom);
+      save([x2, lse, ww, denom]);
+      return {
+        value,
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          const [sx, slse, sw, sden] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D, tf.Scalar];
+          const n = sx.shape[0];
+          const scale = tf.div(tf.mul(sw, dy), sden); // [N]
+          const scaleRow = tf.reshape(scale, [1, n]), lseRow = tf.reshape(slse, [1, n]);
+          const xTb = tf.transpose(sx) as tf.Tensor2D;
+          let dx: tf.Tensor = tf.tidy(() => {
+            const r = this.#headGather(tgt);
+            return tf.neg(tf.mul(r, tf.reshape(scale, [n, 1])));
+          });
+          for (const [v0, v1] of chunks) {
+            const next: tf.Tensor = tf.tidy(() => {
+              const { w: hw } = this.#headRows(v0, v1);
+              const gT = tf.mul(tf.exp(tf.sub(tf.matMul(hw, xTb), lseRow)), scaleRow); // [Vc, N]
+              return tf.add(dx, tf.matMul(tf.transpose(gT) as tf.Tensor2D, hw));
+            });
+            dx.dispose();
+            dx = next;
+          }
+          xTb.dispose();
+          return [dx, tf.zerosLike(sw)];
+        },
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor, w: tf.Tensor) => tf.Tensor;
+    return f(x, w) as tf.Scalar;
+  }
+
+  /**
+   * The causal-LM loss of `causalLoss(forward(…))`, computed without the [B, T, V] logits: the LM head
+   * and cross entropy run fused, one vocabulary chunk at a time (#headLoss). A trainable base (whose head
+   * gets a gradient) goes through the logits. Inside a tidy/tape.
+   */
+  causalLossOf(ids: tf.Tensor2D, mask: tf.Tensor2D | null, lossMask: tf.Tensor2D, lora?: LoraRuntime): tf.Scalar {
+    if (this.#trainable) return this.causalLoss(this.forward(ids, mask, lora), ids, lossMask, mask);
+    const [B, T] = ids.shape;
+    const x = this.#hidden(ids, mask, lora);
+    const idv = ids.dataSync();
+    const tgt = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) for (let t = 0; t + 1 < T; t++) tgt[b * T + t] = idv[b * T + t + 1]!;
+    const next = (t: tf.Tensor2D) => tf.concat([tf.slice(t, [0, 1], [B, T - 1]), tf.zerosLike(tf.slice(t, [0, 0], [B, 1]))], 1);
+    let w = next(lossMask);
+    if (mask) w = tf.mul(w, next(mask));
+    return this.#headLoss(x, tgt, tf.reshape(w, [B * T]) as tf.Tensor1D);
   }
 
   /** Merged linear weights W + scale·ΔW (DoRA: m/‖W + scale·ΔW‖ · (W + scale·ΔW), per output feature)
@@ -420,7 +597,7 @@ export class CausalLM {
           if (which === 'm') cur.m = t as tf.Tensor1D; else cur[which] = t as tf.Tensor2D;
           live.set(m, cur);
         });
-        return this.causalLoss(this.forward(idsT, maskT, live), idsT, lmT, maskT);
+        return this.causalLossOf(idsT, maskT, lmT, live);
       })(xs));
       const loss = (await value.data())[0]!;
       const out = new Map<string, Float32Array>();
@@ -470,7 +647,6 @@ export class CausalLM {
     if (this.#disposed) return;
     this.#disposed = true;
     for (const t of this.#w.values()) t.dispose();
-    if (this.#headT !== this.#head) this.#headT?.dispose();
     for (const r of this.#rope.values()) { r.cos.dispose(); r.sin.dispose(); }
     this.#w.clear(); this.#lin.clear(); this.#rope.clear();
   }

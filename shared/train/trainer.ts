@@ -234,7 +234,7 @@ export class LoraTrainer {
   /** The training loss of one batch: causal LM loss plus the proximal term when there is one. */
   #loss(t: { ids: tf.Tensor2D; lm: tf.Tensor2D; am: tf.Tensor2D }): tf.Scalar {
     const rt = this.#runtime();
-    const ce = this.lm.causalLoss(this.lm.forward(t.ids, t.am, rt), t.ids, t.lm, t.am);
+    const ce = this.lm.causalLossOf(t.ids, t.am, t.lm, rt);
     return this.#prox ? tf.add(ce, this.#proxLoss(rt)) : ce;
   }
 
@@ -358,7 +358,7 @@ export async function meanLoss(lm: CausalLM, batches: Batch[], runtime?: () => L
   let num = 0, den = 0;
   for (const b of batches) {
     const t = batchTensors(b);
-    const out = tf.tidy(() => lm.causalLoss(lm.forward(t.ids, t.am, runtime?.()), t.ids, t.lm, t.am));
+    const out = tf.tidy(() => lm.causalLossOf(t.ids, t.am, t.lm, runtime?.()));
     let w = 0;
     for (let r = 0; r < b.batch; r++) for (let i = 1; i < b.length; i++) w += b.lossMask[r * b.length + i]! * b.attentionMask[r * b.length + i]!;
     num += (await out.data())[0]! * w; den += w;

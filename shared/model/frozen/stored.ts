@@ -35,6 +35,36 @@ export class StoredWeight {
     return dequantizeNf4(this.#nf4!);
   }
 
+  /**
+   * Rows [start, end) as [end − start, in] values, dequantized (fp32: a view of the stored values, not to
+   * be written to). An LM head or embedding table is kept as rows: a vocabulary chunk or a token's row
+   * is one contiguous run. nf4 dequantizes the whole weight first (it is not used for row access).
+   */
+  rows(start: number, end: number): Float32Array {
+    if (!(Number.isInteger(start) && Number.isInteger(end) && start >= 0 && start <= end && end <= this.out)) throw new RangeError(`stored weight rows [${start}, ${end}) outside [0, ${this.out})`);
+    const n = this.in;
+    if (this.#fp32) return this.#fp32.subarray(start * n, end * n);
+    if (this.#bf16) return fromBf16(this.#bf16.subarray(start * n, end * n));
+    if (this.#int8) {
+      const out = new Float32Array((end - start) * n);
+      for (let r = start; r < end; r++) { const s = this.#int8.scale[r]!; for (let c = 0; c < n; c++) out[(r - start) * n + c] = this.#int8.q[r * n + c]! * s; }
+      return out;
+    }
+    return this.values().slice(start * n, end * n);
+  }
+
+  /** Rows `ids` gathered into [ids.length, in] (an embedding lookup); every id must lie in [0, out). */
+  gatherRows(ids: ArrayLike<number>): Float32Array {
+    const n = this.in, out = new Float32Array(ids.length * n);
+    const all = this.#fp32 ?? (this.#nf4 ? this.values() : null);
+    for (let i = 0; i < ids.length; i++) {
+      const r = ids[i]!;
+      if (!(Number.isInteger(r) && r >= 0 && r < this.out)) throw new RangeError(`row ${r} outside [0, ${this.out})`);
+      out.set(all ? all.subarray(r * n, (r + 1) * n) : this.rows(r, r + 1), i * n);
+    }
+    return out;
+  }
+
   /** A new tensor [out, in]; the caller disposes it. */
   materializeOi(): tf.Tensor2D {
     return tf.tensor2d(this.values(), [this.out, this.in]);
