@@ -111,3 +111,63 @@ function sliced(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
     return tf.reshape(tf.stack(outs), [...lead, m, n]);
   });
 }
+
+/**
+ * a + b where b has a's shape or is a bias over a's last axis, saving nothing for the backward pass:
+ * tfjs' Add keeps both inputs alive until the backward pass only to read their shapes, which for a
+ * LoRA sum y + (x Aᵀ) Bᵀ holds two extra [N, out] activations per module (Qwen2's MLP: 2.4 MB each
+ * at 128 tokens, per projection and layer).
+ */
+export function addNoSave(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+  const same = a.shape.length === b.shape.length && a.shape.every((d, i) => d === b.shape[i]);
+  const bias = !same && b.rank === 1 && b.shape[0] === a.shape[a.rank - 1];
+  if (!same && !bias) throw new RangeError(`addNoSave: shapes [${a.shape}] and [${b.shape}] are neither equal nor a bias over the last axis`);
+  const f = tf.customGrad(((x: tf.Tensor, y: tf.Tensor) => ({
+    value: tf.add(x, y),
+    gradFunc: (dy: tf.Tensor) => [dy, same ? dy : tf.sum(tf.reshape(dy, [-1, a.shape[a.rank - 1]!]), 0)],
+  })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor, y: tf.Tensor) => tf.Tensor;
+  return f(a, b);
+}
+
+/**
+ * SiLU x·σ(x) saving only x (autodiff of x·σ(x) keeps σ(x) and both Mul inputs):
+ * d/dx = σ(x)·(1 + x·(1 − σ(x))).
+ */
+export function silu(x: tf.Tensor): tf.Tensor {
+  const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([xx]);
+    return {
+      value: tf.mul(xx, tf.sigmoid(xx)),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const sx = saved[0]!;
+        const s = tf.sigmoid(sx);
+        return tf.mul(dy, tf.mul(s, tf.add(1, tf.mul(sx, tf.sub(1, s)))));
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+  return f(x);
+}
+
+/**
+ * GPT-2's gelu_new 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) saving only x (its autodiff keeps about
+ * eight [N, ff] intermediates); the value is computed with the same ops in the same order as before.
+ * d/dx = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t = tanh(…).
+ */
+export function geluNew(x: tf.Tensor): tf.Tensor {
+  const c = Math.sqrt(2 / Math.PI);
+  const inner = (v: tf.Tensor) => tf.mul(tf.add(v, tf.mul(tf.mul(tf.mul(v, v), v), 0.044715)), c); // x·x·x: Pow and its gradient cost more
+  const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([xx]);
+    return {
+      value: tf.mul(tf.mul(xx, 0.5), tf.add(1, tf.tanh(inner(xx)))),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const sx = saved[0]!;
+        const t = tf.tanh(inner(sx));
+        const du = tf.mul(tf.add(1, tf.mul(tf.mul(sx, sx), 3 * 0.044715)), c);
+        const d = tf.add(tf.mul(tf.add(1, t), 0.5), tf.mul(tf.mul(tf.mul(sx, 0.5), tf.sub(1, tf.square(t))), du));
+        return tf.mul(dy, d);
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+  return f(x);
+}

@@ -70,12 +70,9 @@ export class StoredWeight {
     return tf.tensor2d(this.values(), [this.out, this.in]);
   }
 
-  /** A new tensor [in, out]; the caller disposes it. */
+  /** A new tensor [in, out]; the caller disposes it. Transposed in JS: one heap buffer, not two. */
   materializeIo(): tf.Tensor2D {
-    const oi = this.materializeOi();
-    const io = tf.transpose(oi) as tf.Tensor2D;
-    oi.dispose();
-    return io;
+    return tf.tensor2d(transposeRows(this.values(), this.out, this.in), [this.in, this.out]);
   }
 
   /** Bytes held in JS memory. */
@@ -105,4 +102,17 @@ export function storedMatMul(x: tf.Tensor2D, w: StoredWeight): tf.Tensor2D {
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
   return f(x) as tf.Tensor2D;
+}
+
+/** [rows, cols] → [cols, rows], in 32×32 tiles (a plain double loop strides through memory). */
+export function transposeRows(a: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols), B = 32;
+  for (let r0 = 0; r0 < rows; r0 += B) {
+    const r1 = Math.min(rows, r0 + B);
+    for (let c0 = 0; c0 < cols; c0 += B) {
+      const c1 = Math.min(cols, c0 + B);
+      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) out[c * rows + r] = a[r * cols + c]!;
+    }
+  }
+  return out;
 }
