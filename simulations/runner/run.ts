@@ -369,7 +369,9 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       // starve the interactive secure-aggregation phases of CPU (2-core budget). Centralized on one
       // worker, the local-only clients on the others (or all on one when there is a single worker).
       // Budget = examples seen (every step is one batch of batchSize): a federated round has
-      // clientsPerRound clients train localSteps steps each (a dropout's work is lost, but it was done).
+      // clientsPerRound clients train localSteps steps each (a dropout's work is lost, but it was done),
+      // and a personalizing client then trains personalTrain.steps more on its own mail: local-only gets
+      // both (ownStepsPerRound), centralized the shared steps (it is compared with the global adapter).
       detail = undefined;
       const localWorkers = pool.length > 1 && s.baselines.centralized ? pool.slice(1) : pool;
       const localJob: Promise<LocalResult[]> | null = s.baselines.localOnly
