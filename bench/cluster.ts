@@ -222,6 +222,7 @@ async function runOne(o: Opts, mode: 'single' | 'cluster', n: number, modelDir: 
       const r = s.lastRound;
       if (r && !rounds.some((x) => x.round === r.round && x.status === r.status && x.ms === r.endedAt - r.startedAt)) rounds.push({ round: r.round, status: r.status, contributors: r.contributors, ms: r.endedAt - r.startedAt, ...((r as { failure?: string }).failure ? { failure: (r as { failure?: string }).failure!.slice(0, 300) } : {}) });
       if (s.completedRounds >= o.rounds || s.phase === 'done') return true;
+      if (rounds.some((x) => x.status === 'failed') && s.connected.length === 0) throw new Error(`an attempt failed and no client is connected any more: ${s.lastRound?.failure?.slice(0, 400)}`);
       if (rounds.filter((x) => x.status === 'failed').length >= 3) throw new Error(`3 failed attempts: ${JSON.stringify(s.lastRound && (s.lastRound as { failure?: string }).failure).slice(0, 400)}`);
       return null;
     }, deadline, [coord, ...edges], 1000);
@@ -248,6 +249,10 @@ async function runOne(o: Opts, mode: 'single' | 'cluster', n: number, modelDir: 
       clientFailures: failures, clientDisconnects: disconnects,
       wallS: Math.round((Date.now() - t0) / 100) / 10,
     };
+  } catch (e) {
+    // what the other processes said, for the report
+    const tails = procs.map((p) => `--- ${p.name}:\n${p.out.split('\n').filter((l) => !l.startsWith('{')).slice(-8).join('\n')}`).join('\n');
+    throw new Error(`${(e as Error).message}\n${tails}`);
   } finally {
     // clients first, then edges, the coordinator and redis
     for (const p of [...procs].reverse()) await stop(p);
