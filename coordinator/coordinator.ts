@@ -514,7 +514,7 @@ export class Coordinator {
         // an edge that is gone (closed, or its presence key expired) is not waited for
         const alive = () => this.#bus!.redis.exists(`${this.#bus!.prefix}:edge:${edge}`).then((n) => n > 0, () => true);
         if (!(await alive())) throw new ProtocolError('LINK_CLOSED', 'the edge is gone');
-        // a crashed edge's presence key expires within 3 s: stop waiting for it then, not at the phase timeout
+        // a crashed edge's presence key expires (EdgeOptions.presenceMs, 10 s): stop waiting for it then, not at the phase timeout
         let watch: NodeJS.Timeout | undefined;
         const gone = new Promise<never>((_res, rej) => {
           watch = setInterval(() => void alive().then((ok) => { if (!ok) rej(new ProtocolError('LINK_CLOSED', 'the edge went away')); }), 500);

@@ -34,6 +34,13 @@ export interface EdgeOptions {
   relayTimeoutMs?: number;
   /** How long serve() waits for a leader to exist. */
   leaderWaitMs?: number;
+  /**
+   * Lifetime of the edge's presence key in Redis, refreshed every third of it (default 10 s). The
+   * leader counts an edge whose key expired as crashed and drops its clients; an edge stalled that
+   * long finds its key gone at the next refresh and closes its client connections, so its clients
+   * reconnect and join again instead of waiting on links the leader no longer has.
+   */
+  presenceMs?: number;
 }
 
 interface EdgeConn { socket: Socket; link: Link; clientId?: string }
@@ -57,7 +64,8 @@ export class ClusterEdge {
 
   constructor(o: EdgeOptions) {
     if (!/^rediss?:\/\//.test(o.cluster)) throw new ConfigError(`--cluster must be a redis:// URL, got ${o.cluster}`);
-    this.o = { prefix: 'fedlora', host: '127.0.0.1', relayTimeoutMs: 60_000, leaderWaitMs: 30_000, ...o };
+    this.o = { prefix: 'fedlora', host: '127.0.0.1', relayTimeoutMs: 60_000, leaderWaitMs: 30_000, presenceMs: 10_000, ...o };
+    if (!Number.isInteger(this.o.presenceMs) || this.o.presenceMs < 300) throw new ConfigError(`presenceMs must be a whole number of milliseconds ≥ 300, got ${this.o.presenceMs}`);
     this.bus = new Bus({ url: o.cluster, prefix: this.o.prefix });
   }
 
@@ -77,9 +85,22 @@ export class ClusterEdge {
     await this.#findLeader();
     // presence, set before any client can connect: the leader asks only live edges for partial sums
     // and drops the links of an edge whose key expired (a crash)
-    const beat = () => this.bus.redis.set(`${this.o.prefix}:edge:${this.nodeId}`, '1', 'PX', 3000).catch(() => undefined);
-    await beat();
-    this.#beat = setInterval(() => void beat(), 1000);
+    const key = `${this.o.prefix}:edge:${this.nodeId}`;
+    const ttl = this.o.presenceMs;
+    await this.bus.redis.set(key, '1', 'PX', ttl);
+    const beat = async () => {
+      try {
+        // XX: refresh only a key that still exists; null means it expired while this edge stalled
+        if ((await this.bus.redis.set(key, '1', 'PX', ttl, 'XX')) !== null || this.#closed) return;
+        await this.bus.redis.set(key, '1', 'PX', ttl);
+        const n = this.#conns.size;
+        log.warn(`presence key expired (this edge stalled for more than ${ttl} ms): the leader dropped its ${n} client link(s); closing them so the clients join again`);
+        for (const c of [...this.#conns.values()]) (c.socket as unknown as { conn?: { close(): void } }).conn?.close();
+      } catch (e) {
+        log.debug(`presence refresh failed: ${errorMessage(e)}`);
+      }
+    };
+    this.#beat = setInterval(() => void beat(), Math.max(100, Math.floor(ttl / 3)));
     const tls = this.o.tls;
     const pem = async (v: string | Uint8Array): Promise<string | Buffer> => (typeof v !== 'string' ? Buffer.from(v) : v.includes('-----BEGIN') ? v : readFile(v));
     const handler = (_req: unknown, res: { writeHead(c: number): void; end(s?: string): void }) => { res.writeHead(404); res.end(); };

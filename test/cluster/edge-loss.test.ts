@@ -16,6 +16,9 @@ import { FIXTURE, pullTrainer } from '../coordinator/helpers.js';
 import { Resources, waitFor, within } from '../coordinator/hostile-client.js';
 import { startRedis, type RedisServer } from './redis-harness.js';
 import { edgeProcess, type Proc } from './processes.js';
+import { ClusterEdge } from '../../coordinator/cluster/edge.js';
+import { io } from 'socket.io-client';
+import { PROTOCOL_VERSION } from '../../shared/protocol/index.js';
 
 describe('cluster: losing an edge', function () {
   this.timeout(60_000);
@@ -23,11 +26,13 @@ describe('cluster: losing an edge', function () {
   let r: Resources;
   let redis: RedisServer | undefined;
   const edges: Proc[] = [];
+  const stalled: ClusterEdge[] = [];
   before(() => setLogLevel((process.env.FEDLORA_TEST_LOG as 'info' | undefined) ?? 'error'));
   beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-edgeloss-')); r = new Resources(); });
   afterEach(async () => {
     await r.closeAll();
     await Promise.all(edges.splice(0).map((e) => within('edge exit', e.kill(), 5000).catch(() => undefined)));
+    await Promise.all(stalled.splice(0).map((e) => within('edge close', e.close(), 5000).catch(() => undefined)));
     await redis?.stop();
     redis = undefined;
     await rm(dir, { recursive: true, force: true });
@@ -70,5 +75,26 @@ describe('cluster: losing an edge', function () {
     // round 2: all five, c0 and c1 now through edge 1
     const last = h.at(-1)!;
     expect(last).to.deep.include({ round: 2, status: 'completed', contributors: 5 });
+  });
+
+  it('an edge that stalled past its presence time closes its client connections, so its clients join again', async () => {
+    redis = await startRedis();
+    const leader = r.coordinator(new Coordinator({
+      allowAnyClient: true, modelDir: FIXTURE, stateDir: join(dir, 'leader'), rounds: 1, clientsPerRound: 5, minClients: 5, maxRank: 4, localSteps: 1,
+      joinWaitMs: 200, strategy: 'fedit', seed: 5, cluster: { url: redis.url, prefix: 'st' },
+    }));
+    await leader.serve(0);
+    const edge = new ClusterEdge({ cluster: redis.url, prefix: 'st', presenceMs: 900 });
+    stalled.push(edge);
+    const url = await edge.serve(0);
+    const sock = io(url, { transports: ['websocket'], reconnection: false, auth: { protocolVersion: PROTOCOL_VERSION } });
+    await new Promise<void>((res, rej) => { sock.once('connect', () => res()); sock.once('connect_error', rej); });
+    const closed = new Promise<string>((res) => sock.once('disconnect', (reason) => res(reason)));
+    // what a stall longer than the presence time leaves behind: the key is gone (and the leader has
+    // dropped this edge's links); the edge's next refresh must notice and close its connections
+    expect(await edge.bus.redis.del(`st:edge:${edge.nodeId}`)).to.equal(1);
+    expect(await within('the edge closing its client connection', closed, 5000)).to.equal('transport close');
+    await waitFor('the presence key back', async () => (await edge.bus.redis.exists(`st:edge:${edge.nodeId}`)) === 1, 5000, 50);
+    sock.close();
   });
 });
