@@ -143,6 +143,24 @@ export function localStepsPerRound(s: Pick<Scenario, 'rounds' | 'clients' | 'cli
   return Array.from({ length: s.rounds }, (_, i) => Math.round((i + 1) * per) - Math.round(i * per));
 }
 
+/**
+ * Which worker trains which local-only clients (client indices per worker): each client goes to the
+ * worker with the least work so far, counted in steps, where worker 0 starts with the centralized
+ * baseline's steps (`centralSteps`, 0 without it). Balances the baseline phase across the workers now
+ * that local-only also gets the personal fine-tuning steps (twice the centralized work on the default).
+ */
+export function baselineSplit(workers: number, clients: number, stepsPerClient: number, centralSteps: number): number[][] {
+  const out: number[][] = Array.from({ length: Math.max(1, workers) }, () => []);
+  const load = out.map((_, i) => (i === 0 ? centralSteps : 0));
+  for (let c = 0; c < clients; c++) {
+    let best = 0;
+    for (let w = 1; w < load.length; w++) if (load[w]! < load[best]!) best = w;
+    out[best]!.push(c);
+    load[best]! += stepsPerClient;
+  }
+  return out;
+}
+
 /** Which clients drop out of which round: the same schedule for every strategy run. */
 export function dropoutSchedule(s: Scenario, clients: SimClient[], exclude: Set<string>): Map<string, number[]> {
   const out = new Map<string, number[]>(clients.map((c) => [c.id, []]));
@@ -366,17 +384,19 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
         await st.coordinator.close();
       }
       // ---- baselines after the federated runs, on the same workers: running them alongside would
-      // starve the interactive secure-aggregation phases of CPU (2-core budget). Centralized on one
-      // worker, the local-only clients on the others (or all on one when there is a single worker).
+      // starve the interactive secure-aggregation phases of CPU (2-core budget).
       // Budget = examples seen (every step is one batch of batchSize): a federated round has
       // clientsPerRound clients train localSteps steps each (a dropout's work is lost, but it was done),
       // and a personalizing client then trains personalTrain.steps more on its own mail: local-only gets
       // both (ownStepsPerRound), centralized the shared steps (it is compared with the global adapter).
+      // Centralized runs on worker 0; the local-only clients go where there is least work (baselineSplit).
       detail = undefined;
-      const localWorkers = pool.length > 1 && s.baselines.centralized ? pool.slice(1) : pool;
+      const localSteps = localStepsPerRound(s).reduce((a, b) => a + b, 0);
+      const localOf = baselineSplit(pool.length, clients.length, localSteps, s.baselines.centralized ? s.rounds * s.train.localSteps * s.clientsPerRound : 0);
+      const localWorkers = pool.filter((_, wi) => localOf[wi]!.length > 0);
       const localJob: Promise<LocalResult[]> | null = s.baselines.localOnly
-        ? Promise.all(localWorkers.map((w, wi) => w.job<LocalResult>({
-          type: 'local', clients: clients.filter((_, ci) => ci % localWorkers.length === wi).map((c) => ({ id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, rank: c.rank })),
+        ? Promise.all(localWorkers.map((w) => w.job<LocalResult>({
+          type: 'local', clients: localOf[pool.indexOf(w)]!.map((ci) => clients[ci]!).map((c) => ({ id: c.id, trainFile: c.trainFile, evalFile: c.evalFile, rank: c.rank })),
           // each client alone: what it would train in the federation, in expectation
           stepsPerRound: localStepsPerRound(s), ...(allRounds ? {} : { evalRounds }), lr: s.train.lr, batchSize: s.train.batchSize,
         })))

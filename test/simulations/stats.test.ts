@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { aggregateReports, aggregateMetrics, finalFigure, meanSd, renderReportHtml, formatSummaryTable, sampleReport, assertReport, type Report } from '../../simulations/report/index.js';
 import { referenceLines } from '../../simulations/report/specs.js';
 import { referenceRates, majorityLabel, constantRate } from '../../simulations/runner/references.js';
-import { localStepsPerRound, ownStepsPerRound, roundFigures } from '../../simulations/runner/run.js';
+import { baselineSplit, localStepsPerRound, ownStepsPerRound, roundFigures } from '../../simulations/runner/run.js';
 import { evaluatedRounds } from '../../simulations/scenario.js';
 
 describe('report statistics', () => {
@@ -162,6 +162,17 @@ describe('runner arithmetic', () => {
     const sampled = localStepsPerRound({ ...base, rounds: 4, clientsPerRound: 4 }); // 13 × 4/6 = 8.67 per round
     expect(sampled.reduce((a, b) => a + b, 0)).to.equal(Math.round(4 * 13 * 4 / 6));
     expect(sampled).to.deep.equal([9, 8, 9, 9]);
+  });
+
+  it('baseline split: local-only clients go to the least-loaded worker, worker 0 starting with the centralized steps', () => {
+    // the default: 2 workers, 6 clients × 120 local-only steps, centralized 360 steps on worker 0
+    expect(baselineSplit(2, 6, 120, 360)).to.deep.equal([[3, 5], [0, 1, 2, 4]]); // 600 and 480 steps
+    // no centralized baseline: alternate
+    expect(baselineSplit(2, 6, 60, 0)).to.deep.equal([[0, 2, 4], [1, 3, 5]]);
+    // the old budget (60 steps each) put exactly the centralized work's worth on each side
+    expect(baselineSplit(2, 6, 60, 360)).to.deep.equal([[], [0, 1, 2, 3, 4, 5]]);
+    expect(baselineSplit(1, 3, 10, 100)).to.deep.equal([[0, 1, 2]]);
+    expect(baselineSplit(3, 2, 10, 0)).to.deep.equal([[0], [1], []]);
   });
 
   it('evaluated rounds: every evalEvery-th, the last finalWindow ones and the last', () => {
