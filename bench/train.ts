@@ -1,5 +1,5 @@
 /**
- * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--threads N] [--base-dtype fp32|bf16|int8|nf4] [--steps N] [--only gpt2|small|qwen2[,…]] [--dora] [--json FILE]
+ * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--threads N] [--base-dtype fp32|bf16|int8|nf4] [--steps N] [--only gpt2|small|qwen2[,…]] [--recompute on|off] [--dora] [--json FILE]
  * LoRA r=16 on every linear layer (attention and MLP projections), AdamW, random init written once to a
  * cache folder (seeded, streamed tensor by tensor): a GPT-2-124M-shaped model, a small Llama-style model
  * and (only when named: --only qwen2) a Qwen2-0.5B-shaped model — hidden 896, 24 layers, 14 query / 2
@@ -7,7 +7,8 @@
  * the released checkpoint. The Qwen2 case needs --base-dtype: fp32 in the heap with both layouts passes
  * the wasm32 heap's 4 GiB. Prints step time, tokens/s, peak RSS (whole case, and while loading) and the
  * wasm heap size (the module's linear memory: it grows, never shrinks, and cannot pass 4 GiB). --json
- * writes the figures for bench:compare.
+ * writes the figures for bench:compare. --recompute sets LoadOptions.recomputeBlocks (per-block activation
+ * recomputation; default: on with --base-dtype, off without).
  */
 import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
@@ -24,7 +25,7 @@ import { tf, currentBackend, configureThreads } from '../shared/backend/index.js
 
 const { values } = parseArgs({ options: {
   backend: { type: 'string', default: 'auto' }, steps: { type: 'string', default: '3' },
-  only: { type: 'string' }, threads: { type: 'string', default: '1' }, 'base-dtype': { type: 'string' }, json: { type: 'string' }, dora: { type: 'boolean', default: false }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
+  only: { type: 'string' }, threads: { type: 'string', default: '1' }, 'base-dtype': { type: 'string' }, json: { type: 'string' }, dora: { type: 'boolean', default: false }, recompute: { type: 'string' }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
 } });
 
 interface Case { key: string; name: string; config: Record<string, unknown>; batch: number; seq: number; rank: number; fileDtype: 'F32' | 'BF16'; needsBaseDtype?: boolean }
@@ -36,6 +37,7 @@ const allCases: Case[] = [
 const wanted = values.only ? values.only.split(',') : ['gpt2', 'small'];
 for (const w of wanted) if (!allCases.some((c) => c.key === w)) throw new RangeError(`--only: unknown case ${JSON.stringify(w)} (cases: ${allCases.map((c) => c.key).join(', ')})`);
 const cases = allCases.filter((c) => wanted.includes(c.key));
+if (values.recompute !== undefined && !['on', 'off'].includes(values.recompute)) throw new RangeError(`--recompute must be on or off, got ${JSON.stringify(values.recompute)}`);
 for (const c of cases) if (c.needsBaseDtype && !values['base-dtype']) throw new RangeError(`case ${c.key} needs --base-dtype fp32|bf16|int8|nf4 (in the heap as fp32 it passes the wasm32 heap's 4 GiB)`);
 
 configureThreads(values.threads === 'auto' ? 'auto' : Number(values.threads));
@@ -58,7 +60,7 @@ for (const c of cases) {
     console.log(`  wrote random ${c.name} to ${dir} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
   peakRss = 0;
-  const lm = await loadCausalLM(dir, { backend: values.backend!, ...(values['base-dtype'] ? { baseDtype: values['base-dtype'] as 'nf4' } : {}) });
+  const lm = await loadCausalLM(dir, { backend: values.backend!, ...(values['base-dtype'] ? { baseDtype: values['base-dtype'] as 'nf4' } : {}), ...(values.recompute ? { recomputeBlocks: values.recompute === 'on' } : {}) });
   sample();
   const loadPeak = peakRss;
   const shapes = lm.linearShapes;
@@ -81,7 +83,7 @@ for (const c of cases) {
   console.log(`\n${c.name} on ${currentBackend()?.name}: base ${(lm.parameterCount / 1e6).toFixed(1)}M params, ${values.dora ? 'DoRA' : 'LoRA'} r=${c.rank} on ${shapes.size} linear layers (${(loraParams / 1e6).toFixed(2)}M trainable)`);
   const heap = wasmHeapBytes();
   const sel = currentBackend()!;
-  console.log(`  batch ${c.batch} × seq ${c.seq}, ${sel.threads} thread(s), base ${values['base-dtype'] ?? 'fp32 in the tfjs heap'}: step ${dt.toFixed(0)} ms, ${toks.toFixed(0)} tokens/s, peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB (loading ${(loadPeak / 2 ** 20).toFixed(0)} MiB), wasm heap ${heap === null ? '—' : `${(heap / 2 ** 20).toFixed(0)} MiB`}, tfjs tensors ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB, loss ${first.loss.toFixed(4)} → ${last.loss.toFixed(4)}, load average ${loadavg()[0]!.toFixed(1)}`);
+  console.log(`  batch ${c.batch} × seq ${c.seq}, ${sel.threads} thread(s), base ${values['base-dtype'] ?? 'fp32 in the tfjs heap'}${values.recompute ? `, recompute ${values.recompute}` : ''}: step ${dt.toFixed(0)} ms, ${toks.toFixed(0)} tokens/s, peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB (loading ${(loadPeak / 2 ** 20).toFixed(0)} MiB), wasm heap ${heap === null ? '—' : `${(heap / 2 ** 20).toFixed(0)} MiB`}, tfjs tensors ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB, loss ${first.loss.toFixed(4)} → ${last.loss.toFixed(4)}, load average ${loadavg()[0]!.toFixed(1)}`);
   results.push({ case: c.name.split(' ')[0]!, backend: sel.name, threads: sel.threads, baseDtype: values['base-dtype'] ?? null, stepMs: dt, tokensPerS: toks, peakRssMiB: peakRss / 2 ** 20, loadPeakRssMiB: loadPeak / 2 ** 20, wasmHeapMiB: heap === null ? null : heap / 2 ** 20 });
   trainer.dispose();
   lm.dispose();
