@@ -49,10 +49,12 @@ describe('bench:cluster smoke (bench/cluster.ts as a child process)', function (
     // one partial sum per edge, one reference per client
     expect(cluster.partialSums).to.equal(EDGES);
     expect(cluster.maskedRefs).to.equal(CLIENTS);
-    // a single process reads every masked vector (4 bytes per value per client)...
-    expect(single.inboundBytesPerRound).to.be.greaterThan(CLIENTS * VALUES * 0.99 * 4);
+    // a single process reads every masked vector (4 bytes per value per client): over the whole run, since the
+    // per-round window opens when the bench sees every client ready, and a round this small can already have
+    // taken uploads by then...
+    expect(single.inboundBytesTotal).to.be.greaterThan(CLIENTS * 4992 * 4);
     // ...the leader one Uint32 vector per edge plus small per-client control messages (references, keys, shares)
     expect(cluster.inboundBytesPerRound).to.be.below(EDGES * 4992 * 4 * 1.2 + CLIENTS * 8 * 1024);
-    expect(cluster.inboundBytesPerRound).to.be.below(single.inboundBytesPerRound);
+    expect(cluster.inboundBytesTotal).to.be.below(single.inboundBytesTotal);
   });
 });
