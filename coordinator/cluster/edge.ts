@@ -95,7 +95,7 @@ export class ClusterEdge {
         await this.bus.redis.set(key, '1', 'PX', ttl);
         const n = this.#conns.size;
         log.warn(`presence key expired (this edge stalled for more than ${ttl} ms): the leader dropped its ${n} client link(s); closing them so the clients join again`);
-        for (const c of [...this.#conns.values()]) (c.socket as unknown as { conn?: { close(): void } }).conn?.close();
+        this.#closeClientTransports();
       } catch (e) {
         log.debug(`presence refresh failed: ${errorMessage(e)}`);
       }
@@ -116,6 +116,11 @@ export class ClusterEdge {
     this.#watch = setInterval(() => void this.#checkLeader(), 250);
 
     return url;
+  }
+
+  /** Closes every client's transport, as a network failure would: the clients reconnect and join again. */
+  #closeClientTransports(): void {
+    for (const c of [...this.#conns.values()]) (c.socket as unknown as { conn?: { close(): void } }).conn?.close();
   }
 
   async #findLeader(): Promise<void> {
@@ -153,7 +158,7 @@ export class ClusterEdge {
       log.warn(`leader changed ${this.#leader} → ${leader}: clients reconnect`);
       await this.#findLeader();
       this.#masked.clear();
-      for (const c of [...this.#conns.values()]) (c.socket as unknown as { conn?: { close(): void } }).conn?.close();
+      this.#closeClientTransports();
     } catch (e) {
       log.warn(`leader check: ${errorMessage(e)}`);
     } finally {
