@@ -79,7 +79,7 @@ export function weightedCrossEntropy(x: tf.Tensor2D, tgt: tf.Tensor1D, w: tf.Ten
  * Llama with head dim 32 got 1.3× slower sliced). Otherwise, or on other backends, this is `mm`. The
  * backward pass uses the same per-slice products.
  */
-export const BMM_MIN_SIDE = 64;
+export const BMM_MIN_SIDE = 32;
 export function bmm(a: tf.Tensor, b: tf.Tensor, minSide = BMM_MIN_SIDE): tf.Tensor {
   const [m, k] = a.shape.slice(-2) as [number, number];
   const n = b.shape[b.rank - 1]!;

@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { selectBackend, tf } from '../../shared/backend/index.js';
-import { bmm, mm } from '../../shared/model/ops.js';
+import { BMM_MIN_SIDE, bmm, mm } from '../../shared/model/ops.js';
 
 function maxRel(a: Float32Array | Int32Array | Uint8Array, b: Float32Array | Int32Array | Uint8Array): number {
   let m = 0, s = 0;
@@ -31,8 +31,20 @@ describe('bmm: per-slice batched products (wasm)', () => {
     });
   }
 
-  it('falls back to mm below the threshold (a side under 64) and for a single batch entry', async () => {
-    const a = tf.randomNormal([4, 32, 64], 0, 1, 'float32', 4), b = tf.randomNormal([4, 64, 64], 0, 1, 'float32', 5);
+  it('mm: both gradients equal tfjs\' own MatMul gradient (2-D and batched, thin and wide)', () => {
+    for (const { shapeA, n } of [{ shapeA: [256, 64], n: 4 }, { shapeA: [8, 64], n: 256 }, { shapeA: [3, 7, 5], n: 6 }]) {
+      const a = tf.randomNormal(shapeA, 0, 1, 'float32', 7);
+      const b = tf.randomNormal([...shapeA.slice(0, -2), shapeA[shapeA.length - 1]!, n], 0, 1, 'float32', 8);
+      const dy = tf.randomNormal([...shapeA.slice(0, -1), n], 0, 1, 'float32', 9);
+      const g1 = tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(mm(x, y), dy)))([a, b]);
+      const g0 = tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(tf.matMul(x as tf.Tensor2D, y as tf.Tensor2D), dy)))([a, b]);
+      for (let i = 0; i < 2; i++) expect(maxRel(g1[i]!.dataSync(), g0[i]!.dataSync()), `[${shapeA}] @ n=${n}: grad ${i}`).to.be.below(1e-5);
+      tf.dispose([a, b, dy, ...g1, ...g0]);
+    }
+  });
+
+  it(`falls back to mm below the threshold (a side under BMM_MIN_SIDE = ${BMM_MIN_SIDE}) and for a single batch entry`, async () => {
+    const a = tf.randomNormal([4, BMM_MIN_SIDE / 2, 64], 0, 1, 'float32', 4), b = tf.randomNormal([4, 64, 64], 0, 1, 'float32', 5);
     const single = tf.randomNormal([1, 64, 64], 0, 1, 'float32', 6);
     const kernels = async (f: () => tf.Tensor) => { const p = await tf.profile(f); tf.dispose(p.result as tf.Tensor); return p.kernelNames; };
     const small = await kernels(() => bmm(a, b));
