@@ -26,9 +26,15 @@ const BLOB_TTL_MS = 30 * 60_000;
 export class BlobStore {
   readonly #bus: Bus;
   readonly #stored = new Map<string, Promise<void>>();
+  /** The hash of a payload object already hashed: one round:start goes to every client of a rank. */
+  readonly #hashes = new WeakMap<Uint8Array, string>();
   constructor(bus: Bus) { this.#bus = bus; }
   async put(bytes: Uint8Array): Promise<string> {
-    const hash = createHash('sha256').update(bytes).digest('hex');
+    let hash = this.#hashes.get(bytes);
+    if (hash === undefined) {
+      hash = createHash('sha256').update(bytes).digest('hex');
+      this.#hashes.set(bytes, hash);
+    }
     let p = this.#stored.get(hash);
     if (!p) {
       p = this.#bus.redis.set(`${this.#bus.prefix}:blob:${hash}`, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), 'PX', BLOB_TTL_MS).then(() => undefined);
