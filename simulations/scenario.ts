@@ -33,11 +33,20 @@ export interface Scenario {
   dataset: string;
   /** Cap on the pooled examples dealt to clients (a seeded, label-stratified subsample); 0 = all. */
   maxExamples: number;
-  partition: { kind: 'iid' } | { kind: 'dirichlet'; alpha: number };
+  /**
+   * How the examples are dealt out. Dirichlet's `minPerClient` (default 4) is the smallest mailbox: draws
+   * that leave a client with fewer are redrawn (then topped up from the largest clients).
+   */
+  partition: { kind: 'iid' } | { kind: 'dirichlet'; alpha: number; minPerClient?: number };
   /** Fraction of each client's examples held out for evaluation (stratified by label). */
   evalFraction: number;
   /** Cap on eval examples per client (keeps per-round evaluation cheap). */
   maxEvalPerClient: number;
+  /**
+   * Cap on each client's training examples after the eval split (a seeded random subset); 0 = no cap.
+   * Models mailboxes with few labelled emails while their held-out sets stay large enough to measure.
+   */
+  maxTrainPerClient: number;
   /**
    * Size of the pooled test set: emails drawn from the corpus before the subsample and the partition,
    * with a fixed seed (the same set for every seed, run and baseline). The global adapter and the
@@ -126,6 +135,7 @@ export const DEFAULTS: Scenario = {
   partition: { kind: 'dirichlet', alpha: 0.5 },
   evalFraction: 0.25,
   maxEvalPerClient: 32,
+  maxTrainPerClient: 0,
   testSet: 0,
   finalWindow: 3,
   evalEvery: 1,
@@ -243,7 +253,7 @@ function dpField(v: unknown): Scenario['dp'] {
 /** Validates an untrusted scenario object and fills in defaults. */
 export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
   if (!isObj(raw)) throw new ConfigError('scenario must be a JSON object');
-  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'personalTrain', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'refactor', 'seed', 'backend', 'workers', 'dp']);
+  known(raw, '', ['$schema', 'name', 'description', 'model', 'dataset', 'maxExamples', 'partition', 'evalFraction', 'maxEvalPerClient', 'maxTrainPerClient', 'testSet', 'finalWindow', 'evalEvery', 'seeds', 'extends', 'clients', 'clientsPerRound', 'minClients', 'rounds', 'strategy', 'compare', 'baselines', 'rankMix', 'loraAlpha', 'personal', 'personalTrain', 'train', 'faults', 'roundTimeoutMs', 'joinWaitMs', 'rejoinGraceMs', 'secureAggregation', 'dora', 'serverOpt', 'refactor', 'seed', 'backend', 'workers', 'dp']);
   const d = DEFAULTS;
   const name = str(raw.name, 'name', nameHint, 100);
   if (!/^[\w.-]+$/.test(name)) fail('name', 'may only contain letters, digits, "_", "." and "-"');
@@ -256,9 +266,12 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     const p = raw.partition;
     if (p === 'iid') partition = { kind: 'iid' };
     else if (isObj(p)) {
-      known(p, 'partition', ['kind', 'alpha']);
+      known(p, 'partition', ['kind', 'alpha', 'minPerClient']);
       if (p.kind === 'iid') partition = { kind: 'iid' };
-      else if (p.kind === 'dirichlet') partition = { kind: 'dirichlet', alpha: num(p.alpha, 'partition.alpha', 0, 1e6, 0.5, true) };
+      else if (p.kind === 'dirichlet') {
+        partition = { kind: 'dirichlet', alpha: num(p.alpha, 'partition.alpha', 0, 1e6, 0.5, true) };
+        if (p.minPerClient !== undefined) partition.minPerClient = int(p.minPerClient, 'partition.minPerClient', 2, 1_000_000, 4);
+      }
       else fail('partition.kind', `must be "iid" or "dirichlet", got ${JSON.stringify(p.kind)}`);
     } else fail('partition', 'must be "iid" or {"kind": "iid" | "dirichlet", "alpha": number}');
   }
@@ -368,6 +381,7 @@ export function parseScenario(raw: unknown, nameHint = 'custom'): Scenario {
     partition,
     evalFraction: num(raw.evalFraction, 'evalFraction', 0, 0.9, d.evalFraction, true),
     maxEvalPerClient: int(raw.maxEvalPerClient, 'maxEvalPerClient', 1, 100_000, d.maxEvalPerClient),
+    maxTrainPerClient: int(raw.maxTrainPerClient, 'maxTrainPerClient', 0, 10_000_000, d.maxTrainPerClient),
     testSet: int(raw.testSet, 'testSet', 0, 100_000, d.testSet),
     finalWindow: int(raw.finalWindow, 'finalWindow', 1, 10_000, d.finalWindow),
     evalEvery: int(raw.evalEvery, 'evalEvery', 1, 10_000, d.evalEvery),

@@ -24,6 +24,7 @@ Scenario files (JSON; docs/SCENARIOS.md has every field and its default):
                "stragglers": {"fraction": 0.2, "minDelayMs": 1000, "maxDelayMs": 8000},
                "kill": {"client": 0, "round": 2, "afterMs": 300}},
     "evalFraction": 0.3, "maxEvalPerClient": 32,      each client's held-out split and its cap
+    "maxTrainPerClient": 24,                         cap on each client's training examples (0 = all)
     "testSet": 256,                                  pooled test set (fixed, drawn before the partition; 0 = none)
     "finalWindow": 3,                                final figures = mean of the last K evaluated rounds
     "evalEvery": 1,                                  evaluate every n-th round (and always the last finalWindow)

@@ -144,7 +144,7 @@ export async function prepareData(s: Scenario, outDir: string): Promise<{ client
   if (s.partition.kind === 'dirichlet') {
     if (items.every((it) => it.group === '')) throw new ConfigError('scenario field "partition": dirichlet needs labelled {"prompt","completion"} examples; use "iid" for plain text');
     // non-IID over the mailbox source (spam) or the label (JSONL)
-    parts = partitionDirichlet(items, (it) => it.group, s.clients, s.partition.alpha, s.seed, { minPerClient: 4 });
+    parts = partitionDirichlet(items, (it) => it.group, s.clients, s.partition.alpha, s.seed, { minPerClient: s.partition.minPerClient ?? 4 });
   } else {
     parts = partitionIid(items, s.clients, s.seed);
   }
@@ -156,17 +156,19 @@ export async function prepareData(s: Scenario, outDir: string): Promise<{ client
     const dir = join(outDir, 'clients', id);
     await mkdir(dir, { recursive: true });
     const sp = splits[i]!;
-    const train = sp.train.map((it) => it.ex);
+    // sp.train is already a seeded shuffle: its head is a random subset with the split's label mix in expectation
+    const trItems = s.maxTrainPerClient > 0 ? sp.train.slice(0, s.maxTrainPerClient) : sp.train;
+    const train = trItems.map((it) => it.ex);
     const evItems = sp.eval.slice(0, s.maxEvalPerClient);
     const ev = evItems.map((it) => it.ex);
     const trainFile = join(dir, 'train.jsonl');
     const evalFile = join(dir, 'eval.jsonl');
     await atomicWrite(trainFile, train.map((e) => JSON.stringify(e)).join('\n') + '\n');
     await atomicWrite(evalFile, ev.map((e) => JSON.stringify(e)).join('\n') + '\n');
-    const all = [...sp.train, ...sp.eval];
+    const all = [...trItems, ...evItems];
     out.push({
       id, index: i, rank: ranks[i]!, dir, trainFile, evalFile, train, eval: ev,
-      trainLabels: sp.train.map((it) => it.label), evalLabels: evItems.map((it) => it.label),
+      trainLabels: trItems.map((it) => it.label), evalLabels: evItems.map((it) => it.label),
       labelCounts: histogram(all.map((it) => it.label || 'text')),
       ...(s.dataset === 'spam' ? { groupCounts: histogram(all.map((it) => it.group)) } : {}),
     });

@@ -145,20 +145,37 @@ export function localStepsPerRound(s: Pick<Scenario, 'rounds' | 'clients' | 'cli
 
 /**
  * Which worker trains which local-only clients (client indices per worker): each client goes to the
- * worker with the least work so far, counted in steps, where worker 0 starts with the centralized
- * baseline's steps (`centralSteps`, 0 without it). Balances the baseline phase across the workers now
- * that local-only also gets the personal fine-tuning steps (twice the centralized work on the default).
+ * worker with the least work so far, where worker 0 starts with the centralized baseline's work
+ * (`centralCost`, 0 without it). Work is counted in training-step equivalents: the steps, plus the
+ * evaluations (`baselineCosts`: a forward batch ≈ a third of a training step). Balances the baseline
+ * phase across the workers now that local-only also gets the personal fine-tuning steps and the
+ * centralized baseline evaluates on the pooled test set and every client's held-out split.
  */
-export function baselineSplit(workers: number, clients: number, stepsPerClient: number, centralSteps: number): number[][] {
+export function baselineSplit(workers: number, clients: number, costPerClient: number | readonly number[], centralCost: number): number[][] {
   const out: number[][] = Array.from({ length: Math.max(1, workers) }, () => []);
-  const load = out.map((_, i) => (i === 0 ? centralSteps : 0));
+  const load = out.map((_, i) => (i === 0 ? centralCost : 0));
+  const cost = (c: number) => (typeof costPerClient === 'number' ? costPerClient : costPerClient[c] ?? 0);
   for (let c = 0; c < clients; c++) {
     let best = 0;
     for (let w = 1; w < load.length; w++) if (load[w]! < load[best]!) best = w;
     out[best]!.push(c);
-    load[best]! += stepsPerClient;
+    load[best]! += cost(c);
   }
   return out;
+}
+
+/**
+ * The baselines' work in training-step equivalents (for baselineSplit): local-only per client (its
+ * steps and its held-out split at every evaluated round) and centralized (its steps, the pooled test
+ * set and every client's split at every evaluated round). A forward batch counts a third of a step.
+ */
+export function baselineCosts(s: Pick<Scenario, 'rounds' | 'clients' | 'clientsPerRound' | 'train' | 'personal' | 'personalTrain'>, evalRounds: number, evalSizes: readonly number[], testSize: number): { perClient: number[]; central: number } {
+  const fwd = (n: number) => Math.ceil(n / s.train.batchSize) / 3;
+  const steps = localStepsPerRound(s).reduce((a, b) => a + b, 0);
+  return {
+    perClient: evalSizes.map((n) => steps + evalRounds * fwd(n)),
+    central: s.rounds * s.train.localSteps * s.clientsPerRound + evalRounds * (fwd(testSize) + evalSizes.reduce((a, n) => a + fwd(n), 0)),
+  };
 }
 
 /** Which clients drop out of which round: the same schedule for every strategy run. */
@@ -391,8 +408,8 @@ export async function runSimulation(s: Scenario, o: RunOptions): Promise<SimResu
       // both (ownStepsPerRound), centralized the shared steps (it is compared with the global adapter).
       // Centralized runs on worker 0; the local-only clients go where there is least work (baselineSplit).
       detail = undefined;
-      const localSteps = localStepsPerRound(s).reduce((a, b) => a + b, 0);
-      const localOf = baselineSplit(pool.length, clients.length, localSteps, s.baselines.centralized ? s.rounds * s.train.localSteps * s.clientsPerRound : 0);
+      const costs = baselineCosts(s, evalRounds.length, clients.map((c) => c.eval.length), test?.examples.length ?? 0);
+      const localOf = baselineSplit(pool.length, clients.length, costs.perClient, s.baselines.centralized ? costs.central : 0);
       const localWorkers = pool.filter((_, wi) => localOf[wi]!.length > 0);
       const localJob: Promise<LocalResult[]> | null = s.baselines.localOnly
         ? Promise.all(localWorkers.map((w) => w.job<LocalResult>({

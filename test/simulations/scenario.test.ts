@@ -43,6 +43,9 @@ describe('simulation scenarios', () => {
     refuses({ clients: 3, clientsPerRound: 4 }, 'clientsPerRound');
     refuses({ partition: { kind: 'dirichlet', alpha: -1 } }, 'partition.alpha');
     refuses({ partition: { kind: 'zipf' } }, 'partition.kind');
+    refuses({ partition: { kind: 'dirichlet', alpha: 1, minPerClient: 1 } }, 'partition.minPerClient');
+    refuses({ partition: { kind: 'dirichlet', alpha: 1, minPerClient: 2.5 } }, 'partition.minPerClient');
+    refuses({ maxTrainPerClient: -1 }, 'maxTrainPerClient');
     refuses({ strategy: 'fedprox' }, 'strategy');
     refuses({ compare: ['fedit', 'nope'] }, 'compare[1]');
     refuses({ rankMix: { 4: 0.5, 8: 0.4 } }, 'rankMix');
@@ -132,7 +135,7 @@ describe('simulation scenarios', () => {
   it('same seed → same client files; another seed → another partition; dropouts follow the schedule', async function () {
     this.timeout(20_000);
     const s = parseScenario({ ...(await loadScenario('tiny-ci')), faults: { dropoutsPerRound: 1 } });
-    const dirs = await Promise.all([0, 1, 2].map(() => mkdtemp(join(tmpdir(), 'fedlora-scn-'))));
+    const dirs = await Promise.all([0, 1, 2, 3].map(() => mkdtemp(join(tmpdir(), 'fedlora-scn-'))));
     try {
       const a = await prepareClients(s, dirs[0]!);
       const b = await prepareClients(s, dirs[1]!);
@@ -148,6 +151,17 @@ describe('simulation scenarios', () => {
         expect(x.train.length).to.be.greaterThan(0);
         expect(x.eval.length).to.be.greaterThan(0);
         for (const e of [...x.train, ...x.eval]) { const k = JSON.stringify(e); expect(seen.has(k)).to.equal(false); seen.add(k); }
+      }
+      // maxTrainPerClient caps each training split to a subset of what it was; minPerClient bounds the smallest mailbox
+      const capped = await prepareClients(parseScenario({ ...s, maxTrainPerClient: 3, partition: { kind: 'dirichlet', alpha: 0.5, minPerClient: 12 } }), dirs[2]!);
+      const uncapped = await prepareClients(parseScenario({ ...s, partition: { kind: 'dirichlet', alpha: 0.5, minPerClient: 12 } }), dirs[3]!);
+      for (let i = 0; i < capped.length; i++) {
+        expect(capped[i]!.train).to.have.length(Math.min(3, uncapped[i]!.train.length));
+        const pool = new Set(uncapped[i]!.train.map((e) => JSON.stringify(e)));
+        for (const e of capped[i]!.train) expect(pool.has(JSON.stringify(e))).to.equal(true);
+        expect(capped[i]!.eval).to.deep.equal(uncapped[i]!.eval);
+        expect(uncapped[i]!.train.length + uncapped[i]!.eval.length).to.be.at.least(12);
+        expect(Object.values(capped[i]!.labelCounts).reduce((p, q) => p + q, 0)).to.equal(capped[i]!.train.length + capped[i]!.eval.length);
       }
       const sched = dropoutSchedule(s, a, new Set());
       for (let r = 1; r <= s.rounds; r++) expect([...sched.values()].filter((rs) => rs.includes(r))).to.have.length(1);

@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { aggregateReports, aggregateMetrics, finalFigure, meanSd, renderReportHtml, formatSummaryTable, sampleReport, assertReport, type Report } from '../../simulations/report/index.js';
 import { referenceLines } from '../../simulations/report/specs.js';
 import { referenceRates, majorityLabel, constantRate } from '../../simulations/runner/references.js';
-import { baselineSplit, localStepsPerRound, ownStepsPerRound, roundFigures } from '../../simulations/runner/run.js';
+import { baselineCosts, baselineSplit, localStepsPerRound, ownStepsPerRound, roundFigures } from '../../simulations/runner/run.js';
 import { evaluatedRounds } from '../../simulations/scenario.js';
 
 describe('report statistics', () => {
@@ -173,6 +173,19 @@ describe('runner arithmetic', () => {
     expect(baselineSplit(2, 6, 60, 360)).to.deep.equal([[], [0, 1, 2, 3, 4, 5]]);
     expect(baselineSplit(1, 3, 10, 100)).to.deep.equal([[0, 1, 2]]);
     expect(baselineSplit(3, 2, 10, 0)).to.deep.equal([[0], [1], []]);
+    // per-client costs
+    expect(baselineSplit(2, 3, [100, 1, 1], 50)).to.deep.equal([[1, 2], [0]]);
+  });
+
+  it('baseline costs: steps plus a third of a step per forward batch at every evaluated round', () => {
+    const s = { rounds: 10, clients: 6, clientsPerRound: 6, train: { localSteps: 6, lr: 5e-3, batchSize: 8, maxSeqLen: 128 }, personal: ['*.layers.1.*'], personalTrain: { steps: 6, lr: 5e-3, prox: 0 } };
+    const c = baselineCosts(s, 4, [64, 64, 64, 64, 64, 60], 256);
+    // local-only: 10 × 12 steps, 4 evaluations of 8 batches (the last client's 60 emails are 8 batches too)
+    expect(c.perClient).to.deep.equal(Array(6).fill(120 + (4 * 8) / 3));
+    // centralized: 10 × 36 steps, 4 evaluations of the test set (32 batches) and the six splits (48 batches)
+    expect(c.central).to.be.closeTo(360 + (4 * 80) / 3, 1e-9);
+    // the default's figures: centralized and one client on worker 0, five clients on worker 1 (597 and 653)
+    expect(baselineSplit(2, 6, c.perClient, c.central)).to.deep.equal([[4], [0, 1, 2, 3, 5]]);
   });
 
   it('evaluated rounds: every evalEvery-th, the last finalWindow ones and the last', () => {
