@@ -72,11 +72,14 @@ export function weightedCrossEntropy(x: tf.Tensor2D, tgt: tf.Tensor1D, w: tf.Ten
 
 /**
  * Batched products a @ b over leading axes ([..., m, k] @ [..., k, n]) computed as one 2-D product per
- * batch entry when each is at least `minSliceMacs` multiply-adds. tfjs-wasm runs a rank-3/4 BatchMatMul
+ * batch entry. tfjs-wasm runs a rank-3/4 BatchMatMul
  * with batch > 1 outside XNNPACK, in a scalar loop (≈2 GFLOP/s measured); 2-D slices reach XNNPACK
  * (10–30 GFLOP/s) at the price of copying the slices. That pays when every side of the product is at
- * least `minSide` (measured, 1 thread: GPT-2-124M attention, head dim 64, step 3680 → 3186 ms; a small
- * Llama with head dim 32 got 1.3× slower sliced). Otherwise, or on other backends, this is `mm`. The
+ * least `minSide` (measured, 1 thread: GPT-2-124M attention, head dim 64, step 3680 → 3186 ms; the small
+ * Llama of bench:train, head dim 32, was 1.3× slower sliced while tfjs' Slice/Unpack copied the whole
+ * input out of the heap per slice, and is ≈2× faster sliced since they read heap views — wasm-kernels.ts:
+ * 1086 / 1170 → 452 / 653 ms alternating under load, 337 ms quiet in bench:compare). Otherwise, or on
+ * other backends, this is `mm`. The
  * backward pass uses the same per-slice products.
  */
 export const BMM_MIN_SIDE = 32;
