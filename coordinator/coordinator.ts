@@ -204,7 +204,7 @@ export class Coordinator {
   #bus?: Bus;
   #lease?: Lease;
   #remote = new Map<string, RemoteLink>();
-  #maskedAt = new Map<string, { edge: string; roundId: string }>();
+  #maskedAt = new Map<string, { edge: string; roundId: string; digest: string }>();
   #connOf = new WeakMap<Link, Conn>();
   #partialSums = 0;
   #edgeWatch?: NodeJS.Timeout;
@@ -475,18 +475,32 @@ export class Coordinator {
       const id = this.#joined(conn);
       if (typeof o.roundId !== 'string' || typeof o.digest !== 'string' || typeof o.size !== 'number') throw new ProtocolError('BAD_MESSAGE', 'malformed masked reference');
       if (o.length !== this.#layoutSize) throw new ProtocolError('SECAGG_MESSAGE', `masked input of ${id} must be a Uint32Array of length ${this.#layoutSize}`);
-      // the newest edge to report an input holds it (a client that reconnected elsewhere re-sent it there);
-      // set first: the last reference closes the phase and the gather reads this synchronously
-      const before = this.#maskedAt.get(id);
-      this.#maskedAt.set(id, { edge: from, roundId: o.roundId });
-      try {
-        this.#drive(() => this.#engine!.receiveRelayed(id, 'masked', o.roundId as string, o.ref, o.size as number, o.digest as string));
-      } catch (e) {
-        if (before) this.#maskedAt.set(id, before); else this.#maskedAt.delete(id);
-        throw e;
+      const accept = (): Record<string, unknown> => {
+        // the newest edge to report an input holds it (a client that reconnected elsewhere re-sent it there);
+        // set first: the last reference closes the phase and the gather reads this synchronously
+        const before = this.#maskedAt.get(id);
+        this.#maskedAt.set(id, { edge: from, roundId: o.roundId as string, digest: o.digest as string });
+        try {
+          this.#drive(() => this.#engine!.receiveRelayed(id, 'masked', o.roundId as string, o.ref, o.size as number, o.digest as string));
+        } catch (e) {
+          if (before) this.#maskedAt.set(id, before); else this.#maskedAt.delete(id);
+          throw e;
+        }
+        this.#maskedRefs++;
+        return {};
+      };
+      // The same input re-sent through another edge while the first edge is alive: that edge already
+      // added it into its running sum (it cannot take it back out), so it stays there and the new edge
+      // lets its copy go (`heldAt`). If the first edge is gone, the new one holds it.
+      const prev = this.#maskedAt.get(id);
+      if (prev && prev.roundId === o.roundId && prev.edge !== from && prev.digest === o.digest) {
+        return bus.redis.exists(`${bus.prefix}:edge:${prev.edge}`).then((n) => n > 0, () => false).then((alive) => {
+          const now = this.#maskedAt.get(id);
+          if (alive && now && now.edge === prev.edge && now.roundId === prev.roundId) return { heldAt: prev.edge };
+          return accept();
+        });
       }
-      this.#maskedRefs++;
-      return {};
+      return accept();
     });
     const handler = httpHandler({ status: () => this.status(), metrics: () => this.#metrics() });
     const http = this.#http = createServer(handler);

@@ -2,9 +2,9 @@
  * An edge process (`fedlora coordinator --cluster redis://… --role edge`): holds client sockets
  * and relays them to the leader over the cluster bus, except the one message that is large and
  * additive: SecAgg+ masked inputs. Those are opened, validated (sender bound to the socket, vector
- * id and length, resend digest, attempt id — the leader confirms the attempt and phase before the
- * vector is kept) and kept here; at the end of the masked phase the leader asks for one partial
- * sum (mod 2^32) over the ids it assigns to this edge. The protocol the client sees is unchanged.
+ * id and length, resend digest, attempt id — the leader confirms the attempt, phase and length) and
+ * added into a running sum per attempt (HeldMasked); at the end of the masked phase the leader asks
+ * for one partial sum (mod 2^32) over the ids it assigns to this edge. The protocol the client sees is unchanged.
  */
 import { createServer, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -24,6 +24,63 @@ const log = logger('fedlora:cluster:edge');
 const RELAYED = [EV.authChallenge, EV.hello, EV.modelChunk, EV.ready, EV.update, EV.secagg] as const;
 /** Attempts whose masked inputs are kept (the open one and the one before it). */
 const KEEP_ATTEMPTS = 2;
+
+/**
+ * One attempt's masked inputs at an edge. An input the leader confirmed (attempt, phase, membership,
+ * length) is added into a running sum mod 2^32 and only its id and digest are kept, so an edge holds
+ * one vector per attempt instead of one per client; an input whose confirmation is in flight is held
+ * whole (`hold`), taken back out if the leader refuses it (`drop`), summed when confirmed (`confirm`),
+ * and added to the partial if the leader asks for it before this edge saw the confirmation.
+ */
+export class HeldMasked {
+  #sum: Uint32Array | null = null;
+  readonly #summed = new Map<string, string>();
+  readonly #pending = new Map<string, { digest: string; vector: Uint32Array }>();
+
+  /** The digest held for `id` (summed or pending), if any. */
+  digestOf(id: string): string | undefined { return this.#summed.get(id) ?? this.#pending.get(id)?.digest; }
+  ids(): string[] { return [...this.#summed.keys(), ...this.#pending.keys()].sort(); }
+  get size(): number { return this.#summed.size + this.#pending.size; }
+  /** Full-length vectors in memory: the running sum and the inputs awaiting confirmation. */
+  get vectors(): number { return (this.#sum ? 1 : 0) + this.#pending.size; }
+
+  hold(id: string, digest: string, vector: Uint32Array): object {
+    if (this.digestOf(id) !== undefined) throw new ProtocolError('SECAGG_MESSAGE', `duplicate masked input from ${id.slice(0, 64)}`);
+    const token = { digest, vector };
+    this.#pending.set(id, token);
+    return token;
+  }
+  drop(id: string, token: object): void { if (this.#pending.get(id) === token) this.#pending.delete(id); }
+  confirm(id: string, token: object): void {
+    const p = this.#pending.get(id);
+    if (p !== token || !p) return;
+    if (this.#sum && this.#sum.length !== p.vector.length) throw new ProtocolError('SECAGG_MESSAGE', 'masked inputs of different lengths');
+    this.#pending.delete(id);
+    addInto(this.#sum ??= new Uint32Array(p.vector.length), p.vector);
+    this.#summed.set(id, p.digest);
+  }
+
+  /** The sum over exactly `ids` (every summed input must be among them: a sum cannot give one back). */
+  partial(ids: readonly string[]): Uint32Array {
+    const want = new Set(ids);
+    if (!want.size) throw new ProtocolError('BAD_MESSAGE', 'partial request names no input');
+    for (const id of this.#summed.keys()) if (!want.has(id)) throw new ProtocolError('SECAGG_MESSAGE', `partial request leaves out ${id.slice(0, 64)}, whose masked input is already in this edge's sum`);
+    let sum = this.#sum ? this.#sum.slice() : null;
+    for (const id of want) {
+      if (this.#summed.has(id)) continue;
+      const v = this.#pending.get(id)?.vector;
+      if (!v) throw new ProtocolError('SECAGG_MESSAGE', `no masked input held for ${id.slice(0, 64)}`);
+      if (!sum) sum = new Uint32Array(v.length);
+      else if (v.length !== sum.length) throw new ProtocolError('SECAGG_MESSAGE', 'masked inputs of different lengths');
+      addInto(sum, v);
+    }
+    return sum!;
+  }
+}
+
+function addInto(acc: Uint32Array, v: Uint32Array): void {
+  for (let i = 0; i < acc.length; i++) acc[i] = (acc[i]! + v[i]!) >>> 0;
+}
 
 export interface EdgeOptions {
   cluster: string;
@@ -54,8 +111,8 @@ export class ClusterEdge {
   #http?: HttpServer;
   #io?: Server;
   readonly #conns = new Map<string, EdgeConn>();
-  /** roundId → clientId → { digest, vector }: the masked inputs this edge holds. */
-  readonly #masked = new Map<string, Map<string, { digest: string; vector: Uint32Array }>>();
+  /** roundId → the masked inputs this edge holds for that attempt (see HeldAttempt). */
+  readonly #masked = new Map<string, HeldMasked>();
   #closed = false;
   #watch?: NodeJS.Timeout;
   readonly #blobs = new Map<string, Promise<Uint8Array>>();
@@ -72,9 +129,11 @@ export class ClusterEdge {
   get nodeId(): string { return this.bus.nodeId; }
 
   /** Masked inputs held over all kept attempts (tests, metrics). */
-  heldCount(): number { let n = 0; for (const m of this.#masked.values()) n += m.size; return n; }
-  /** Masked inputs held for an attempt (tests, metrics). */
-  heldInputs(roundId: string): string[] { return [...(this.#masked.get(roundId)?.keys() ?? [])].sort(); }
+  heldCount(): number { let n = 0; for (const a of this.#masked.values()) n += a.size; return n; }
+  /** Masked inputs held for an attempt, summed or awaiting the leader's confirmation (tests, metrics). */
+  heldInputs(roundId: string): string[] { return this.#masked.get(roundId)?.ids() ?? []; }
+  /** Full-length vectors in memory: one running sum per attempt plus the inputs awaiting confirmation (tests, metrics). */
+  heldVectors(): number { let n = 0; for (const a of this.#masked.values()) n += a.vectors; return n; }
 
   async serve(port = 0): Promise<string> {
     const bus = this.bus;
@@ -202,25 +261,32 @@ export class ClusterEdge {
     const m = inner as Record<string, unknown>;
     if (m.id !== id) throw new ProtocolError('SECAGG_MESSAGE', `masked input names ${String(m.id).slice(0, 64)}, sender is ${id}`);
     if (!(m.masked instanceof Uint32Array)) throw new ProtocolError('SECAGG_MESSAGE', 'masked input must be a Uint32Array');
-    const held = this.#masked.get(env.roundId)?.get(id);
-    if (held && held.digest !== digest) throw new ProtocolError('SECAGG_MESSAGE', `duplicate masked input from ${id}`);
+    const prior = this.#masked.get(env.roundId);
+    const held = prior?.digestOf(id);
+    if (held !== undefined && held !== digest) throw new ProtocolError('SECAGG_MESSAGE', `duplicate masked input from ${id}`);
     // kept before the leader hears of it: the leader may close the phase and ask for the partial sum
     // as soon as this (last) reference arrives; a refused reference takes the vector back out
-    let byId = this.#masked.get(env.roundId);
-    if (!byId) {
-      this.#masked.set(env.roundId, byId = new Map());
+    let att = prior;
+    if (!att) {
+      this.#masked.set(env.roundId, att = new HeldMasked());
       while (this.#masked.size > KEEP_ATTEMPTS) this.#masked.delete(this.#masked.keys().next().value!);
     }
-    const mine = { digest, vector: m.masked };
-    if (!held) byId.set(id, mine);
+    const token = held === undefined ? att.hold(id, digest, m.masked) : null;
+    let reply: unknown;
     try {
-      await this.bus.request(this.#leader, 'c:masked', {
+      reply = await this.bus.request(this.#leader, 'c:masked', {
         sock: conn.socket.id, roundId: env.roundId, digest, size: env.sealed.box.byteLength, length: m.masked.length,
         ref: { id: m.id, ...(m.rejected !== undefined ? { rejected: m.rejected } : {}), ...(m.metrics !== undefined ? { metrics: m.metrics } : {}) },
       }, this.o.relayTimeoutMs);
     } catch (e) {
-      if (byId.get(id) === mine) byId.delete(id);
+      if (token) att.drop(id, token);
       throw e;
+    }
+    // confirmed by the leader: into the running sum, the vector itself is let go — unless another live
+    // edge already summed the same input (the client reconnected here and re-sent it): then it stays there
+    if (token) {
+      if ((reply as { heldAt?: unknown } | null)?.heldAt !== undefined) att.drop(id, token);
+      else att.confirm(id, token);
     }
     return {};
   }
@@ -228,18 +294,10 @@ export class ClusterEdge {
   #partial(b: unknown): { sum: Uint32Array } {
     const o = b as { roundId?: unknown; ids?: unknown };
     if (!o || typeof o.roundId !== 'string' || !Array.isArray(o.ids)) throw new ProtocolError('BAD_MESSAGE', 'malformed partial request');
-    const byId = this.#masked.get(o.roundId);
-    if (!byId) throw new ProtocolError('STALE_ROUND', `no masked inputs held for ${o.roundId.slice(0, 64)}`);
-    let sum: Uint32Array | undefined;
-    for (const id of o.ids) {
-      const v = byId.get(String(id))?.vector;
-      if (!v) throw new ProtocolError('SECAGG_MESSAGE', `no masked input held for ${String(id).slice(0, 64)}`);
-      if (!sum) sum = new Uint32Array(v.length);
-      else if (v.length !== sum.length) throw new ProtocolError('SECAGG_MESSAGE', 'masked inputs of different lengths');
-      for (let i = 0; i < sum.length; i++) sum[i] = (sum[i]! + v[i]!) >>> 0;
-    }
-    if (!sum) throw new ProtocolError('BAD_MESSAGE', 'partial request names no input');
-    this.#masked.delete(o.roundId); // one partial per attempt: the vectors are not needed any more
+    const att = this.#masked.get(o.roundId);
+    if (!att) throw new ProtocolError('STALE_ROUND', `no masked inputs held for ${o.roundId.slice(0, 64)}`);
+    const sum = att.partial(o.ids.map(String));
+    this.#masked.delete(o.roundId); // one partial per attempt: nothing of it is needed any more
     return { sum };
   }
 
