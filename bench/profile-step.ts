@@ -40,6 +40,7 @@ await trainer.trainStep([batch]);
 const t0 = performance.now();
 await trainer.trainStep([batch]);
 const plain = performance.now() - t0;
+const heldBefore = tf.memory().numBytes;
 const prof = await tf.profile(async () => { await trainer.trainStep([batch]); });
 const byName = new Map<string, { ms: number; n: number }>();
 const byShape = new Map<string, { ms: number; n: number }>();
@@ -55,6 +56,7 @@ const top = Number(values.top);
 console.log(`${c.name} on ${currentBackend()?.name} (${currentBackend()?.threads} thread(s)): step ${plain.toFixed(0)} ms unprofiled; ${prof.kernels.length} kernel calls, ${total.toFixed(0)} ms kernel time`);
 const show = (m: Map<string, { ms: number; n: number }>) => [...m].sort((x, y) => y[1].ms - x[1].ms).slice(0, top)
   .forEach(([k, v]) => console.log(`  ${(100 * v.ms / total).toFixed(1).padStart(5)} %  ${v.ms.toFixed(1).padStart(8)} ms  ${String(v.n).padStart(5)}×  ${k}`));
+console.log(`tfjs tensors: ${(heldBefore / 2 ** 20).toFixed(0)} MiB held before the step, peak ${(prof.peakBytes / 2 ** 20).toFixed(0)} MiB during it (XNNPACK's packed weights are not tensors and not counted)`);
 console.log('by kernel:'); show(byName);
 console.log('by kernel and input shapes:'); show(byShape);
 trainer.dispose();

@@ -12,8 +12,11 @@ import { logger } from '../log.js';
 import { registerGradients } from './gradients.js';
 import { initThreadedWasm, threadsFromEnv } from './wasm-threads.js';
 import { installWasmKernels } from './wasm-kernels.js';
+import { installLeanBackprop } from './backprop.js';
 
 await registerGradients();
+// gradients and saved tensors freed during the backward pass (backprop.ts); FEDLORA_BACKPROP=stock keeps tfjs' own
+if (process.env.FEDLORA_BACKPROP !== 'stock') installLeanBackprop();
 
 export { tf };
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';

@@ -46,7 +46,19 @@ export interface LoadOptions {
    * one more forward pass. Default: on when baseDtype is set (the memory-saving mode), off otherwise.
    */
   recomputeBlocks?: boolean;
+  /**
+   * In-heap frozen linear weights on wasm/cpu: `both` keeps each as [in, out] and [out, in] so the backward
+   * product is dy @ W[out, in]; `one` keeps [in, out] only and computes the backward product with the
+   * weight as the left operand (ops.ts frozenMatMul), which on wasm also spares XNNPACK's packed copy of
+   * the second layout: two copies of each weight in the heap instead of four, for two transposes of
+   * [N, ·] activations per product. `auto` (default): `both` while the linear weights total at most
+   * DUAL_LAYOUT_MAX_BYTES (small models, where the transposes weigh most and the copies least), else `one`.
+   */
+  weightLayouts?: 'auto' | 'one' | 'both';
 }
+
+/** Linear weights (fp32 bytes) up to which `weightLayouts: 'auto'` keeps both layouts (see LoadOptions). */
+export const DUAL_LAYOUT_MAX_BYTES = 64 * 2 ** 20;
 
 /** Default size of an LM-head chunk, in values of the head ([rows, d]). */
 const HEAD_CHUNK_VALUES = 1 << 23;
@@ -110,7 +122,11 @@ export class CausalLM {
     if (opts.headChunkRows !== undefined && !(Number.isInteger(opts.headChunkRows) && opts.headChunkRows > 0)) throw new RangeError(`headChunkRows must be a positive integer, got ${opts.headChunkRows}`);
     lm.#headChunkRows = opts.headChunkRows ?? Math.max(256, Math.floor(HEAD_CHUNK_VALUES / config.hiddenSize));
     lm.#fuseAlways = opts.headChunkRows !== undefined;
-    lm.#dual = !lm.#trainable && ['wasm', 'cpu'].includes(tf.getBackend());
+    const layouts = opts.weightLayouts ?? 'auto';
+    if (!['auto', 'one', 'both'].includes(layouts)) throw new RangeError(`weightLayouts must be auto, one or both, got ${JSON.stringify(layouts)}`);
+    let linearBytes = 0;
+    for (const s of lm.linearShapes.values()) linearBytes += 4 * s.in * s.out;
+    lm.#dual = !lm.#trainable && ['wasm', 'cpu'].includes(tf.getBackend()) && (layouts === 'both' || (layouts === 'auto' && linearBytes <= DUAL_LAYOUT_MAX_BYTES));
     lm.#recompute = !lm.#trainable && (opts.recomputeBlocks ?? opts.baseDtype !== undefined);
     try {
       for (const f of files) {
@@ -724,8 +740,12 @@ export class CausalLM {
     if (this.#baseDtype) throw new Error('baseWeights: the linear weights are stored compactly (baseDtype); load without it');
     const out = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const n of this.#hfNames) {
-      const t = this.#w.get(n)!;
-      out.set(n, { shape: [...t.shape], data: (await t.data()) as Float32Array });
+      const t = this.#w.get(n);
+      if (t) { out.set(n, { shape: [...t.shape], data: (await t.data()) as Float32Array }); continue; }
+      // a frozen nn.Linear weight kept only as [in, out] (#finish): back to the checkpoint's [out, in]
+      const oi = tf.transpose(this.#w.get(`${n}.io`)!);
+      out.set(n, { shape: [...oi.shape], data: (await oi.data()) as Float32Array });
+      oi.dispose();
     }
     return out;
   }

@@ -28,12 +28,24 @@ export const mm = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveF
 
 /**
  * x @ W for a frozen weight: only dx flows back. `wIo` is W as [in, out]; `wOi` (optional) is the
- * same weight as [out, in], kept so the backward pass is a plain product too.
+ * same weight as [out, in], so the backward pass is a plain product dy @ wOi.
+ *
+ * Without `wOi`, on wasm and cpu the backward pass is dxᵀ = wIo @ dyᵀ: the weight is the *left*
+ * operand there. tfjs-wasm hands a plain 2-D product to XNNPACK as a fully-connected operator whose
+ * weights are the right operand, packed into a copy that is cached for as long as that tensor lives.
+ * A frozen weight used on the right in forward and again (as wOi) in backward therefore lived in the
+ * heap four times (wIo, wOi and two packed copies); on the left it is read in place, so a weight costs
+ * two copies (wIo and its forward packing). The price is two transposes of [N, ·] activations per
+ * product. Other backends take dy @ wIoᵀ directly.
  */
 export function frozenMatMul(x: tf.Tensor2D, wIo: tf.Tensor2D, wOi: tf.Tensor2D | null): tf.Tensor2D {
+  const left = ['wasm', 'cpu'].includes(tf.getBackend());
   const f = tf.customGrad(((xx: tf.Tensor) => ({
     value: tf.matMul(xx as tf.Tensor2D, wIo),
-    gradFunc: (dy: tf.Tensor) => (wOi ? tf.matMul(dy as tf.Tensor2D, wOi) : tf.matMul(dy as tf.Tensor2D, wIo, false, true)),
+    gradFunc: (dy: tf.Tensor) =>
+      wOi ? tf.matMul(dy as tf.Tensor2D, wOi)
+        : left ? tf.transpose(tf.matMul(wIo, tf.transpose(dy) as tf.Tensor2D))
+          : tf.matMul(dy as tf.Tensor2D, wIo, false, true),
   })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
   return f(x) as tf.Tensor2D;
 }

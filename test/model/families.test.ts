@@ -16,7 +16,7 @@ import { readModelInfo, defaultTargetModules } from '../../shared/model/model-in
 import { loadCausalLM } from '../../shared/model/causal-lm.js';
 import { writeRandomModel, tinyLlamaConfig } from '../../shared/model/random-init.js';
 import { ConfigError, ModelFormatError } from '../../shared/errors.js';
-import { tf } from '../../shared/backend/index.js';
+import { tf, selectBackend } from '../../shared/backend/index.js';
 
 const FIX = 'test/fixtures/hf';
 const fixtures = readdirSync(FIX, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
@@ -128,6 +128,7 @@ describe('model families', () => {
       expect([...info.linears.keys()]).to.deep.equal([...(await readModelInfo(base)).linears.keys()]);
       expect(defaultTargetModules(info.config)).to.deep.equal(defaultTargetModules(normalizeConfig(raw)));
 
+      await selectBackend('cpu'); // tf.memory() needs a backend when this test runs alone
       const before = tf.memory().numTensors;
       const toy = await loadCausalLM(dir, { backend: 'cpu' });
       const ref = await loadCausalLM(base, { backend: 'cpu' });

@@ -65,7 +65,7 @@ for (const backend of ['wasm', 'cpu']) {
       });
 
       // 7 rows per chunk: many chunks, the last one short (no fixture vocabulary is a multiple of 7)
-      for (const [label, opts] of [['in heap, one chunk', {}], ['in heap, 7-row chunks', { headChunkRows: 7 }], ['stored fp32, 7-row chunks', { baseDtype: 'fp32', headChunkRows: 7 }], ['stored fp32, default chunks', { baseDtype: 'fp32' }]] as const) {
+      for (const [label, opts] of [['in heap, one chunk', {}], ['in heap, one weight layout (weightLayouts one)', { weightLayouts: 'one' }], ['in heap, 7-row chunks', { headChunkRows: 7 }], ['stored fp32, 7-row chunks', { baseDtype: 'fp32', headChunkRows: 7 }], ['stored fp32, default chunks', { baseDtype: 'fp32' }]] as const) {
         it(`${label}: logits, loss and gradients match the HF oracle and the unfused logits path; no leaks`, async () => {
           const lm = await loadCausalLM(`${FIX}/${name}/base`, { backend, ...opts });
           try {
@@ -98,9 +98,13 @@ for (const backend of ['wasm', 'cpu']) {
         const c = heap.config;
         let linear = 0;
         for (const s of heap.linearShapes.values()) linear += s.in * s.out;
-        // wasm/cpu keep both layouts of each frozen linear weight; nothing else is duplicated
+        // a small model on wasm/cpu keeps both layouts of each frozen linear weight (weightLayouts auto);
+        // nothing else is duplicated
         expect(tf.memory().numBytes - base).to.equal(4 * (heap.parameterCount + linear));
         heap.dispose();
+        const one = await loadCausalLM(`${FIX}/${name}/base`, { backend, weightLayouts: 'one' });
+        expect(tf.memory().numBytes - base).to.equal(4 * one.parameterCount);
+        one.dispose();
         const stored = await loadCausalLM(`${FIX}/${name}/base`, { backend, baseDtype: 'fp32' });
         const heads = c.tieWordEmbeddings ? 1 : 2;
         expect(tf.memory().numBytes - base).to.equal(4 * (stored.parameterCount - linear - heads * c.vocabSize * c.hiddenSize));
