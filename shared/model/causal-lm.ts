@@ -12,7 +12,7 @@ import { ModelFormatError } from '../errors.js';
 import { loadConfig, linearModules, linearHasBias, linearWeightShape, type ModelConfig } from './config.js';
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { openSafetensors, type SafetensorsReader } from './safetensors.js';
-import { addNoSave, bmm, geluNew, mm, frozenMatMul, silu, t2, weightedCrossEntropy } from './ops.js';
+import { addNoSave, bmm, geluNew, matMulBT, mm, frozenMatMul, silu, t2, weightedCrossEntropy } from './ops.js';
 import { StoredWeight, storedMatMul } from './frozen/stored.js';
 import { BASE_DTYPES, type BaseDtype } from './frozen/quant.js';
 import { adapterModules, matchesTarget, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
@@ -355,8 +355,8 @@ export class CausalLM {
     // to the [N, out] product, which Mul would keep)
     if (l.b) y = addNoSave(y, l.b) as tf.Tensor2D;
     if (f) {
-      const h = mm(x, t2(f.A));
-      y = addNoSave(y, mm(tf.mul(h, f.scale), t2(f.B))) as tf.Tensor2D;
+      const h = matMulBT(x, f.A);
+      y = addNoSave(y, matMulBT(tf.mul(h, f.scale), f.B)) as tf.Tensor2D;
     }
     return y;
   }

@@ -27,6 +27,27 @@ export const mm = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveF
 }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 
 /**
+ * x @ wᵀ for x [N, k] and w [m, k], both differentiable: a LoRA factor applied to activations (x Aᵀ,
+ * h Bᵀ). Written as mm(x, t2(w)) the weight gradient t2(x) @ dy transposes the whole [N, k] activation
+ * (tfjs-wasm's Transpose moves ≈100 M values/s: a [1024, 128] one takes 1.4 ms) and then transposes the
+ * result back through t2. Here dw = dyᵀ @ x when m ≤ k (only dy [N, m] is transposed: the rank-r side
+ * of a LoRA A) and (xᵀ @ dy)ᵀ otherwise (x [N, k] and the [k, m] result: the rank-r side of a LoRA B);
+ * dx = dy @ w needs no transpose.
+ */
+export const matMulBT = tf.customGrad(((x: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([x, w]);
+  return {
+    value: tf.matMul(x as tf.Tensor2D, tf.transpose(w) as tf.Tensor2D),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [sx, sw] = saved as [tf.Tensor2D, tf.Tensor2D];
+      const [m, k] = sw.shape;
+      const dw = m <= k ? tf.matMul(tf.transpose(dy) as tf.Tensor2D, sx) : tf.transpose(tf.matMul(tf.transpose(sx) as tf.Tensor2D, dy as tf.Tensor2D));
+      return [tf.matMul(dy as tf.Tensor2D, sw), dw];
+    },
+  };
+}) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor, w: tf.Tensor) => tf.Tensor;
+
+/**
  * x @ W for a frozen weight: only dx flows back. `wIo` is W as [in, out]; `wOi` (optional) is the
  * same weight as [out, in], so the backward pass is a plain product dy @ wOi.
  *
@@ -54,27 +75,29 @@ export function frozenMatMul(x: tf.Tensor2D, wIo: tf.Tensor2D, wOi: tf.Tensor2D 
  * Weighted mean cross entropy of `x` [n, V] logits against int32 targets `tgt` [n], weights `w` [n]
  * (0 = not a target): Σ w·(logSumExp(x) − x[tgt]) / max(Σ w, 1), with its gradient written out —
  * (softmax(x) − onehot(tgt))·w / max(Σ w, 1). tfjs' own autodiff of logSumExp goes through the
- * gradient of Max (an `Equal` over all n × V logits) and of the pick; this is one exp pass forward and
- * one back. `tgt` and `w` are constants (no gradient).
+ * gradient of Max (an `Equal` over all n × V logits) and of the pick; this is one exp pass, forward
+ * (the softmax is kept for the backward pass in place of the logits). `tgt` and `w` are constants (no gradient).
  */
 export function weightedCrossEntropy(x: tf.Tensor2D, tgt: tf.Tensor1D, w: tf.Tensor1D): tf.Scalar {
   const [n, V] = x.shape;
   const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
     const x2 = xx as tf.Tensor2D;
     const mx = tf.max(x2, -1, true);
-    const lse = tf.add(tf.log(tf.sum(tf.exp(tf.sub(x2, mx)), -1, true)), mx); // [n, 1]
+    const e = tf.exp(tf.sub(x2, mx));
+    const s = tf.sum(e, -1, true);
+    const lse = tf.add(tf.log(s), mx); // [n, 1]
     const flat = tf.add(tf.mul(tf.range(0, n, 1, 'int32'), tf.scalar(V, 'int32')), tf.cast(tgt, 'int32'));
     const picked = tf.gather(tf.reshape(x2, [n * V]), flat); // [n]
     const denom = tf.maximum(tf.sum(w), 1);
     const value = tf.div(tf.sum(tf.mul(tf.sub(tf.reshape(lse, [n]), picked), w)), denom);
+    // softmax kept in place of the logits (same size): the backward pass needs no second exp pass.
     // tgt and w too: the caller's tidy may dispose them before the backward pass runs
-    save([x2, lse, denom, tgt, w]);
+    save([tf.div(e, s), denom, tgt, w]);
     return {
       value,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sx, slse, sden, st, sw] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Scalar, tf.Tensor1D, tf.Tensor1D];
+        const [p, sden, st, sw] = saved as [tf.Tensor2D, tf.Scalar, tf.Tensor1D, tf.Tensor1D];
         const scale = tf.reshape(tf.div(tf.mul(sw, dy), sden), [n, 1]); // [n, 1]
-        const p = tf.exp(tf.sub(sx, slse));
         return tf.mul(tf.sub(p, tf.oneHot(tf.cast(st, 'int32') as tf.Tensor1D, V)), scale);
       },
     };
@@ -164,20 +187,21 @@ export function silu(x: tf.Tensor): tf.Tensor {
 }
 
 /**
- * GPT-2's gelu_new 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) saving only x (its autodiff keeps about
- * eight [N, ff] intermediates); the value is computed with the same ops in the same order as before.
+ * GPT-2's gelu_new 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) saving x and the tanh (its autodiff keeps
+ * about eight [N, ff] intermediates; keeping the tanh spares the backward pass recomputing it); the value
+ * is computed with the same ops in the same order as before.
  * d/dx = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t = tanh(…).
  */
 export function geluNew(x: tf.Tensor): tf.Tensor {
   const c = Math.sqrt(2 / Math.PI);
   const inner = (v: tf.Tensor) => tf.mul(tf.add(v, tf.mul(tf.mul(tf.mul(v, v), v), 0.044715)), c); // x·x·x: Pow and its gradient cost more
   const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
-    save([xx]);
+    const th = tf.tanh(inner(xx));
+    save([xx, th]);
     return {
-      value: tf.mul(tf.mul(xx, 0.5), tf.add(1, tf.tanh(inner(xx)))),
+      value: tf.mul(tf.mul(xx, 0.5), tf.add(1, th)),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const sx = saved[0]!;
-        const t = tf.tanh(inner(sx));
+        const [sx, t] = saved as [tf.Tensor, tf.Tensor];
         const du = tf.mul(tf.add(1, tf.mul(tf.mul(sx, sx), 3 * 0.044715)), c);
         const d = tf.add(tf.mul(tf.add(1, t), 0.5), tf.mul(tf.mul(tf.mul(sx, 0.5), tf.sub(1, tf.square(t))), du));
         return tf.mul(dy, d);

@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { selectBackend, tf } from '../../shared/backend/index.js';
-import { BMM_MIN_SIDE, bmm, mm } from '../../shared/model/ops.js';
+import { BMM_MIN_SIDE, bmm, matMulBT, mm } from '../../shared/model/ops.js';
 
 function maxRel(a: Float32Array | Int32Array | Uint8Array, b: Float32Array | Int32Array | Uint8Array): number {
   let m = 0, s = 0;
@@ -40,6 +40,23 @@ describe('bmm: per-slice batched products (wasm)', () => {
       const g0 = tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(tf.matMul(x as tf.Tensor2D, y as tf.Tensor2D), dy)))([a, b]);
       for (let i = 0; i < 2; i++) expect(maxRel(g1[i]!.dataSync(), g0[i]!.dataSync()), `[${shapeA}] @ n=${n}: grad ${i}`).to.be.below(1e-5);
       tf.dispose([a, b, dy, ...g1, ...g0]);
+    }
+  });
+
+  it('matMulBT (x @ wᵀ): value and both gradients equal tfjs\' own, for a LoRA A (m ≤ k) and a LoRA B (m > k)', () => {
+    for (const [N, k, m] of [[256, 128, 16], [256, 16, 320], [5, 7, 7]] as const) {
+      const x = tf.randomNormal([N, k], 0, 1, 'float32', 17);
+      const w = tf.randomNormal([m, k], 0, 1, 'float32', 18);
+      const dy = tf.randomNormal([N, m], 0, 1, 'float32', 19);
+      const before = tf.memory().numTensors;
+      const v1 = matMulBT(x, w), v0 = tf.matMul(x, w, false, true);
+      expect(maxRel(v1.dataSync(), v0.dataSync()), `[${N}, ${k}] @ [${m}, ${k}]ᵀ value`).to.be.below(1e-5);
+      const g1 = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(matMulBT(a, b), dy)))([x, w]);
+      const g0 = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, false, true), dy)))([x, w]);
+      for (let i = 0; i < 2; i++) expect(maxRel(g1[i]!.dataSync(), g0[i]!.dataSync()), `[${N}, ${k}] @ [${m}, ${k}]ᵀ: grad ${i}`).to.be.below(1e-5);
+      tf.dispose([v1, v0, ...g1, ...g0]);
+      expect(tf.memory().numTensors).to.equal(before);
+      tf.dispose([x, w, dy]);
     }
   });
 
