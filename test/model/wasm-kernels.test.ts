@@ -92,6 +92,48 @@ describe('wasm kernels: Identity shares data; Slice, Unpack and SplitV', () => {
     x.dispose(); y.dispose();
   });
 
+  it('transpose of the last two axes: tall, wide, square, tile edges, batched, int32 and bool (against index arithmetic); other permutations unchanged', () => {
+    const shapes = [[1, 1], [3, 200], [200, 3], [64, 64], [65, 130], [130, 65], [2, 3, 70, 33], [4, 33, 70], [0, 5]];
+    for (const dtype of ['float32', 'int32'] as const) {
+      for (const shape of shapes) {
+        const rank = shape.length;
+        const perm = [...Array(rank).keys()];
+        perm[rank - 2] = rank - 1; perm[rank - 1] = rank - 2;
+        const x = ramp(shape, dtype);
+        const y = tf.transpose(x, perm);
+        const r = shape[rank - 2]!, c = shape[rank - 1]!, n = r * c;
+        const want: number[] = [];
+        const batch = shape.slice(0, -2).reduce((p, q) => p * q, 1);
+        for (let b = 0; b < batch; b++) for (let j = 0; j < c; j++) for (let i = 0; i < r; i++) want.push(b * n + i * c + j);
+        expect(y.dtype).to.equal(dtype);
+        expect(y.shape).to.deep.equal([...shape.slice(0, -2), c, r]);
+        expect([...y.dataSync()], `${shape}`).to.deep.equal(want);
+        x.dispose(); y.dispose();
+      }
+    }
+    const m = tf.tensor2d([[true, false, false], [false, true, true]], [2, 3], 'bool');
+    expect(tf.transpose(m).arraySync()).to.deep.equal([[1, 0], [0, 1], [0, 1]]);
+    // permutations that keep the last axis (runs of it), and one that moves it (the stock kernel),
+    // against index arithmetic
+    for (const [shape, perm] of [[[2, 3, 4], [1, 0, 2]], [[1, 5, 3, 4], [0, 2, 1, 3]], [[2, 3, 4, 5], [2, 0, 1, 3]], [[2, 3, 4], [2, 0, 1]], [[3, 0, 2], [1, 0, 2]]] as Array<[number[], number[]]>) {
+      const x = ramp(shape);
+      const y = tf.transpose(x, perm);
+      const outShape = perm.map((p) => shape[p]!);
+      const strides = tf.util.computeStrides(shape).concat(1);
+      const want: number[] = [];
+      const total = outShape.reduce((p, q) => p * q, 1);
+      const idx = new Array<number>(outShape.length).fill(0);
+      for (let o = 0; o < total; o++) {
+        want.push(idx.reduce((acc, v, d) => acc + v * strides[perm[d]!]!, 0));
+        for (let d = outShape.length - 1; d >= 0; d--) { if (++idx[d]! < outShape[d]!) break; idx[d] = 0; }
+      }
+      expect(y.shape, `${shape} ${perm}`).to.deep.equal(outShape);
+      expect([...y.dataSync()], `${shape} ${perm}`).to.deep.equal(want);
+      tf.dispose([x, y]);
+    }
+    m.dispose();
+  });
+
   it('unstack along every axis and split into equal and uneven parts match the slices they stand for', () => {
     const shape = [3, 4, 5];
     const x = ramp(shape);
