@@ -1,5 +1,5 @@
 /**
- * npm run bench:compare -- [--rounds 2] [--steps 3] [--only gpt2|small]
+ * npm run bench:compare -- [--rounds 2] [--steps 3] [--warmup 2] [--only gpt2|small]
  * The LoRA training steps of bench:train beside the same steps in PyTorch (bench/torch_step.py), each
  * configuration in its own process, alternating fedlora and torch runs in one window so both see the
  * same machine load. fedlora: wasm with 1 and 2 threads; torch: 1 and 2 threads (OMP_WAIT_POLICY=PASSIVE).
@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
 import { join } from 'node:path';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string', default: '2' }, steps: { type: 'string', default: '3' }, only: { type: 'string' }, python: { type: 'string', default: '/usr/bin/python3' } } });
+const { values } = parseArgs({ options: { rounds: { type: 'string', default: '2' }, steps: { type: 'string', default: '3' }, warmup: { type: 'string', default: '2' }, only: { type: 'string' }, python: { type: 'string', default: '/usr/bin/python3' } } });
 const PY = values.python!;
 const probe = spawnSync(PY, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
 if (probe.status !== 0) {
@@ -21,24 +21,24 @@ if (probe.status !== 0) {
   process.exit(0);
 }
 const cases = [{ name: 'gpt2-124M', only: 'gpt2' }, { name: 'small-llama', only: 'small' }].filter((c) => !values.only || c.only === values.only);
-const rounds = Number(values.rounds), steps = Number(values.steps);
+const rounds = Number(values.rounds), steps = Number(values.steps), warmup = Number(values.warmup);
 interface Row { stepMs: number; tokensPerS: number; peakRssMiB: number; wasmHeapMiB?: number | null }
 const dir = mkdtempSync(join(tmpdir(), 'fedlora-compare-'));
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
 
 function fedlora(only: string, threads: number): Row {
   const out = join(dir, `f-${only}-${threads}.json`);
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/train.ts', '--only', only, '--threads', String(threads), '--steps', String(steps), '--json', out], { encoding: 'utf8', env: { ...process.env, FEDLORA_LOG: 'warn' } });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/train.ts', '--only', only, '--threads', String(threads), '--steps', String(steps), '--warmup', String(warmup), '--json', out], { encoding: 'utf8', env: { ...process.env, FEDLORA_LOG: 'warn' } });
   if (r.status !== 0) throw new Error(`bench/train.ts failed: ${r.stderr.slice(-400)}`);
   return (JSON.parse(readFileSync(out, 'utf8')) as Row[])[0]!;
 }
 function torch(name: string, threads: number): Row {
-  const r = spawnSync(PY, ['bench/torch_step.py', name, String(threads), String(steps)], { encoding: 'utf8', env: { ...process.env, OMP_WAIT_POLICY: 'PASSIVE' } });
+  const r = spawnSync(PY, ['bench/torch_step.py', name, String(threads), String(steps), String(warmup)], { encoding: 'utf8', env: { ...process.env, OMP_WAIT_POLICY: 'PASSIVE' } });
   if (r.status !== 0) throw new Error(`torch_step.py failed: ${r.stderr.slice(-400)}`);
   return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as Row;
 }
 
-console.log(`fedlora bench:compare — torch ${probe.stdout.trim()}, node ${process.version}, ${rounds} alternating round(s) × ${steps} steps, load ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+console.log(`fedlora bench:compare — torch ${probe.stdout.trim()}, node ${process.version}, ${rounds} alternating round(s) × ${steps} steps after ${warmup} warm-up step(s), load ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 for (const c of cases) {
   const runs: Record<string, Row[]> = { 'fedlora 1 thread': [], 'fedlora 2 threads': [], 'torch 1 thread': [], 'torch 2 threads': [] };
   for (let i = 0; i < rounds; i++) {

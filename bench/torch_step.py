@@ -2,13 +2,14 @@
 directly in torch (no transformers): GPT-2-124M shape (batch 1 x 128) and a small Llama (d 128, 4 layers,
 4 heads / 2 KV heads, batch 8 x 128); LoRA r=16 (alpha 32) on every linear layer of the blocks, AdamW,
 random init. Prints one JSON line: {"case", "threads", "stepMs", "tokensPerS", "peakRssMiB"}.
-usage: python3 bench/torch_step.py CASE THREADS STEPS"""
+usage: python3 bench/torch_step.py CASE THREADS STEPS [WARMUP (2)]"""
 import json, math, resource, sys, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 case, threads, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+warmup = int(sys.argv[4]) if len(sys.argv) > 4 else 2
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 
@@ -128,7 +129,8 @@ def step():
     opt.step()
 
 
-step()
+for _ in range(warmup):
+    step()
 t0 = time.perf_counter()
 for _ in range(steps):
     step()

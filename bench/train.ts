@@ -1,5 +1,5 @@
 /**
- * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--threads N] [--base-dtype fp32|bf16|int8|nf4] [--steps N] [--only gpt2|small|qwen2[,…]] [--recompute on|off] [--dora] [--json FILE]
+ * npm run bench:train -- [--backend auto|tensorflow|webgpu|wasm|cpu] [--threads N] [--base-dtype fp32|bf16|int8|nf4] [--steps N] [--warmup N] [--only gpt2|small|qwen2[,…]] [--recompute on|off] [--dora] [--json FILE]
  * LoRA r=16 on every linear layer (attention and MLP projections), AdamW, random init written once to a
  * cache folder (seeded, streamed tensor by tensor): a GPT-2-124M-shaped model, a small Llama-style model
  * and (only when named: --only qwen2) a Qwen2-0.5B-shaped model — hidden 896, 24 layers, 14 query / 2
@@ -24,7 +24,7 @@ import { writeFileSync } from 'node:fs';
 import { tf, currentBackend, configureThreads } from '../shared/backend/index.js';
 
 const { values } = parseArgs({ options: {
-  backend: { type: 'string', default: 'auto' }, steps: { type: 'string', default: '3' },
+  backend: { type: 'string', default: 'auto' }, steps: { type: 'string', default: '3' }, warmup: { type: 'string', default: '2' },
   only: { type: 'string' }, threads: { type: 'string', default: '1' }, 'base-dtype': { type: 'string' }, json: { type: 'string' }, dora: { type: 'boolean', default: false }, recompute: { type: 'string' }, cache: { type: 'string', default: join(tmpdir(), 'fedlora-bench-models') },
 } });
 
@@ -73,7 +73,12 @@ for (const c of cases) {
   const batch: Batch = { ids, lossMask: new Float32Array(ids.length).fill(1), attentionMask: new Float32Array(ids.length).fill(1), batch: c.batch, length: c.seq };
   let loraParams = 0;
   for (const t of start.tensors.values()) loraParams += t.data.length;
-  const first = await trainer.trainStep([batch]); // warm-up (kernel compilation, allocation)
+  // warm-up (kernel compilation, XNNPACK weight packing, heap growth, optimizer state): the second step is still
+  // ≈20 % slower than the steady state on wasm, so two by default (torch_step.py gets the same)
+  const warmup = Number(values.warmup);
+  if (!Number.isInteger(warmup) || warmup < 1) throw new RangeError(`--warmup must be a whole number ≥ 1, got ${JSON.stringify(values.warmup)}`);
+  const first = await trainer.trainStep([batch]);
+  for (let s = 1; s < warmup; s++) await trainer.trainStep([batch]);
   let last = first;
   const steps = Number(values.steps);
   const t0 = performance.now();
