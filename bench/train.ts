@@ -8,7 +8,7 @@
  * the wasm32 heap's 4 GiB. Prints step time, tokens/s, peak RSS (whole case, and while loading) and the
  * wasm heap size (the module's linear memory: it grows, never shrinks, and cannot pass 4 GiB). --json
  * writes the figures for bench:compare. --recompute sets LoadOptions.recomputeBlocks (per-block activation
- * recomputation; default: on with --base-dtype, off without).
+ * recomputation; default: off).
  */
 import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';

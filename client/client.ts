@@ -45,6 +45,8 @@ export interface TrainerFactoryOptions {
   modelDir: string; dataFile: string; backend: string; evalFraction: number; seed: number;
   /** Storage of the frozen base's linear weights (LoadOptions.baseDtype); unset: in the tfjs heap. */
   baseDtype?: 'fp32' | 'bf16' | 'int8' | 'nf4';
+  /** LoadOptions.recomputeBlocks: recompute each block's activations in the backward pass (less memory, slower steps). */
+  recomputeBlocks?: boolean;
   /** The dataset, already read and validated before connecting (the default factory passes it on). */
   examples?: Example[];
 }
@@ -74,6 +76,8 @@ export interface ClientOptions {
    * train, at some cost in step time. Unset: every weight is a tensor.
    */
   baseDtype?: 'fp32' | 'bf16' | 'int8' | 'nf4';
+  /** Recompute each block's activations in the backward pass instead of keeping them: less training memory, ≈2× the step time (default off). */
+  recomputeBlocks?: boolean;
   /** Globs over PEFT tensor names this client personalizes (see personalMode). */
   personal?: string[];
   /**
@@ -455,7 +459,7 @@ export class Client {
     if (!this.#trainer) {
       const factory = o.trainerFactory ?? (async (f: TrainerFactoryOptions) => (await import('./trainer.js')).createTrainer(f));
       this.#trainer = await factory({
-        modelDir: this.#modelDir, dataFile: o.dataFile, backend: this.#backend, evalFraction: o.evalFraction!, seed: o.seed ?? 0, ...(o.baseDtype ? { baseDtype: o.baseDtype } : {}), ...(this.#examples ? { examples: this.#examples } : {}),
+        modelDir: this.#modelDir, dataFile: o.dataFile, backend: this.#backend, evalFraction: o.evalFraction!, seed: o.seed ?? 0, ...(o.baseDtype ? { baseDtype: o.baseDtype } : {}), ...(o.recomputeBlocks ? { recomputeBlocks: true } : {}), ...(this.#examples ? { examples: this.#examples } : {}),
       });
       this.#examples = undefined;
     }

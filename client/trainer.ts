@@ -121,6 +121,8 @@ export interface CreateTrainerOptions {
   backend?: string;
   /** LoadOptions.baseDtype: the frozen linear weights stored outside the tfjs heap. */
   baseDtype?: 'fp32' | 'bf16' | 'int8' | 'nf4';
+  /** LoadOptions.recomputeBlocks. */
+  recomputeBlocks?: boolean;
   evalFraction?: number;
   seed?: number;
   maxSeqLen?: number;
@@ -146,7 +148,7 @@ export async function createTrainer(opts: CreateTrainerOptions): Promise<LocalTr
   const examples = opts.examples ?? (opts.dataFile ? await loadJsonlDataset(opts.dataFile) : undefined);
   if (!examples) throw new DataError('createTrainer needs dataFile or examples');
   if (examples.length < 2) throw new DataError(`need at least 2 examples, got ${examples.length}`);
-  const lm = opts.lm ?? (await loadCausalLM(opts.modelDir, { backend: opts.backend ?? 'auto', ...(opts.baseDtype ? { baseDtype: opts.baseDtype } : {}) }));
+  const lm = opts.lm ?? (await loadCausalLM(opts.modelDir, { backend: opts.backend ?? 'auto', ...(opts.baseDtype ? { baseDtype: opts.baseDtype } : {}), ...(opts.recomputeBlocks ? { recomputeBlocks: true } : {}) }));
   const ownsModel = !opts.lm;
   try {
     const tok = opts.tokenizer ?? (await resolveTokenizer(opts.modelDir, lm.config.vocabSize));
