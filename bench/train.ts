@@ -37,6 +37,8 @@ const allCases: Case[] = [
 const wanted = values.only ? values.only.split(',') : ['gpt2', 'small'];
 for (const w of wanted) if (!allCases.some((c) => c.key === w)) throw new RangeError(`--only: unknown case ${JSON.stringify(w)} (cases: ${allCases.map((c) => c.key).join(', ')})`);
 const cases = allCases.filter((c) => wanted.includes(c.key));
+const warmup = Number(values.warmup);
+if (!Number.isInteger(warmup) || warmup < 1) throw new RangeError(`--warmup must be a whole number ≥ 1, got ${JSON.stringify(values.warmup)}`);
 if (values.recompute !== undefined && !['on', 'off'].includes(values.recompute)) throw new RangeError(`--recompute must be on or off, got ${JSON.stringify(values.recompute)}`);
 for (const c of cases) if (c.needsBaseDtype && !values['base-dtype']) throw new RangeError(`case ${c.key} needs --base-dtype fp32|bf16|int8|nf4 (in the heap as fp32 it passes the wasm32 heap's 4 GiB)`);
 
@@ -75,8 +77,6 @@ for (const c of cases) {
   for (const t of start.tensors.values()) loraParams += t.data.length;
   // warm-up (kernel compilation, XNNPACK weight packing, heap growth, optimizer state): the second step is still
   // ≈20 % slower than the steady state on wasm, so two by default (torch_step.py gets the same)
-  const warmup = Number(values.warmup);
-  if (!Number.isInteger(warmup) || warmup < 1) throw new RangeError(`--warmup must be a whole number ≥ 1, got ${JSON.stringify(values.warmup)}`);
   const first = await trainer.trainStep([batch]);
   for (let s = 1; s < warmup; s++) await trainer.trainStep([batch]);
   let last = first;

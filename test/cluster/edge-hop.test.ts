@@ -21,14 +21,14 @@ import type { LoraAdapter } from '../../shared/lora/adapter.js';
 import type { RoundRecord } from '../../coordinator/metrics.js';
 import { setLogLevel } from '../../shared/log.js';
 import { FIXTURE, maxDiff, pullTrainer } from '../coordinator/helpers.js';
-import { Resources, waitFor, within } from '../coordinator/hostile-client.js';
+import { Resources, within } from '../coordinator/hostile-client.js';
 import { startRedis, type RedisServer } from './redis-harness.js';
 
 const TARGETS = [0.1, 0.3, 0.5];
 const SEED = 11;
 
 /** A TCP relay to `port`; `cut()` stops listening and drops every relayed connection (a network failure). */
-async function relay(port: number): Promise<{ url: string; cut(): void; close(): void }> {
+async function relay(port: number): Promise<{ url: string; cut(): void }> {
   const open = new Set<NetSocket>();
   const server = createServer((a) => {
     const b = connect(port, '127.0.0.1');
@@ -38,7 +38,7 @@ async function relay(port: number): Promise<{ url: string; cut(): void; close():
   });
   await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(0, '127.0.0.1', () => res()); });
   const cut = () => { server.close(); for (const s of open) s.destroy(); };
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, cut, close: cut };
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, cut };
 }
 
 describe('cluster: a masked input re-sent through a second edge', function () {
@@ -47,12 +47,12 @@ describe('cluster: a masked input re-sent through a second edge', function () {
   let r: Resources;
   let redis: RedisServer | undefined;
   const edges: ClusterEdge[] = [];
-  const relays: { close(): void }[] = [];
+  const relays: { cut(): void }[] = [];
   before(() => setLogLevel((process.env.FEDLORA_TEST_LOG as 'info' | undefined) ?? 'error'));
   beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'fedlora-edgehop-')); r = new Resources(); });
   afterEach(async () => {
     await r.closeAll();
-    for (const x of relays.splice(0)) x.close();
+    for (const x of relays.splice(0)) x.cut();
     await Promise.all(edges.splice(0).map((e) => within('edge close', e.close(), 5000).catch(() => undefined)));
     await redis?.stop();
     redis = undefined;
