@@ -13,6 +13,7 @@ import { registerGradients } from './gradients.js';
 import { initThreadedWasm, threadsFromEnv } from './wasm-threads.js';
 import { installWasmKernels } from './wasm-kernels.js';
 import { installLeanBackprop } from './backprop.js';
+import { installFusedKernels } from './fused-kernels.js';
 
 await registerGradients();
 // gradients and saved tensors freed during the backward pass (backprop.ts); FEDLORA_BACKPROP=stock keeps tfjs' own
@@ -153,6 +154,7 @@ async function activate(name: BackendName): Promise<void> {
   if (name === 'cpu') tf.env().set('PROD', true);
   await LOADERS[name]();
   if (name === 'wasm') installWasmKernels();
+  if (name === 'wasm' || name === 'cpu') installFusedKernels();
   const ok = await tf.setBackend(name);
   if (!ok) throw new Error(`tf.setBackend('${name}') failed to initialise`);
   await tf.ready();

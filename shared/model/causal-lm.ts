@@ -12,7 +12,8 @@ import { ModelFormatError } from '../errors.js';
 import { loadConfig, linearModules, linearHasBias, linearWeightShape, type ModelConfig } from './config.js';
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { openSafetensors, type SafetensorsReader } from './safetensors.js';
-import { addNoSave, bmm, geluNew, matMulBT, mm, frozenMatMul, silu, t2, weightedCrossEntropy } from './ops.js';
+import { addNoSave, bmm, fusedNorm, geluNew, matMulBT, mm, frozenMatMul, silu, t2, weightedCrossEntropy } from './ops.js';
+import { hasFusedKernels } from '../backend/fused-kernels.js';
 import { StoredWeight, storedMatMul } from './frozen/stored.js';
 import { BASE_DTYPES, type BaseDtype } from './frozen/quant.js';
 import { adapterModules, matchesTarget, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
@@ -355,7 +356,7 @@ export class CausalLM {
     }
     // sums that keep no activation for the backward pass, and the scale applied to the rank-r h (not
     // to the [N, out] product, which Mul would keep)
-    if (l.b) y = addNoSave(y, l.b) as tf.Tensor2D;
+    if (l.b) y = addNoSave(y, l.b, { constB: !this.#trainable }) as tf.Tensor2D;
     if (f) {
       const h = matMulBT(x, f.A);
       y = addNoSave(y, matMulBT(tf.mul(h, f.scale), f.B)) as tf.Tensor2D;
@@ -376,6 +377,7 @@ export class CausalLM {
     const spec = this.#family.norm;
     const w = this.#w.get(`${prefix}.weight`) as tf.Tensor1D;
     const b = spec.bias ? (this.#w.get(`${prefix}.bias`) as tf.Tensor1D) : null;
+    if (spec.fused && !this.#trainable && x.dtype === 'float32' && hasFusedKernels()) return fusedNorm(spec.fused, x, w, b, this.config.normEps);
     return spec.apply(tf, x, w, b, this.config.normEps);
   }
 

@@ -5,6 +5,10 @@
  * MatMul gradient uses exactly those forms. Explicit transposes are cheap next to that.
  */
 import { tf } from '../backend/index.js';
+import { FUSED, hasFusedKernels } from '../backend/fused-kernels.js';
+
+const run = (name: string, inputs: Record<string, tf.Tensor>, attrs: Record<string, unknown> = {}) =>
+  tf.engine().runKernel(name, inputs as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap);
 
 /** Swap the last two axes. */
 export function t2(x: tf.Tensor): tf.Tensor {
@@ -75,30 +79,32 @@ export function frozenMatMul(x: tf.Tensor2D, wIo: tf.Tensor2D, wOi: tf.Tensor2D 
  * Weighted mean cross entropy of `x` [n, V] logits against int32 targets `tgt` [n], weights `w` [n]
  * (0 = not a target): Σ w·(logSumExp(x) − x[tgt]) / max(Σ w, 1), with its gradient written out —
  * (softmax(x) − onehot(tgt))·w / max(Σ w, 1). tfjs' own autodiff of logSumExp goes through the
- * gradient of Max (an `Equal` over all n × V logits) and of the pick; this is one exp pass, forward
+ * gradient of Max (an `Equal` over all n × V logits) and of the pick; this is one softmax pass, forward
  * (the softmax is kept for the backward pass in place of the logits). `tgt` and `w` are constants (no gradient).
  */
 export function weightedCrossEntropy(x: tf.Tensor2D, tgt: tf.Tensor1D, w: tf.Tensor1D): tf.Scalar {
   const [n, V] = x.shape;
   const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
     const x2 = xx as tf.Tensor2D;
-    const mx = tf.max(x2, -1, true);
-    const e = tf.exp(tf.sub(x2, mx));
-    const s = tf.sum(e, -1, true);
-    const lse = tf.add(tf.log(s), mx); // [n, 1]
+    // Softmax is one vectorised XNNPACK pass on wasm (an [n, V] exp was ≈7 ns per value); the
+    // log-sum-exp follows from it without a second pass over exp: softmax peaks where x does, so
+    // max(p) = e^(max(x) − lse), i.e. lse = max(x) − log(max(p)), and max(p) ≥ 1/V never underflows.
+    const p = tf.softmax(x2);
+    const lse = tf.sub(tf.max(x2, -1), tf.log(tf.max(p, -1))); // [n]
     const flat = tf.add(tf.mul(tf.range(0, n, 1, 'int32'), tf.scalar(V, 'int32')), tf.cast(tgt, 'int32'));
     const picked = tf.gather(tf.reshape(x2, [n * V]), flat); // [n]
     const denom = tf.maximum(tf.sum(w), 1);
-    const value = tf.div(tf.sum(tf.mul(tf.sub(tf.reshape(lse, [n]), picked), w)), denom);
+    const value = tf.div(tf.sum(tf.mul(tf.sub(lse, picked), w)), denom);
     // softmax kept in place of the logits (same size): the backward pass needs no second exp pass.
     // tgt and w too: the caller's tidy may dispose them before the backward pass runs
-    save([tf.div(e, s), denom, tgt, w]);
+    save([p, denom, tgt, w]);
     return {
       value,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [p, sden, st, sw] = saved as [tf.Tensor2D, tf.Scalar, tf.Tensor1D, tf.Tensor1D];
-        const scale = tf.reshape(tf.div(tf.mul(sw, dy), sden), [n, 1]); // [n, 1]
-        return tf.mul(tf.sub(p, tf.oneHot(tf.cast(st, 'int32') as tf.Tensor1D, V)), scale);
+        const [sp, sden, st, sw] = saved as [tf.Tensor2D, tf.Scalar, tf.Tensor1D, tf.Tensor1D];
+        const scale = tf.div(tf.mul(sw, dy), sden); // [n]
+        if (hasFusedKernels()) return run(FUSED.xentGrad, { p: sp, tgt: tf.cast(st, 'int32'), scale }) as tf.Tensor;
+        return tf.mul(tf.sub(sp, tf.oneHot(tf.cast(st, 'int32') as tf.Tensor1D, V)), tf.reshape(scale, [n, 1]));
       },
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
@@ -154,12 +160,19 @@ function sliced(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
  * a + b where b has a's shape or is a bias over a's last axis, saving nothing for the backward pass:
  * tfjs' Add keeps both inputs alive until the backward pass only to read their shapes, which for a
  * LoRA sum y + (x Aᵀ) Bᵀ holds two extra [N, out] activations per module (Qwen2's MLP: 2.4 MB each
- * at 128 tokens, per projection and layer).
+ * at 128 tokens, per projection and layer). `constB`: b needs no gradient (a frozen bias).
  */
-export function addNoSave(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+export function addNoSave(a: tf.Tensor, b: tf.Tensor, opts: { constB?: boolean } = {}): tf.Tensor {
   const same = a.shape.length === b.shape.length && a.shape.every((d, i) => d === b.shape[i]);
   const bias = !same && b.rank === 1 && b.shape[0] === a.shape[a.rank - 1];
   if (!same && !bias) throw new RangeError(`addNoSave: shapes [${a.shape}] and [${b.shape}] are neither equal nor a bias over the last axis`);
+  if (opts.constB) {
+    // b is a constant (a frozen bias): no input for it, so no gradient of it is computed (a custom
+    // gradient computes every input's gradient, needed or not: GPT-2's frozen biases cost a Sum over
+    // [N, out] per linear layer)
+    const g = tf.customGrad(((x: tf.Tensor) => ({ value: tf.add(x, b), gradFunc: (dy: tf.Tensor) => dy })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+    return g(a);
+  }
   const f = tf.customGrad(((x: tf.Tensor, y: tf.Tensor) => ({
     value: tf.add(x, y),
     gradFunc: (dy: tf.Tensor) => [dy, same ? dy : tf.sum(tf.reshape(dy, [-1, a.shape[a.rank - 1]!]), 0)],
@@ -172,12 +185,14 @@ export function addNoSave(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
  * d/dx = σ(x)·(1 + x·(1 − σ(x))).
  */
 export function silu(x: tf.Tensor): tf.Tensor {
+  const fused = hasFusedKernels() && x.dtype === 'float32';
   const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
     save([xx]);
     return {
-      value: tf.mul(xx, tf.sigmoid(xx)),
+      value: fused ? run(FUSED.silu, { x: xx }) as tf.Tensor : tf.mul(xx, tf.sigmoid(xx)),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const sx = saved[0]!;
+        if (fused) return run(FUSED.siluGrad, { x: sx, dy }) as tf.Tensor;
         const s = tf.sigmoid(sx);
         return tf.mul(dy, tf.mul(s, tf.add(1, tf.mul(sx, tf.sub(1, s)))));
       },
@@ -188,14 +203,20 @@ export function silu(x: tf.Tensor): tf.Tensor {
 
 /**
  * GPT-2's gelu_new 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) saving x and the tanh (its autodiff keeps
- * about eight [N, ff] intermediates; keeping the tanh spares the backward pass recomputing it); the value
- * is computed with the same ops in the same order as before.
+ * about eight [N, ff] intermediates; keeping the tanh spares the backward pass recomputing it). On wasm
+ * and cpu one fused kernel each way (shared/backend/fused-kernels.ts); elsewhere stock ops.
  * d/dx = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t = tanh(…).
  */
 export function geluNew(x: tf.Tensor): tf.Tensor {
   const c = Math.sqrt(2 / Math.PI);
+  const fused = hasFusedKernels() && x.dtype === 'float32';
   const inner = (v: tf.Tensor) => tf.mul(tf.add(v, tf.mul(tf.mul(tf.mul(v, v), v), 0.044715)), c); // x·x·x: Pow and its gradient cost more
   const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
+    if (fused) {
+      const [y, th] = run(FUSED.geluNew, { x: xx }) as tf.Tensor[];
+      save([xx, th!]);
+      return { value: y!, gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => run(FUSED.geluNewGrad, { x: saved[0]!, t: saved[1]!, dy }) as tf.Tensor };
+    }
     const th = tf.tanh(inner(xx));
     save([xx, th]);
     return {
@@ -209,4 +230,24 @@ export function geluNew(x: tf.Tensor): tf.Tensor {
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
   return f(x);
+}
+
+/**
+ * LayerNorm ('layer') or RMSNorm ('rms') of x [N, d] with constant weight (and bias): one fused kernel
+ * forward and one backward (gradient for x only), saving x̂ or x and one scale per row. Autodiff of
+ * the composed ops ran ≈24 kernels per LayerNorm and kept several [N, d] intermediates. Only where
+ * `hasFusedKernels()`; the caller falls back to the family's composed norm elsewhere.
+ */
+export function fusedNorm(kind: 'layer' | 'rms', x: tf.Tensor2D, w: tf.Tensor1D, b: tf.Tensor1D | null, eps: number): tf.Tensor2D {
+  const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
+    if (kind === 'layer') {
+      const [y, xh, rs] = run(FUSED.layerNorm, b ? { x: xx, w, b } : { x: xx, w }, { eps }) as tf.Tensor[];
+      save([xh!, rs!]);
+      return { value: y!, gradFunc: (dy: tf.Tensor, s: tf.Tensor[]) => run(FUSED.layerNormGrad, { dy, xhat: s[0]!, rstd: s[1]!, w }) as tf.Tensor };
+    }
+    const [y, rs] = run(FUSED.rmsNorm, { x: xx, w }, { eps }) as tf.Tensor[];
+    save([xx, rs!]);
+    return { value: y!, gradFunc: (dy: tf.Tensor, s: tf.Tensor[]) => run(FUSED.rmsNormGrad, { dy, x: s[0]!, rstd: s[1]!, w }) as tf.Tensor };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+  return f(x) as tf.Tensor2D;
 }

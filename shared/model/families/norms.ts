@@ -3,6 +3,7 @@ import type { NormSpec } from './types.js';
 
 export const LAYER_NORM: NormSpec = {
   bias: true,
+  fused: 'layer',
   apply(tf, x, w, b, eps) {
     const xc = tf.sub(x, tf.mean(x, -1, true));
     const v = tf.mean(tf.square(xc), -1, true);
@@ -13,6 +14,7 @@ export const LAYER_NORM: NormSpec = {
 
 export const RMS_NORM: NormSpec = {
   bias: false,
+  fused: 'rms',
   apply(tf, x, w, _b, eps) {
     const ms = tf.mean(tf.square(x), -1, true);
     return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), w) as typeof x;

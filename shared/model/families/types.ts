@@ -15,6 +15,8 @@ export interface BlockLinear { name: string; in: number; out: number; bias: bool
 /** A normalisation layer: whether it carries a bias, and its math. */
 export interface NormSpec {
   readonly bias: boolean;
+  /** The same math as a fused kernel (shared/backend/fused-kernels.ts), used for a frozen base where the backend has it. */
+  readonly fused?: 'layer' | 'rms';
   apply(t: typeof tf, x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tensor1D | null, eps: number): tf.Tensor2D;
 }
 
