@@ -17,6 +17,9 @@
  *   `FedloraRmsNormGrad`: (dy, x, rstd, w) → dx.
  * - `FedloraXentGrad`: (p [n, V], tgt [n] int32, scale [n]) → (p − onehot(tgt))·scale, the gradient of
  *   a weighted cross entropy from its softmax (stock: OneHot, Sub and Mul, three [n, V] passes).
+ * - `FedloraConcatT`: (x0 [r0, c], x1 [r1, c], …) → [c, r0 + r1 + …], the transposes of the parts side
+ *   by side (concat(xᵢ, 0)ᵀ): an LM head computed per vocabulary slice as Wᵢ xᵀ becomes the logits in
+ *   one pass (stock: Concat, then Transpose, each a fresh [c, V] buffer).
  *
  * Other backends (webgpu, tensorflow) do not get these kernels: shared/model/ops.ts composes the same
  * functions from stock ops there (`hasFusedKernels`).
@@ -29,6 +32,7 @@ export const FUSED = {
   layerNorm: 'FedloraLayerNorm', layerNormGrad: 'FedloraLayerNormGrad',
   rmsNorm: 'FedloraRmsNorm', rmsNormGrad: 'FedloraRmsNormGrad',
   xentGrad: 'FedloraXentGrad',
+  concatT: 'FedloraConcatT',
 } as const;
 
 const BACKENDS = ['wasm', 'cpu'] as const;
@@ -201,6 +205,50 @@ function xentGrad([p, tgt, sc]: F32[], [dx]: F32[], shapes: number[][]): void {
   }
 }
 
+/** out[n, off + j] = part[j, n] for each part [r, c] at column offset off; 64 × 64 tiles. */
+function concatT(parts: F32[], out: F32, partRows: number[], c: number): void {
+  const total = partRows.reduce((a, b) => a + b, 0);
+  let off = 0;
+  for (let p = 0; p < parts.length; p++) {
+    const src = parts[p]!, r = partRows[p]!;
+    for (let j0 = 0; j0 < r; j0 += 64) {
+      const j1 = Math.min(r, j0 + 64);
+      for (let n0 = 0; n0 < c; n0 += 64) {
+        const n1 = Math.min(c, n0 + 64);
+        for (let n = n0; n < n1; n++) {
+          const w = n * total + off;
+          for (let j = j0; j < j1; j++) out[w + j] = src[j * c + n]!;
+        }
+      }
+    }
+    off += r;
+  }
+}
+
+function concatTKernel(backendName: typeof BACKENDS[number]): tf.KernelFunc {
+  return (args) => {
+    const infos: tf.TensorInfo[] = [];
+    for (let i = 0; args.inputs[`x${i}`] !== undefined; i++) infos.push(args.inputs[`x${i}`] as tf.TensorInfo);
+    if (infos.length === 0) throw new RangeError('concatT: no parts');
+    const c = infos[0]!.shape[1]!;
+    for (const t of infos) {
+      if (t.dtype !== 'float32' || t.shape.length !== 2 || t.shape[1] !== c) throw new TypeError(`concatT: float32 [r, ${c}] parts only, got ${t.dtype} [${t.shape}]`);
+    }
+    const partRows = infos.map((t) => t.shape[0]!);
+    const shape = [c, partRows.reduce((a, b) => a + b, 0)];
+    if (backendName === 'wasm') {
+      const b = args.backend as unknown as WasmLike;
+      const out = b.makeOutput(shape, 'float32');
+      concatT(infos.map((t) => b.typedArrayFromHeap(t)), b.typedArrayFromHeap(out), partRows, c);
+      return out;
+    }
+    const b = args.backend as unknown as CpuLike;
+    const vals = new Float32Array(shape[0]! * shape[1]!);
+    concatT(infos.map((t) => b.data.get(t.dataId).values as F32), vals, partRows, c);
+    return b.makeTensorInfo(shape, 'float32', vals);
+  };
+}
+
 const rows = (ins: tf.TensorInfo[]) => [ins[0]!.shape.slice(0, -1)];
 
 const installedFor = new Set<string>();
@@ -220,6 +268,7 @@ export function installFusedKernels(): void {
       [FUSED.rmsNormGrad, ['dy', 'x', 'rstd', 'w'], same, rmsNormGrad],
       [FUSED.xentGrad, ['p', 'tgt', 'scale'], same, xentGrad, ['tgt']],
     ];
+    if (!tf.getKernel(FUSED.concatT, be)) tf.registerKernel({ kernelName: FUSED.concatT, backendName: be, kernelFunc: concatTKernel(be) });
     for (const [name, inputs, shapes, body, ints] of specs) {
       if (tf.getKernel(name, be)) continue;
       tf.registerKernel({ kernelName: name, backendName: be, kernelFunc: kernel(be, shapes, body, inputs, ints) });

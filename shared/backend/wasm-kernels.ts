@@ -20,9 +20,56 @@
 import * as tf from '@tensorflow/tfjs-core';
 
 interface WasmBackendLike {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  makeOutput(shape: number[], dtype: tf.DataType, memoryOffset?: number): tf.TensorInfo;
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
   incRef(id: tf.DataId): void;
+  disposeData(id: tf.DataId, force?: boolean): boolean;
+  dataIdMap: { get(id: tf.DataId): { id: number; memoryOffset: number; refCount: number } | undefined; delete(id: tf.DataId): boolean };
+  wasm: { tfjs: { disposeData(id: number): void } };
+}
+
+/** Kernel name of `rowView` (registered for wasm only). */
+export const ROW_VIEW = 'FedloraRowView';
+
+/** Views (tensors whose memory lies inside another tensor's) → the tensor they lie in. */
+const viewParents = new Map<tf.DataId, tf.DataId>();
+const patchedBackends = new WeakSet<object>();
+
+/**
+ * Lets the backend dispose a view: its memory belongs to the parent, so the view unregisters its id
+ * (which also drops any XNNPACK operator cached on it) and releases its reference to the parent,
+ * where the stock disposeData would free an interior pointer of the parent's allocation.
+ */
+function patchDisposeForViews(backend: WasmBackendLike): void {
+  if (patchedBackends.has(backend)) return;
+  const stock = backend.disposeData.bind(backend);
+  backend.disposeData = (dataId: tf.DataId, force = false) => {
+    const parent = viewParents.get(dataId);
+    if (parent === undefined) return stock(dataId, force);
+    const data = backend.dataIdMap.get(dataId);
+    if (!data) return true;
+    data.refCount--;
+    if (!force && data.refCount > 0) return false;
+    backend.wasm.tfjs.disposeData(data.id);
+    backend.dataIdMap.delete(dataId);
+    viewParents.delete(dataId);
+    // the last holder of the parent's memory: the engine forgets the parent too (its own dispose of
+    // the parent's tensor found the memory still held and kept the entry)
+    if (backend.disposeData(parent)) (tf.engine() as unknown as { removeDataId(id: tf.DataId, b: unknown): void }).removeDataId(parent, backend);
+    return true;
+  };
+  patchedBackends.add(backend);
+}
+
+/**
+ * Rows [begin, begin + size) of x (any rank, first axis) as a tensor that shares x's memory: no copy.
+ * The parent stays allocated while any view of it lives. For frozen weights used as the right operand
+ * of products in slices (the LM head's dx, K split): each view gets its own XNNPACK packing, cached as
+ * long as the view lives, in place of one packing of the whole weight. Wasm only.
+ */
+export function rowView(x: tf.Tensor, begin: number, size: number): tf.Tensor {
+  if (tf.getBackend() !== 'wasm') throw new Error('rowView: wasm backend only');
+  return tf.engine().runKernel(ROW_VIEW, { x }, { begin, size } as unknown as tf.NamedAttrMap) as tf.Tensor;
 }
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
@@ -44,6 +91,31 @@ export function installWasmKernels(): void {
     tf.unregisterKernel(kernelName, 'wasm');
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc, ...(stock?.setupFunc ? { setupFunc: stock.setupFunc } : {}) });
   };
+
+  if (!tf.getKernel(ROW_VIEW, 'wasm')) {
+    tf.registerKernel({
+      kernelName: ROW_VIEW, backendName: 'wasm',
+      kernelFunc: (args) => {
+        const x = args.inputs.x as tf.TensorInfo;
+        const { begin, size } = args.attrs as unknown as { begin: number; size: number };
+        const rows = x.shape[0] ?? 0;
+        if (x.dtype === 'string' || x.dtype === 'complex64') throw new TypeError(`rowView: unsupported dtype ${x.dtype}`);
+        if (!Number.isInteger(begin) || !Number.isInteger(size) || begin < 0 || size < 1 || begin + size > rows) {
+          throw new RangeError(`rowView: rows [${begin}, ${begin + size}) outside [0, ${rows})`);
+        }
+        const backend = args.backend as unknown as WasmBackendLike;
+        patchDisposeForViews(backend);
+        const parent = backend.dataIdMap.get(x.dataId)!;
+        const rowBytes = tf.util.sizeFromShape(x.shape.slice(1)) * tf.util.bytesPerElement(x.dtype);
+        const out = backend.makeOutput([size, ...x.shape.slice(1)], x.dtype, parent.memoryOffset + begin * rowBytes);
+        // the view holds a reference to the parent's memory (a view of a view holds the root)
+        const root = viewParents.get(x.dataId) ?? x.dataId;
+        backend.incRef(root);
+        viewParents.set(out.dataId, root);
+        return out;
+      },
+    });
+  }
 
   replace(tf.Identity, (args) => {
     const x = args.inputs.x as tf.TensorInfo;

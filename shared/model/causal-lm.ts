@@ -13,7 +13,8 @@ import { loadConfig, linearModules, linearHasBias, linearWeightShape, type Model
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { openSafetensors, type SafetensorsReader } from './safetensors.js';
 import { addNoSave, bmm, fusedNorm, geluNew, matMulBT, mm, frozenMatMul, silu, t2, weightedCrossEntropy } from './ops.js';
-import { hasFusedKernels } from '../backend/fused-kernels.js';
+import { FUSED, hasFusedKernels } from '../backend/fused-kernels.js';
+import { rowView } from '../backend/wasm-kernels.js';
 import { StoredWeight, storedMatMul } from './frozen/stored.js';
 import { BASE_DTYPES, type BaseDtype } from './frozen/quant.js';
 import { adapterModules, matchesTarget, loraAName, loraBName, loraMName, moduleScale, type LoraAdapter } from '../lora/adapter.js';
@@ -36,7 +37,8 @@ export interface LoadOptions {
   baseDtype?: BaseDtype;
   /**
    * Vocabulary rows per chunk of the LM head in the training loss (and, for a stored head, in the
-   * logits): the [N, V] logits never exist whole. Default: 2^23 values of the head per chunk. The loss is
+   * logits; for an in-heap head on wasm, rows per slice of the logits' products, default 4,096): the
+   * [N, V] logits never exist whole. Default: 2^23 values of the head per chunk. The loss is
    * fused and chunked for a stored head, with recomputeBlocks, for more than 2^24 logits, and always
    * when this is set.
    */
@@ -65,6 +67,13 @@ export const DUAL_LAYOUT_MAX_BYTES = 64 * 2 ** 20;
 
 /** Default size of an LM-head chunk, in values of the head ([rows, d]). */
 const HEAD_CHUNK_VALUES = 1 << 23;
+/**
+ * Rows per slice of an in-heap LM head on wasm (#headViews). The head's products have K = V on the
+ * way back (dy W), which XNNPACK runs at ≈40 GFLOP/s for GPT-2's 50,257 rows; in slices of 4,096 rows
+ * (K = 4,096 each) measured 222 → 151 ms (2 threads; 2,048: 152, 8,192: 190, 16,384: 213), and the
+ * forward W xᵀ 203–251 → 131–148 ms.
+ */
+const HEAD_VIEW_ROWS = 4096;
 /** Logit count (B·T·V) above which an in-heap head's loss is fused and chunked (64 MB as fp32). */
 const FUSE_MIN_LOGITS = 1 << 24;
 
@@ -89,9 +98,12 @@ export class CausalLM {
    * unless baseDtype is set, then #headStored (and #embStored) hold it outside the tfjs heap as fp32.
    */
   #head: tf.Tensor2D | null = null;
+  /** Row slices of #head sharing its memory (wasm, made on first use): [v0, view]. */
+  #headViews: Array<[number, tf.Tensor2D]> | null = null;
   #headStored: StoredWeight | null = null;
   #embStored: StoredWeight | null = null;
   #headChunkRows = 0;
+  #headViewRows = HEAD_VIEW_ROWS;
   #recompute = false;
   #fuseAlways = false;
   /** Keep [out, in] copies of frozen weights (wasm/cpu: transposed matMul kernels are slow). */
@@ -125,6 +137,7 @@ export class CausalLM {
     if (opts.headChunkRows !== undefined && !(Number.isInteger(opts.headChunkRows) && opts.headChunkRows > 0)) throw new RangeError(`headChunkRows must be a positive integer, got ${opts.headChunkRows}`);
     lm.#headChunkRows = opts.headChunkRows ?? Math.max(256, Math.floor(HEAD_CHUNK_VALUES / config.hiddenSize));
     lm.#fuseAlways = opts.headChunkRows !== undefined;
+    lm.#headViewRows = opts.headChunkRows ?? HEAD_VIEW_ROWS;
     const layouts = opts.weightLayouts ?? 'auto';
     if (!['auto', 'one', 'both'].includes(layouts)) throw new RangeError(`weightLayouts must be auto, one or both, got ${JSON.stringify(layouts)}`);
     let linearBytes = 0;
@@ -524,6 +537,7 @@ export class CausalLM {
    * flows back, dy W per chunk. Every product is a plain one (see ops.ts) without a transposed copy of W.
    */
   #headLogits(x: tf.Tensor2D): tf.Tensor2D {
+    if (this.#head && !this.#headStored && tf.getBackend() === 'wasm' && hasFusedKernels() && this.config.vocabSize > this.#headViewRows) return this.#headLogitsSliced(x);
     const chunks = this.#chunks(!this.#headStored);
     const f = tf.customGrad(((xx: tf.Tensor) => {
       const xT = tf.transpose(xx);
@@ -543,6 +557,45 @@ export class CausalLM {
               const { w } = this.#headRows(v0, v1);
               const g = chunks.length === 1 ? dy : tf.slice(dy, [0, v0], [dy.shape[0]!, v1 - v0]);
               const p = tf.matMul(g as tf.Tensor2D, w);
+              return dx ? tf.add(dx, p) : p;
+            });
+            dx?.dispose();
+            dx = next;
+          }
+          return dx!;
+        },
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+    return f(x) as tf.Tensor2D;
+  }
+
+  /**
+   * #headLogits on wasm for an in-heap head, per slice of HEAD_VIEW_ROWS (or headChunkRows) rows that share the head's
+   * memory (no copies; each slice's XNNPACK packing replaces the packing of the whole head): forward
+   * Wᵢ xᵀ per slice, laid side by side transposed in one pass (FedloraConcatT); backward Σᵢ dyᵢ Wᵢ.
+   */
+  #headLogitsSliced(x: tf.Tensor2D): tf.Tensor2D {
+    if (!this.#headViews) {
+      const V = this.config.vocabSize, R = this.#headViewRows, views: Array<[number, tf.Tensor2D]> = [];
+      for (let v0 = 0; v0 < V; v0 += R) views.push([v0, tf.keep(rowView(this.#head!, v0, Math.min(R, V - v0)) as tf.Tensor2D)]);
+      this.#headViews = views;
+    }
+    const views = this.#headViews;
+    const f = tf.customGrad(((xx: tf.Tensor) => {
+      const value = tf.tidy(() => {
+        const xT = tf.transpose(xx) as tf.Tensor2D;
+        const parts: Record<string, tf.Tensor> = {};
+        views.forEach(([, w], i) => { parts[`x${i}`] = tf.matMul(w, xT); });
+        return tf.engine().runKernel(FUSED.concatT, parts as tf.NamedTensorMap, {}) as tf.Tensor2D;
+      });
+      return {
+        value,
+        gradFunc: (dy: tf.Tensor) => {
+          const n = dy.shape[0]!;
+          let dx: tf.Tensor | null = null;
+          for (const [v0, w] of views) {
+            const next: tf.Tensor = tf.tidy(() => {
+              const p = tf.matMul(tf.slice(dy, [0, v0], [n, w.shape[0]]) as tf.Tensor2D, w);
               return dx ? tf.add(dx, p) : p;
             });
             dx?.dispose();
@@ -762,6 +815,8 @@ export class CausalLM {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    if (this.#headViews) for (const [, v] of this.#headViews) v.dispose();
+    this.#headViews = null;
     for (const t of this.#w.values()) t.dispose();
     for (const r of this.#rope.values()) { r.cos.dispose(); r.sin.dispose(); }
     this.#rot?.r.dispose(); this.#rot?.rT.dispose(); this.#rot = null;

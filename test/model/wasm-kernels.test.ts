@@ -3,10 +3,12 @@
  * instead of copying it: one buffer, two references, each dispose drops one, and autodiff (which saves
  * tensors through Identity) still gives exact gradients. Slice / Unpack / SplitV copy contiguous ranges
  * from a view of the heap and leave the rest to the stock kernel: every case is checked against
- * index arithmetic in plain JS.
+ * index arithmetic in plain JS. rowView shares a parent's memory (the LM head's slices).
  */
 import { expect } from 'chai';
 import { selectBackend, tf } from '../../shared/backend/index.js';
+import { rowView } from '../../shared/backend/wasm-kernels.js';
+import { FUSED } from '../../shared/backend/fused-kernels.js';
 
 describe('wasm kernels: Identity shares data; Slice, Unpack and SplitV', () => {
   before(async () => { expect((await selectBackend('wasm')).name).to.equal('wasm'); });
@@ -176,5 +178,48 @@ describe('wasm kernels: Identity shares data; Slice, Unpack and SplitV', () => {
     });
     expect([...g.dataSync()]).to.deep.equal(expected);
     x.dispose(); g.dispose();
+  });
+
+  it('rowView: rows of a tensor sharing its memory; products with a view (XNNPACK caches per tensor) equal those with a copy; the memory lives until the parent and every view are gone', () => {
+    const backend = tf.backend() as unknown as { refCount(id: object): number };
+    const before = tf.memory().numDataBuffers;
+    const W = tf.tensor2d(Float32Array.from({ length: 37 * 5 }, (_, i) => Math.sin(i)), [37, 5]);
+    const x = tf.tensor2d(Float32Array.from({ length: 3 * 11 }, (_, i) => Math.cos(i)), [3, 11]);
+    const v = rowView(W, 13, 11) as tf.Tensor2D;
+    expect(v.shape).to.deep.equal([11, 5]);
+    expect([...v.dataSync()]).to.deep.equal([...W.dataSync().subarray(13 * 5, 24 * 5)]);
+    const vv = rowView(v, 2, 4); // a view of a view: rows 15..18 of W
+    expect([...vv.dataSync()]).to.deep.equal([...W.dataSync().subarray(15 * 5, 19 * 5)]);
+    const copy = tf.slice(W, [13, 0], [11, 5]) as tf.Tensor2D;
+    for (let i = 0; i < 2; i++) tf.tidy(() => { expect([...tf.matMul(x, v).dataSync()]).to.deep.equal([...tf.matMul(x, copy).dataSync()]); });
+    // the parent goes first: its buffer stays for the views
+    W.dispose();
+    expect([...v.dataSync()]).to.deep.equal([...copy.dataSync()]);
+    v.dispose();
+    expect([...vv.dataSync()]).to.deep.equal([...copy.dataSync().subarray(2 * 5, 6 * 5)]);
+    expect(backend.refCount(W.dataId)).to.equal(1); // held by vv alone
+    vv.dispose();
+    expect(backend.refCount(W.dataId)).to.equal(0);
+    // a new view elsewhere in a new parent gets its own product (no stale XNNPACK operator), and the
+    // heap still allocates and frees normally after interior views went away
+    const W2 = tf.tensor2d(Float32Array.from({ length: 37 * 5 }, (_, i) => Math.cos(3 * i)), [37, 5]);
+    const v2 = rowView(W2, 20, 11) as tf.Tensor2D;
+    tf.tidy(() => { expect([...tf.matMul(x, v2).dataSync()]).to.deep.equal([...tf.matMul(x, tf.slice(W2, [20, 0], [11, 5]) as tf.Tensor2D).dataSync()]); });
+    expect(() => rowView(W2, 30, 11)).to.throw(RangeError, /outside \[0, 37\)/);
+    expect(() => rowView(W2, -1, 2)).to.throw(RangeError);
+    tf.dispose([v2, W2, x, copy]);
+    for (let i = 0; i < 50; i++) tf.tidy(() => tf.sum(tf.ones([1000 + i, 100])).dataSync());
+    expect(tf.memory().numDataBuffers).to.equal(before);
+  });
+
+  it('FedloraConcatT lays the transposes of its parts side by side (against concat and transpose)', () => {
+    const parts = [[5, 7], [64, 7], [130, 7], [1, 7]].map(([r, c], k) => tf.tensor2d(Float32Array.from({ length: r! * c! }, (_, i) => i * 0.5 + k * 1000), [r!, c!]));
+    const inputs: Record<string, tf.Tensor> = {};
+    parts.forEach((p, i) => { inputs[`x${i}`] = p; });
+    const got = tf.engine().runKernel(FUSED.concatT, inputs as tf.NamedTensorMap, {}) as tf.Tensor;
+    const want = tf.transpose(tf.concat(parts, 0));
+    expect(got.shape).to.deep.equal([7, 200]);
+    expect([...got.dataSync()]).to.deep.equal([...want.dataSync()]);
+    tf.dispose([...parts, got, want]);
   });
 });
