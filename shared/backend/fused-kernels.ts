@@ -20,6 +20,10 @@
  * - `FedloraConcatT`: (x0 [r0, c], x1 [r1, c], …) → [c, r0 + r1 + …], the transposes of the parts side
  *   by side (concat(xᵢ, 0)ᵀ): an LM head computed per vocabulary slice as Wᵢ xᵀ becomes the logits in
  *   one pass (stock: Concat, then Transpose, each a fresh [c, V] buffer).
+ * - `FedloraAdamW`: (p, g, m, v) → [p′, m′, v′], one AdamW update with attrs coef (gradient scale),
+ *   b1, b2, bc1, bc2 (bias corrections), eps, lr, decay (p's multiplier, 1 − lr·wd): 14 stock kernel
+ *   calls per trained tensor, and a LoRA step trains 2 per module (GPT-2-124M: 144 tensors).
+ * - `FedloraSumSquares`: (x0, x1, …) → Σ x² over all of them, a scalar (the gradient norm).
  *
  * Other backends (webgpu, tensorflow) do not get these kernels: shared/model/ops.ts composes the same
  * functions from stock ops there (`hasFusedKernels`).
@@ -33,6 +37,7 @@ export const FUSED = {
   rmsNorm: 'FedloraRmsNorm', rmsNormGrad: 'FedloraRmsNormGrad',
   xentGrad: 'FedloraXentGrad',
   concatT: 'FedloraConcatT',
+  adamW: 'FedloraAdamW', sumSquares: 'FedloraSumSquares',
 } as const;
 
 const BACKENDS = ['wasm', 'cpu'] as const;
@@ -249,6 +254,36 @@ function concatTKernel(backendName: typeof BACKENDS[number]): tf.KernelFunc {
   };
 }
 
+function adamW([p, g, m, v]: F32[], [po, mo, vo]: F32[], _s: number[][], a: Record<string, unknown>): void {
+  const { coef, b1, b2, bc1, bc2, eps, lr, decay } = a as Record<string, number>;
+  for (let i = 0; i < p!.length; i++) {
+    const gi = g![i]! * coef!;
+    const mi = b1! * m![i]! + (1 - b1!) * gi;
+    const vi = b2! * v![i]! + (1 - b2!) * gi * gi;
+    mo![i] = mi;
+    vo![i] = vi;
+    po![i] = p![i]! * decay! - lr! * ((mi / bc1!) / (Math.sqrt(vi / bc2!) + eps!));
+  }
+}
+
+function sumSquaresKernel(backendName: typeof BACKENDS[number]): tf.KernelFunc {
+  return (args) => {
+    const infos: tf.TensorInfo[] = [];
+    for (let i = 0; args.inputs[`x${i}`] !== undefined; i++) infos.push(args.inputs[`x${i}`] as tf.TensorInfo);
+    for (const t of infos) if (t.dtype !== 'float32') throw new TypeError(`sumSquares: float32 inputs only, got ${t.dtype}`);
+    const sum = (arrays: F32[]) => { let s = 0; for (const a of arrays) for (let i = 0; i < a.length; i++) s += a[i]! * a[i]!; return s; };
+    if (backendName === 'wasm') {
+      const b = args.backend as unknown as WasmLike;
+      const out = b.makeOutput([], 'float32');
+      const s = sum(infos.map((t) => b.typedArrayFromHeap(t)));
+      b.typedArrayFromHeap(out)[0] = s;
+      return out;
+    }
+    const b = args.backend as unknown as CpuLike;
+    return b.makeTensorInfo([], 'float32', Float32Array.of(sum(infos.map((t) => b.data.get(t.dataId).values as F32))));
+  };
+}
+
 const rows = (ins: tf.TensorInfo[]) => [ins[0]!.shape.slice(0, -1)];
 
 const installedFor = new Set<string>();
@@ -267,8 +302,10 @@ export function installFusedKernels(): void {
       [FUSED.rmsNorm, ['x', 'w'], (ins) => [ins[0]!.shape.slice(), ...rows(ins)], rmsNorm],
       [FUSED.rmsNormGrad, ['dy', 'x', 'rstd', 'w'], same, rmsNormGrad],
       [FUSED.xentGrad, ['p', 'tgt', 'scale'], same, xentGrad, ['tgt']],
+      [FUSED.adamW, ['p', 'g', 'm', 'v'], (ins) => [0, 1, 2].map(() => ins[0]!.shape.slice()), adamW],
     ];
     if (!tf.getKernel(FUSED.concatT, be)) tf.registerKernel({ kernelName: FUSED.concatT, backendName: be, kernelFunc: concatTKernel(be) });
+    if (!tf.getKernel(FUSED.sumSquares, be)) tf.registerKernel({ kernelName: FUSED.sumSquares, backendName: be, kernelFunc: sumSquaresKernel(be) });
     for (const [name, inputs, shapes, body, ints] of specs) {
       if (tf.getKernel(name, be)) continue;
       tf.registerKernel({ kernelName: name, backendName: be, kernelFunc: kernel(be, shapes, body, inputs, ints) });

@@ -4,6 +4,7 @@
  * weights are read, never copied or updated.
  */
 import { tf } from '../backend/index.js';
+import { FUSED, hasFusedKernels } from '../backend/fused-kernels.js';
 import type { CausalLM, LoraRuntime } from '../model/causal-lm.js';
 import { adapterModules, loraAName, loraBName, loraMName, moduleScale, xsRName, type LoraAdapter } from '../lora/adapter.js';
 import { checkXsShapes } from '../lora/xs.js';
@@ -124,7 +125,13 @@ export class AdamW {
     const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999, eps = o.eps ?? 1e-8, wd = o.weightDecay ?? 0;
     const count = this.#count;
     const names = [...this.#accum.keys()];
-    const normT = tf.tidy(() => tf.div(tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(this.#accum.get(n)!))))), count));
+    const fused = hasFusedKernels();
+    const normT = tf.tidy(() => {
+      if (!fused) return tf.div(tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(this.#accum.get(n)!))))), count);
+      const parts: Record<string, tf.Tensor> = {};
+      names.forEach((n, i) => { parts[`x${i}`] = this.#accum.get(n)!; });
+      return tf.div(tf.sqrt(tf.engine().runKernel(FUSED.sumSquares, parts as tf.NamedTensorMap, {}) as tf.Scalar), count);
+    });
     const gradNorm = (await normT.data())[0]!;
     normT.dispose();
     const clip = o.maxGradNorm ?? 1.0;
@@ -134,6 +141,13 @@ export class AdamW {
     tf.tidy(() => {
       for (const n of names) {
         const p = this.#vars.get(n)!, m = this.#m.get(n)!, v = this.#v.get(n)!;
+        if (fused) {
+          // one pass per tensor (shared/backend/fused-kernels.ts), the same update in double precision
+          const decay = wd > 0 && p.rank > 1 ? 1 - lr * wd : 1;
+          const [np, nm, nv] = tf.engine().runKernel(FUSED.adamW, { p, g: this.#accum.get(n)!, m, v }, { coef, b1, b2, bc1, bc2, eps, lr, decay } as unknown as tf.NamedAttrMap) as tf.Tensor[];
+          m.assign(nm!); v.assign(nv!); p.assign(np!);
+          continue;
+        }
         const g = tf.mul(this.#accum.get(n)!, coef);
         m.assign(tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1)));
         v.assign(tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2)));

@@ -31,7 +31,7 @@ for (const backend of ['cpu', 'wasm']) {
         const xs = x.dataSync(), ts = tgt.dataSync(), ws = w.dataSync();
         const exact = new Float64Array(n * V);
         let loss = 0;
-        const wsum = Math.max(ws.reduce((p, q) => p + q, 0), 1);
+        const wsum = Math.max(Array.from(ws).reduce((p, q) => p + q, 0), 1);
         for (let r = 0; r < n; r++) {
           let mx = -Infinity;
           for (let j = 0; j < V; j++) mx = Math.max(mx, xs[r * V + j]!);
