@@ -29,6 +29,7 @@
  * functions from stock ops there (`hasFusedKernels`).
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { transposeInto } from './wasm-kernels.js';
 
 export const FUSED = {
   geluNew: 'FedloraGeluNew', geluNewGrad: 'FedloraGeluNewGrad',
@@ -210,23 +211,13 @@ function xentGrad([p, tgt, sc]: F32[], [dx]: F32[], shapes: number[][]): void {
   }
 }
 
-/** out[n, off + j] = part[j, n] for each part [r, c] at column offset off; 64 × 64 tiles. */
+/** out[n, off + j] = part[j, n] for each part [r, c] at column offset off (transposeInto). */
 function concatT(parts: F32[], out: F32, partRows: number[], c: number): void {
   const total = partRows.reduce((a, b) => a + b, 0);
   let off = 0;
   for (let p = 0; p < parts.length; p++) {
-    const src = parts[p]!, r = partRows[p]!;
-    for (let j0 = 0; j0 < r; j0 += 64) {
-      const j1 = Math.min(r, j0 + 64);
-      for (let n0 = 0; n0 < c; n0 += 64) {
-        const n1 = Math.min(c, n0 + 64);
-        for (let n = n0; n < n1; n++) {
-          const w = n * total + off;
-          for (let j = j0; j < j1; j++) out[w + j] = src[j * c + n]!;
-        }
-      }
-    }
-    off += r;
+    transposeInto(parts[p]!, 0, partRows[p]!, c, out, off, total);
+    off += partRows[p]!;
   }
 }
 

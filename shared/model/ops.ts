@@ -32,10 +32,11 @@ export const mm = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveF
 
 /**
  * x @ wᵀ for x [N, k] and w [m, k], both differentiable: a LoRA factor applied to activations (x Aᵀ,
- * h Bᵀ). Written as mm(x, t2(w)) the weight gradient t2(x) @ dy transposes the whole [N, k] activation
- * (tfjs-wasm's Transpose moves ≈100 M values/s: a [1024, 128] one takes 1.4 ms) and then transposes the
- * result back through t2. Here dw = dyᵀ @ x when m ≤ k (only dy [N, m] is transposed: the rank-r side
- * of a LoRA A) and (xᵀ @ dy)ᵀ otherwise (x [N, k] and the [k, m] result: the rank-r side of a LoRA B);
+ * h Bᵀ). The weight gradient dw = dyᵀ x has two plain forms: dyᵀ @ x, where XNNPACK packs x [N, k] as
+ * its weights, and (xᵀ @ dy)ᵀ, where it packs dy [N, m]. Packing a fresh right operand costs ≈3 ns per
+ * value on wasm (it is read strided), a tiled transpose (wasm-kernels.ts) ≈1, so the smaller of the
+ * two is packed: (xᵀ @ dy)ᵀ for a LoRA A (m = r ≤ k: dy is [N, r]; GPT-2's [16, 128] × [128, 3072]
+ * gradient product took 1.9 ms, most of it packing), dyᵀ @ x for a LoRA B (k = r: x is [N, r]).
  * dx = dy @ w needs no transpose.
  */
 export const matMulBT = tf.customGrad(((x: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => {
@@ -45,7 +46,7 @@ export const matMulBT = tf.customGrad(((x: tf.Tensor, w: tf.Tensor, save: tf.Gra
     gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
       const [sx, sw] = saved as [tf.Tensor2D, tf.Tensor2D];
       const [m, k] = sw.shape;
-      const dw = m <= k ? tf.matMul(tf.transpose(dy) as tf.Tensor2D, sx) : tf.transpose(tf.matMul(tf.transpose(sx) as tf.Tensor2D, dy as tf.Tensor2D));
+      const dw = m <= k ? tf.transpose(tf.matMul(tf.transpose(sx) as tf.Tensor2D, dy as tf.Tensor2D)) : tf.matMul(tf.transpose(dy) as tf.Tensor2D, sx);
       return [tf.matMul(dy as tf.Tensor2D, sw), dw];
     },
   };
