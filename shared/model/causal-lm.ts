@@ -550,20 +550,7 @@ export class CausalLM {
       if (parts.length > 1) tf.dispose(parts);
       return {
         value,
-        gradFunc: (dy: tf.Tensor) => {
-          let dx: tf.Tensor | null = null;
-          for (const [v0, v1] of chunks) {
-            const next: tf.Tensor = tf.tidy(() => {
-              const { w } = this.#headRows(v0, v1);
-              const g = chunks.length === 1 ? dy : tf.slice(dy, [0, v0], [dy.shape[0]!, v1 - v0]);
-              const p = tf.matMul(g as tf.Tensor2D, w);
-              return dx ? tf.add(dx, p) : p;
-            });
-            dx?.dispose();
-            dx = next;
-          }
-          return dx!;
-        },
+        gradFunc: (dy: tf.Tensor) => headDx(dy, chunks.map(([v0, v1]) => [v0, v1, () => this.#headRows(v0, v1).w])),
       };
     }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
     return f(x) as tf.Tensor2D;
@@ -590,19 +577,7 @@ export class CausalLM {
       });
       return {
         value,
-        gradFunc: (dy: tf.Tensor) => {
-          const n = dy.shape[0]!;
-          let dx: tf.Tensor | null = null;
-          for (const [v0, w] of views) {
-            const next: tf.Tensor = tf.tidy(() => {
-              const p = tf.matMul(tf.slice(dy, [0, v0], [n, w.shape[0]]) as tf.Tensor2D, w);
-              return dx ? tf.add(dx, p) : p;
-            });
-            dx?.dispose();
-            dx = next;
-          }
-          return dx!;
-        },
+        gradFunc: (dy: tf.Tensor) => headDx(dy, views.map(([v0, w]) => [v0, v0 + w.shape[0], () => w])),
       };
     }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
     return f(x) as tf.Tensor2D;
@@ -822,6 +797,25 @@ export class CausalLM {
     this.#rot?.r.dispose(); this.#rot?.rT.dispose(); this.#rot = null;
     this.#w.clear(); this.#lin.clear(); this.#rope.clear();
   }
+}
+
+/**
+ * dx of logits x Wᵀ from dy [N, V], one vocabulary slice [v0, v1) of the head at a time: Σ dy[:, v0:v1] W[v0:v1]
+ * (a slice's W comes from `w()` inside the slice's tidy: a copy is freed there, a kept tensor stays).
+ */
+function headDx(dy: tf.Tensor, slices: Array<[number, number, () => tf.Tensor2D]>): tf.Tensor {
+  const [n, V] = dy.shape as [number, number];
+  let dx: tf.Tensor | null = null;
+  for (const [v0, v1, w] of slices) {
+    const next: tf.Tensor = tf.tidy(() => {
+      const g = v0 === 0 && v1 === V ? dy : tf.slice(dy, [0, v0], [n, v1 - v0]);
+      const p = tf.matMul(g as tf.Tensor2D, w());
+      return dx ? tf.add(dx, p) : p;
+    });
+    dx?.dispose();
+    dx = next;
+  }
+  return dx!;
 }
 
 export function disposeRuntime(rt: LoraRuntime): void {
