@@ -114,12 +114,19 @@ function kernel(
 const same = (ins: tf.TensorInfo[]) => [ins[0]!.shape.slice()];
 
 function geluNew([x]: F32[], [y, t]: F32[]): void {
-  for (let i = 0; i < x!.length; i++) {
-    const v = x![i]!;
-    const e = fastExp(clampExp(2 * GELU_C * (v + 0.044715 * v * v * v)));
+  // fastExp inlined (a call per value measured ≈25 % slower here)
+  const c2 = 2 * GELU_C, c3 = 2 * GELU_C * 0.044715;
+  const xs = x!, ys = y!, ts = t!;
+  for (let i = 0; i < xs.length; i++) {
+    const v = xs[i]!;
+    let u = v * (c2 + c3 * v * v);
+    u = u > 40 ? 40 : u < -40 ? -40 : u;
+    const k = (u * LOG2E + ROUND) - ROUND;
+    const r = u - k * LN2;
+    const e = (1 + r * (1 + r * (0.5 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (1 / 5040)))))))) * POW2[k + K_MAX]!;
     const th = 1 - 2 / (e + 1);
-    t![i] = th;
-    y![i] = 0.5 * v * (1 + th);
+    ts[i] = th;
+    ys[i] = 0.5 * v * (1 + th);
   }
 }
 
@@ -131,11 +138,16 @@ function geluNewGrad([x, t, dy]: F32[], [dx]: F32[]): void {
 }
 
 function silu([x]: F32[], [y, sg]: F32[]): void {
-  for (let i = 0; i < x!.length; i++) {
-    const v = x![i]!;
-    const s = 1 / (1 + fastExp(clampExp(-v)));
-    sg![i] = s;
-    y![i] = v * s;
+  const xs = x!, ys = y!, ss = sg!;
+  for (let i = 0; i < xs.length; i++) {
+    const v = xs[i]!;
+    const u = v > EXP_LIMIT ? -EXP_LIMIT : v < -EXP_LIMIT ? EXP_LIMIT : -v; // fastExp(−v), inlined
+    const k = (u * LOG2E + ROUND) - ROUND;
+    const r = u - k * LN2;
+    const e = (1 + r * (1 + r * (0.5 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (1 / 5040)))))))) * POW2[k + K_MAX]!;
+    const s = 1 / (1 + e);
+    ss[i] = s;
+    ys[i] = v * s;
   }
 }
 
