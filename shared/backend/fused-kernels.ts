@@ -93,8 +93,14 @@ function kernel(
 ): tf.KernelFunc {
   return (args) => {
     const attrs = (args.attrs ?? {}) as Record<string, unknown>;
-    const infos = inputNames.map((n) => args.inputs[n] as tf.TensorInfo | undefined).filter((t): t is tf.TensorInfo => t !== undefined);
-    for (const t of infos) if (t.dtype !== 'float32' && !(t.dtype === 'int32' && intInputs.includes(inputNames[infos.indexOf(t)]!))) throw new TypeError(`fused kernel: float32 inputs only, got ${t.dtype}`);
+    const infos: tf.TensorInfo[] = [];
+    for (const name of inputNames) {
+      const t = args.inputs[name] as tf.TensorInfo | undefined;
+      if (t === undefined) continue; // an optional input (LayerNorm's bias)
+      const ok = t.dtype === 'float32' || (t.dtype === 'int32' && intInputs.includes(name));
+      if (!ok) throw new TypeError(`fused kernel: input ${name} must be float32${intInputs.includes(name) ? ' or int32' : ''}, got ${t.dtype}`);
+      infos.push(t);
+    }
     const shapes = outShapes(infos, attrs);
     const inShapes = infos.map((t) => t.shape);
     if (backendName === 'wasm') {
@@ -235,10 +241,16 @@ function concatT(parts: F32[], out: F32, partRows: number[], c: number): void {
   }
 }
 
+/** The inputs x0, x1, … of a kernel that takes any number of them, in order. */
+function numberedInputs(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo[] {
+  const infos: tf.TensorInfo[] = [];
+  for (let i = 0; args.inputs[`x${i}`] !== undefined; i++) infos.push(args.inputs[`x${i}`] as tf.TensorInfo);
+  return infos;
+}
+
 function concatTKernel(backendName: typeof BACKENDS[number]): tf.KernelFunc {
   return (args) => {
-    const infos: tf.TensorInfo[] = [];
-    for (let i = 0; args.inputs[`x${i}`] !== undefined; i++) infos.push(args.inputs[`x${i}`] as tf.TensorInfo);
+    const infos = numberedInputs(args);
     if (infos.length === 0) throw new RangeError('concatT: no parts');
     const c = infos[0]!.shape[1]!;
     for (const t of infos) {
@@ -273,8 +285,7 @@ function adamW([p, g, m, v]: F32[], [po, mo, vo]: F32[], _s: number[][], a: Reco
 
 function sumSquaresKernel(backendName: typeof BACKENDS[number]): tf.KernelFunc {
   return (args) => {
-    const infos: tf.TensorInfo[] = [];
-    for (let i = 0; args.inputs[`x${i}`] !== undefined; i++) infos.push(args.inputs[`x${i}`] as tf.TensorInfo);
+    const infos = numberedInputs(args);
     for (const t of infos) if (t.dtype !== 'float32') throw new TypeError(`sumSquares: float32 inputs only, got ${t.dtype}`);
     const sum = (arrays: F32[]) => { let s = 0; for (const a of arrays) for (let i = 0; i < a.length; i++) s += a[i]! * a[i]!; return s; };
     if (backendName === 'wasm') {
@@ -317,9 +328,4 @@ export function installFusedKernels(): void {
     }
     installedFor.add(be);
   }
-}
-
-/** For tests: whether `installFusedKernels` has run. */
-export function fusedKernelsInstalled(): boolean {
-  return installedFor.size > 0;
 }

@@ -13,8 +13,10 @@
  *   from a view of the heap, one contiguous run at a time (a slice along the first axis is one run).
  * - **Transpose** that swaps the last two axes (a 2-D transpose, or one per leading index): the stock
  *   kernel walks the output in an order that strides through memory for tall inputs ([3072, 128]: 4.9 ms,
- *   [128, 3072]: 0.8 ms). Here eight input rows are copied at a time (transposeInto): ≈0.25 ms for either. A permutation that keeps the last axis in place (attention's
- *   [B, T, H, d] ↔ [B, H, T, d]) is copied as runs of that axis. Other permutations go to the stock kernel.
+ *   [128, 3072]: 0.8 ms). Here eight input rows are copied at a time (transposeInto): ≈0.25 ms for either.
+ *   A permutation that keeps the last axis in place (attention's [B, T, H, d] ↔ [B, H, T, d]) is copied as
+ *   runs of that axis. Other permutations go to the stock kernel.
+ * - **FedloraRowView** (`rowView`): rows of a tensor as a tensor sharing its memory (the LM head's slices).
  */
 import * as tf from '@tensorflow/tfjs-core';
 
