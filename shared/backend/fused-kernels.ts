@@ -44,9 +44,20 @@ export const FUSED = {
 
 const BACKENDS = ['wasm', 'cpu'] as const;
 
-/** Whether the fused kernels are registered for the active backend. */
+let enabled = process.env.FEDLORA_FUSED !== '0';
+
+/**
+ * Turns the fused kernels' use on or off (default on; `FEDLORA_FUSED=0` starts with them off). Off, wasm
+ * and cpu compose the same functions from stock ops, as webgpu and tfjs-node do: the tests run that path
+ * on the CPU backends this way.
+ */
+export function setFusedKernels(on: boolean): void {
+  enabled = on;
+}
+
+/** Whether the fused kernels are in use for the active backend (registered there, and not turned off). */
 export function hasFusedKernels(): boolean {
-  return tf.getKernel(FUSED.geluNew, tf.getBackend()) !== undefined;
+  return enabled && tf.getKernel(FUSED.geluNew, tf.getBackend()) !== undefined;
 }
 
 // ---- e^v in double precision, fast: 2^k · p(r), v = k·ln2 + r, |r| ≤ ln2/2, p = Taylor to r⁷ ----

@@ -1,6 +1,7 @@
 /**
  * The oracle: logits, loss and LoRA gradients computed by Hugging Face transformers + PEFT
- * (test/fixtures/hf, written by make_fixtures.py) must be reproduced on every CPU backend.
+ * (test/fixtures/hf, written by make_fixtures.py) must be reproduced on every CPU backend, with the fused
+ * kernels and with the stock-op compositions other backends use.
  */
 import { expect } from 'chai';
 import { maxAbsDiff } from './compare.js';
@@ -13,17 +14,22 @@ import { loadPeftAdapter, savePeftAdapter } from '../../shared/lora/peft.js';
 import { loadSafetensors, readTensor, type SafetensorsFile } from '../../shared/model/safetensors.js';
 import type { LoraAdapter } from '../../shared/lora/adapter.js';
 import { tf } from '../../shared/backend/index.js';
+import { hasFusedKernels, setFusedKernels } from '../../shared/backend/fused-kernels.js';
 
 const FIX = 'test/fixtures/hf';
 
 
-for (const backend of ['cpu', 'wasm']) {
+// fused: the JS kernels of shared/backend/fused-kernels.ts; stock: the same functions composed from stock
+// ops, the path webgpu and tfjs-node take
+for (const [backend, fused] of [['cpu', true], ['wasm', true], ['cpu', false], ['wasm', false]] as const) {
   for (const name of ['gpt2-tiny', 'llama-tiny']) {
-    describe(`HF oracle: ${name} on ${backend}`, function () {
+    describe(`HF oracle: ${name} on ${backend}${fused ? '' : ', stock ops instead of the fused kernels'}`, function () {
       let lm: CausalLM, adapter: LoraAdapter, ex: SafetensorsFile, ids: number[][];
       const meta = JSON.parse(readFileSync(`${FIX}/${name}/expected.json`, 'utf8')) as { loss_with_adapter: number; grad_keys: string[] };
       before(async () => {
+        setFusedKernels(fused);
         lm = await loadCausalLM(`${FIX}/${name}/base`, { backend });
+        expect(hasFusedKernels()).to.equal(fused);
         expect(tf.getBackend()).to.equal(backend);
         adapter = await loadPeftAdapter(`${FIX}/${name}/adapter`);
         ex = await loadSafetensors(`${FIX}/${name}/expected.safetensors`);
@@ -31,7 +37,7 @@ for (const backend of ['cpu', 'wasm']) {
         const [B, T] = t.shape as [number, number];
         ids = Array.from({ length: B }, (_, b) => [...t.data.subarray(b * T, (b + 1) * T)]);
       });
-      after(() => lm.dispose());
+      after(() => { lm.dispose(); setFusedKernels(true); });
 
       it('base logits within 1e-4', async () => {
         expect(maxAbsDiff(await lm.logits(ids), readTensor(ex, 'base_logits').data)).to.be.below(1e-4);

@@ -1,13 +1,14 @@
 /**
  * The AdamW optimizer (shared/train/trainer.ts) against the update written out in double precision in
  * this file: two micro-batches accumulated per step, clipping by the global gradient norm, bias
- * correction, decoupled weight decay on matrices only, a cosine schedule; on the backends whose
- * update is one fused kernel per tensor (wasm, cpu).
+ * correction, decoupled weight decay on matrices only, a cosine schedule; as one fused kernel per tensor
+ * (wasm, cpu) and as the stock ops other backends run.
  */
 import { expect } from 'chai';
 import { selectBackend, tf } from '../../shared/backend/index.js';
 import { AdamW, lrAt, ownVariable, type OptimConfig } from '../../shared/train/trainer.js';
 import { mulberry32 } from '../../shared/data/random.js';
+import { hasFusedKernels, setFusedKernels } from '../../shared/backend/fused-kernels.js';
 
 function reference(cfg: OptimConfig, p0: Float64Array[], gradsPerStep: Float64Array[][][], decays: boolean[]): { params: Float64Array[]; norms: number[] } {
   const b1 = cfg.beta1 ?? 0.9, b2 = cfg.beta2 ?? 0.999, eps = cfg.eps ?? 1e-8, wd = cfg.weightDecay ?? 0, clip = cfg.maxGradNorm ?? 1;
@@ -36,9 +37,10 @@ function reference(cfg: OptimConfig, p0: Float64Array[], gradsPerStep: Float64Ar
   return { params: p, norms };
 }
 
-for (const backend of ['wasm', 'cpu']) {
-  describe(`AdamW (${backend})`, () => {
-    before(async () => { await selectBackend(backend); });
+for (const [backend, fused] of [['wasm', true], ['cpu', true], ['wasm', false]] as const) {
+  describe(`AdamW (${backend}, ${fused ? 'one fused kernel per tensor' : 'stock ops, as on webgpu/tfjs-node'})`, () => {
+    before(async () => { await selectBackend(backend); setFusedKernels(fused); expect(hasFusedKernels()).to.equal(fused); });
+    after(() => setFusedKernels(true));
 
     for (const maxGradNorm of [0.5, 100]) {
       it(`matches the written-out update over 3 steps of 2 micro-batches (clipping ${maxGradNorm === 0.5 ? 'active' : 'inactive'}, weight decay on the matrix only)`, async () => {
