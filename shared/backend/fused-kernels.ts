@@ -55,6 +55,18 @@ export function setFusedKernels(on: boolean): void {
   enabled = on;
 }
 
+/** Runs one of the FUSED kernels (through the engine, so its outputs are tracked tensors). */
+export function runFused(name: string, inputs: Record<string, tf.Tensor>, attrs: Record<string, unknown> = {}): tf.Tensor | tf.Tensor[] {
+  return tf.engine().runKernel(name, inputs as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap);
+}
+
+/** The inputs x0, x1, … of a kernel that takes any number of them (FedloraConcatT, FedloraSumSquares). */
+export function numbered(ts: readonly tf.Tensor[]): Record<string, tf.Tensor> {
+  const out: Record<string, tf.Tensor> = {};
+  ts.forEach((t, i) => { out[`x${i}`] = t; });
+  return out;
+}
+
 /** Whether the fused kernels are in use for the active backend (registered there, and not turned off). */
 export function hasFusedKernels(): boolean {
   return enabled && tf.getKernel(FUSED.geluNew, tf.getBackend()) !== undefined;

@@ -13,7 +13,7 @@ import { loadConfig, linearModules, linearHasBias, linearWeightShape, type Model
 import { familyOf, type FamilyDescriptor, type BlockKit } from './families/index.js';
 import { openSafetensors, type SafetensorsReader } from './safetensors.js';
 import { addNoSave, bmm, fusedNorm, geluNew, matMulBT, mm, frozenMatMul, silu, t2, weightedCrossEntropy } from './ops.js';
-import { FUSED, hasFusedKernels } from '../backend/fused-kernels.js';
+import { FUSED, hasFusedKernels, numbered, runFused } from '../backend/fused-kernels.js';
 import { rowView } from '../backend/wasm-kernels.js';
 import { StoredWeight, storedMatMul } from './frozen/stored.js';
 import { BASE_DTYPES, type BaseDtype } from './frozen/quant.js';
@@ -571,9 +571,7 @@ export class CausalLM {
     const f = tf.customGrad(((xx: tf.Tensor) => {
       const value = tf.tidy(() => {
         const xT = tf.transpose(xx) as tf.Tensor2D;
-        const parts: Record<string, tf.Tensor> = {};
-        views.forEach(([, w], i) => { parts[`x${i}`] = tf.matMul(w, xT); });
-        return tf.engine().runKernel(FUSED.concatT, parts as tf.NamedTensorMap, {}) as tf.Tensor2D;
+        return runFused(FUSED.concatT, numbered(views.map(([, w]) => tf.matMul(w, xT)))) as tf.Tensor2D;
       });
       return {
         value,

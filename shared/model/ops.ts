@@ -5,10 +5,7 @@
  * MatMul gradient uses exactly those forms. Explicit transposes are cheap next to that.
  */
 import { tf } from '../backend/index.js';
-import { FUSED, hasFusedKernels } from '../backend/fused-kernels.js';
-
-const run = (name: string, inputs: Record<string, tf.Tensor>, attrs: Record<string, unknown> = {}) =>
-  tf.engine().runKernel(name, inputs as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap);
+import { FUSED, hasFusedKernels, runFused as run } from '../backend/fused-kernels.js';
 
 /** Swap the last two axes. */
 export function t2(x: tf.Tensor): tf.Tensor {
@@ -34,7 +31,7 @@ export const mm = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveF
  * x @ wᵀ for x [N, k] and w [m, k], both differentiable: a LoRA factor applied to activations (x Aᵀ,
  * h Bᵀ). The weight gradient dw = dyᵀ x has two plain forms: dyᵀ @ x, where XNNPACK packs x [N, k] as
  * its weights, and (xᵀ @ dy)ᵀ, where it packs dy [N, m]. Packing a fresh right operand costs ≈3 ns per
- * value on wasm (it is read strided), a tiled transpose (wasm-kernels.ts) ≈1, so the smaller of the
+ * value on wasm (it is read strided), a transpose (wasm-kernels.ts) ≈0.65, so the smaller of the
  * two is packed: (xᵀ @ dy)ᵀ for a LoRA A (m = r ≤ k: dy is [N, r]; GPT-2's [16, 128] × [128, 3072]
  * gradient product took 1.9 ms, most of it packing), dyᵀ @ x for a LoRA B (k = r: x is [N, r]).
  * dx = dy @ w needs no transpose.
@@ -104,8 +101,9 @@ export function weightedCrossEntropy(x: tf.Tensor2D, tgt: tf.Tensor1D, w: tf.Ten
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [sp, sden, st, sw] = saved as [tf.Tensor2D, tf.Scalar, tf.Tensor1D, tf.Tensor1D];
         const scale = tf.div(tf.mul(sw, dy), sden); // [n]
-        if (hasFusedKernels()) return run(FUSED.xentGrad, { p: sp, tgt: tf.cast(st, 'int32'), scale }) as tf.Tensor;
-        return tf.mul(tf.sub(sp, tf.oneHot(tf.cast(st, 'int32') as tf.Tensor1D, V)), tf.reshape(scale, [n, 1]));
+        const ti = tf.cast(st, 'int32') as tf.Tensor1D;
+        if (hasFusedKernels()) return run(FUSED.xentGrad, { p: sp, tgt: ti, scale }) as tf.Tensor;
+        return tf.mul(tf.sub(sp, tf.oneHot(ti, V)), tf.reshape(scale, [n, 1]));
       },
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;

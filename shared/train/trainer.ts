@@ -4,7 +4,7 @@
  * weights are read, never copied or updated.
  */
 import { tf } from '../backend/index.js';
-import { FUSED, hasFusedKernels } from '../backend/fused-kernels.js';
+import { FUSED, hasFusedKernels, numbered, runFused } from '../backend/fused-kernels.js';
 import type { CausalLM, LoraRuntime } from '../model/causal-lm.js';
 import { adapterModules, loraAName, loraBName, loraMName, moduleScale, xsRName, type LoraAdapter } from '../lora/adapter.js';
 import { checkXsShapes } from '../lora/xs.js';
@@ -128,9 +128,7 @@ export class AdamW {
     const fused = hasFusedKernels();
     const normT = tf.tidy(() => {
       if (!fused) return tf.div(tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(this.#accum.get(n)!))))), count);
-      const parts: Record<string, tf.Tensor> = {};
-      names.forEach((n, i) => { parts[`x${i}`] = this.#accum.get(n)!; });
-      return tf.div(tf.sqrt(tf.engine().runKernel(FUSED.sumSquares, parts as tf.NamedTensorMap, {}) as tf.Scalar), count);
+      return tf.div(tf.sqrt(runFused(FUSED.sumSquares, numbered(names.map((n) => this.#accum.get(n)!))) as tf.Scalar), count);
     });
     const gradNorm = (await normT.data())[0]!;
     normT.dispose();
@@ -144,7 +142,7 @@ export class AdamW {
         if (fused) {
           // one pass per tensor (shared/backend/fused-kernels.ts), the same update in double precision
           const decay = wd > 0 && p.rank > 1 ? 1 - lr * wd : 1;
-          const [np, nm, nv] = tf.engine().runKernel(FUSED.adamW, { p, g: this.#accum.get(n)!, m, v }, { coef, b1, b2, bc1, bc2, eps, lr, decay } as unknown as tf.NamedAttrMap) as tf.Tensor[];
+          const [np, nm, nv] = runFused(FUSED.adamW, { p, g: this.#accum.get(n)!, m, v }, { coef, b1, b2, bc1, bc2, eps, lr, decay }) as tf.Tensor[];
           m.assign(nm!); v.assign(nv!); p.assign(np!);
           continue;
         }

@@ -8,7 +8,7 @@
 import { expect } from 'chai';
 import { selectBackend, tf } from '../../shared/backend/index.js';
 import { rowView } from '../../shared/backend/wasm-kernels.js';
-import { FUSED } from '../../shared/backend/fused-kernels.js';
+import { FUSED, numbered, runFused } from '../../shared/backend/fused-kernels.js';
 
 describe('wasm kernels: Identity shares data; Slice, Unpack and SplitV', () => {
   before(async () => { expect((await selectBackend('wasm')).name).to.equal('wasm'); });
@@ -214,9 +214,7 @@ describe('wasm kernels: Identity shares data; Slice, Unpack and SplitV', () => {
 
   it('FedloraConcatT lays the transposes of its parts side by side (against concat and transpose)', () => {
     const parts = [[5, 7], [64, 7], [130, 7], [1, 7]].map(([r, c], k) => tf.tensor2d(Float32Array.from({ length: r! * c! }, (_, i) => i * 0.5 + k * 1000), [r!, c!]));
-    const inputs: Record<string, tf.Tensor> = {};
-    parts.forEach((p, i) => { inputs[`x${i}`] = p; });
-    const got = tf.engine().runKernel(FUSED.concatT, inputs as tf.NamedTensorMap, {}) as tf.Tensor;
+    const got = runFused(FUSED.concatT, numbered(parts)) as tf.Tensor;
     const want = tf.transpose(tf.concat(parts, 0));
     expect(got.shape).to.deep.equal([7, 200]);
     expect([...got.dataSync()]).to.deep.equal([...want.dataSync()]);
